@@ -1,0 +1,1 @@
+"""HTTP routers, one module per endpoint family. Each only translates wire <-> service."""

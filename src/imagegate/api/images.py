@@ -1,0 +1,95 @@
+"""`POST /v1/images/generations`: OpenAI Images API in, the shared path, OpenAI Images API out."""
+
+from __future__ import annotations
+
+import base64
+
+from fastapi import APIRouter, Depends, Request
+
+from ..errors import InvalidRequest
+from ..generation import GenerationRequest, GenerationResult, Size
+from ..protocol.images import (
+    ImageData,
+    ImageGenerationRequest,
+    ImagesResponse,
+    ImagesUsage,
+    InputTokensDetails,
+)
+from ..service import ImageService
+from . import deps
+
+router = APIRouter(tags=["images"])
+
+
+@router.post("/images/generations", response_model=ImagesResponse,
+             response_model_exclude_none=True)
+async def create_image(
+    body: ImageGenerationRequest,
+    request: Request,
+    service: ImageService = Depends(deps.service),
+) -> ImagesResponse:
+    gen = to_generation_request(body, default_model=deps.settings(request).default_model)
+    result = await service.generate(gen, request_id=deps.request_id(request))
+    return to_images_response(result, deps.public_base_url(request))
+
+
+def parse_size(value: str | None, param: str = "size") -> Size | None:
+    """'auto' and null mean the model's default; anything else must be WIDTHxHEIGHT."""
+    if value is None or value == "auto":
+        return None
+    size = Size.parse(value)
+    if size is None:
+        raise InvalidRequest(
+            f"Invalid size {value!r}: expected WIDTHxHEIGHT such as 1024x1024, or auto.",
+            param=param, code="invalid_size")
+    return size
+
+
+def to_generation_request(body: ImageGenerationRequest, *, default_model: str) -> GenerationRequest:
+    if body.stream:
+        raise InvalidRequest("Streaming image generation is not supported by this server yet.",
+                             param="stream", code="unsupported_parameter")
+    return GenerationRequest(
+        model=body.model or default_model,
+        prompt=body.prompt,
+        n=1 if body.n is None else body.n,
+        size=parse_size(body.size),
+        quality=body.quality,
+        style=body.style,
+        response_format=body.response_format or "url",
+        output_format=body.output_format or "png",
+        output_compression=body.output_compression,
+        background=body.background,
+        moderation=body.moderation,
+        user=body.user,
+        seed=body.seed,
+        num_inference_steps=body.num_inference_steps,
+        guidance_scale=body.guidance_scale,
+        negative_prompt=body.negative_prompt,
+    )
+
+
+def to_images_response(result: GenerationResult, base_url: str) -> ImagesResponse:
+    data = []
+    for image in result.images:
+        item = ImageData(revised_prompt=result.revised_prompt, seed=image.seed)
+        if result.response_format == "url":
+            item.url = base_url + (image.url or "")
+            item.expires_at = image.expires_at
+        else:
+            item.b64_json = base64.b64encode(image.data).decode("ascii")
+        data.append(item)
+    tokens = result.prompt_tokens
+    return ImagesResponse(
+        created=result.created,
+        data=data,
+        size=str(result.size),
+        quality=result.quality,
+        output_format=result.output_format,
+        background=result.background,
+        usage=ImagesUsage(
+            prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens,
+            input_tokens=tokens, output_tokens=0,
+            input_tokens_details=InputTokensDetails(text_tokens=tokens),
+        ),
+    )

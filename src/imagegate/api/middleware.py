@@ -1,0 +1,93 @@
+"""ASGI middleware: request ids, the body-size cap, and the last line of defence against 500s.
+
+Written as plain ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import error_body
+
+log = logging.getLogger("imagegate.http")
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than the {limit}-byte limit.")
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (the client's `x-request-id` if sane, else a new one), echoes it
+    on every response, enforces the body-size cap, and turns any unhandled exception into an
+    OpenAI-style 500 that carries no detail."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        client_id = headers.get("x-request-id", "")
+        request_id = client_id if _CLIENT_ID_RE.match(client_id) else new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), id_header]}
+            await send(message)
+
+        limit = self.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _send_json(send_with_id, 413, error_body(
+                f"The request body is larger than the {limit}-byte limit.",
+                type="invalid_request_error", code="request_too_large"))
+            return
+
+        seen = 0
+
+        async def capped_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        try:
+            await self.app(scope, capped_receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            if not started:
+                await _send_json(send_with_id, 500, error_body(
+                    "The server had an error while processing your request. Retry, or contact "
+                    f"the operator with the request id {request_id}.",
+                    type="server_error"))
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,75 @@
+"""create_app(settings): wires the parts together. No logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from . import __version__
+from .api import health, images, media, models
+from .api.errors import install_error_handlers
+from .api.middleware import RequestContextMiddleware
+from .catalog import Catalog
+from .providers.base import Provider
+from .providers.local import LocalProvider
+from .service import ImageService
+from .settings import Settings
+from .storage import LocalImageStore, URLSigner
+
+log = logging.getLogger(__name__)
+
+
+def build_service(settings: Settings) -> ImageService:
+    """The request path's parts, without HTTP: shared by the server and the CLI."""
+    catalog = Catalog.from_config(settings.models)
+    providers: dict[str, Provider] = {"local": LocalProvider(settings)}
+    store = LocalImageStore(settings.images_dir, settings.url_ttl_seconds)
+    signer = URLSigner(settings.signing_secret(), settings.url_ttl_seconds)
+    return ImageService(catalog, providers, store, signer)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.load()
+    service = build_service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep_forever(service.store, settings.sweep_interval_seconds))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            for provider in service.providers.values():
+                await provider.aclose()
+
+    app = FastAPI(title="imagegate", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.started_at = int(time.time())
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+
+    for router in (images.router, models.router):
+        app.include_router(router, prefix="/v1")
+        app.include_router(router, include_in_schema=False)  # /images/... as some clients call it
+    app.include_router(media.router)
+    app.include_router(health.router)
+    return app
+
+
+async def _sweep_forever(store: LocalImageStore, interval: float) -> None:
+    """Delete expired images in the background for as long as the server runs."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(store.sweep)
+            if removed:
+                log.info("swept %d expired images", removed)
+        except Exception:
+            log.exception("image sweep failed")
+        await asyncio.sleep(interval)

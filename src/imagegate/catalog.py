@@ -1,0 +1,246 @@
+"""What models exist, what each can do, and where it runs.
+
+A model is data (`ModelSpec`): its capabilities drive validation (`rules.py`), its `local` block
+drives the diffusers engine. The built-in library below carries the seeds' and OpenAI's published
+limits; operators add or override entries in the TOML config (`[models.NAME]`), so a new model is
+configuration, never an `if model == ...`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import ModelNotFound
+
+
+class SizeRule(BaseModel):
+    """Free sizes: each edge a multiple of `multiple_of` within [min_edge, max_edge]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    multiple_of: int = 8
+    min_edge: int = 64
+    max_edge: int = 2048
+    max_pixels: int | None = None
+
+
+EXTENSION_PARAMS = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt")
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sizes: list[str] | None = None
+    """Fixed list of allowed sizes ('auto' may appear); None means `size_rule` applies."""
+    size_rule: SizeRule | None = None
+    default_size: str = "1024x1024"
+    max_n: int = 10
+    max_prompt_chars: int = 4000
+    qualities: list[str] = Field(default_factory=list)
+    default_quality: str | None = None
+    styles: list[str] = Field(default_factory=list)
+    default_style: str | None = None
+    output_formats: list[str] = Field(default_factory=lambda: ["png", "jpeg", "webp"])
+    backgrounds: list[str] = Field(default_factory=lambda: ["auto", "opaque"])
+    extensions: list[str] = Field(default_factory=list)
+    """Which of EXTENSION_PARAMS the model accepts (local pipelines take all of them)."""
+    max_steps: int = 100
+
+    @model_validator(mode="after")
+    def _one_size_source(self) -> "Capabilities":
+        if self.sizes is None and self.size_rule is None:
+            self.size_rule = SizeRule()
+        return self
+
+
+class LocalSpec(BaseModel):
+    """How the diffusers engine runs a model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    """A Hugging Face hub id, a local diffusers directory, or 'builtin:tiny-sd'."""
+    default_steps: int = 4
+    default_guidance: float = 0.0
+    quality_steps: dict[str, int] = Field(default_factory=dict)
+    """Steps per quality level, so `quality` means something for diffusion models."""
+    cuda_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    max_sequence_length: int | None = None
+    """Prompt token limit of the second text encoder (T5 in Flux), when the pipeline takes one."""
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    backend: Literal["local", "upstream"]
+    description: str = ""
+    enabled: bool = True
+    """Disabled entries stay in the library (their limits are known) but are not served."""
+    outputs: list[Literal["image", "text"]] = Field(default_factory=lambda: ["image"])
+    owned_by: str = "imagegate"
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    local: LocalSpec | None = None
+
+    @property
+    def makes_images(self) -> bool:
+        return "image" in self.outputs
+
+    @model_validator(mode="after")
+    def _local_needs_source(self) -> "ModelSpec":
+        if self.backend == "local" and self.local is None:
+            raise ValueError(f"local model {self.name!r} needs a [models.{self.name}.local] block")
+        return self
+
+
+_LOCAL_CAPS = dict(
+    size_rule=SizeRule(multiple_of=8, min_edge=64, max_edge=2048),
+    qualities=["auto", "low", "medium", "high"],
+    extensions=list(EXTENSION_PARAMS),
+)
+
+
+def _builtin_models() -> list[ModelSpec]:
+    dalle3 = Capabilities(
+        sizes=["1024x1024", "1792x1024", "1024x1792"],
+        max_n=1,
+        max_prompt_chars=4000,
+        qualities=["standard", "hd"],
+        default_quality="standard",
+        styles=["vivid", "natural"],
+        default_style="vivid",
+    )
+    dalle2 = Capabilities(
+        sizes=["256x256", "512x512", "1024x1024"],
+        max_prompt_chars=1000,
+        qualities=["standard"],
+        default_quality="standard",
+    )
+    gpt_image = Capabilities(
+        sizes=["auto", "1024x1024", "1536x1024", "1024x1536"],
+        max_prompt_chars=32000,
+        qualities=["auto", "low", "medium", "high"],
+        default_quality="auto",
+        backgrounds=["auto", "opaque", "transparent"],
+    )
+    flux_api = Capabilities(size_rule=SizeRule(multiple_of=16, min_edge=256, max_edge=2048))
+    # Gemini image sizes per aspect ratio (seed 002's table).
+    gemini = Capabilities(
+        sizes=[
+            "1024x1024", "832x1248", "1248x832", "864x1184", "1184x864",
+            "896x1152", "1152x896", "768x1344", "1344x768", "1536x672",
+        ],
+        max_n=4,
+        max_prompt_chars=32000,
+    )
+    imagen = Capabilities(
+        sizes=["1024x1024", "896x1280", "1280x896", "768x1408", "1408x768"], max_n=4
+    )
+    upstream = [
+        ModelSpec(name="dall-e-3", backend="upstream", enabled=False, owned_by="openai",
+                  capabilities=dalle3),
+        ModelSpec(name="dall-e-2", backend="upstream", enabled=False, owned_by="openai",
+                  capabilities=dalle2),
+        ModelSpec(name="gpt-image-1", backend="upstream", enabled=False, owned_by="openai",
+                  capabilities=gpt_image),
+        ModelSpec(name="flux-1.1-pro", backend="upstream", enabled=False,
+                  owned_by="black-forest-labs", capabilities=flux_api),
+        ModelSpec(name="imagen-3", backend="upstream", enabled=False, owned_by="google",
+                  capabilities=imagen),
+        ModelSpec(name="gemini-2.5-flash-image", backend="upstream", enabled=False,
+                  owned_by="google", outputs=["image", "text"], capabilities=gemini),
+        ModelSpec(name="hunyuan-image", backend="upstream", enabled=False, owned_by="tencent",
+                  capabilities=flux_api),
+    ]
+    local = [
+        ModelSpec(
+            name="tiny-sd",
+            backend="local",
+            description=(
+                "Test model: a tiny Stable Diffusion pipeline with random weights that imagegate "
+                "builds locally. It paints noise; use it to exercise the whole serving path."
+            ),
+            capabilities=Capabilities(default_size="512x512", default_quality="medium",
+                                      **_LOCAL_CAPS),
+            local=LocalSpec(source="builtin:tiny-sd", default_steps=2,
+                            quality_steps={"low": 1, "medium": 2, "high": 4},
+                            cuda_dtype="float32"),
+        ),
+        ModelSpec(
+            name="sd-turbo",
+            backend="local",
+            description="Stability AI SD-Turbo (SD 2.1 distilled), 512x512 in 1-4 steps.",
+            capabilities=Capabilities(default_size="512x512", default_quality="low",
+                                      **_LOCAL_CAPS),
+            local=LocalSpec(source="stabilityai/sd-turbo", default_steps=1,
+                            quality_steps={"low": 1, "medium": 2, "high": 4}),
+        ),
+        ModelSpec(
+            name="sdxl-turbo",
+            backend="local",
+            description="Stability AI SDXL-Turbo, 512x512 in 1-4 steps.",
+            capabilities=Capabilities(default_size="512x512", default_quality="low",
+                                      **_LOCAL_CAPS),
+            local=LocalSpec(source="stabilityai/sdxl-turbo", default_steps=1,
+                            quality_steps={"low": 1, "medium": 2, "high": 4}),
+        ),
+        ModelSpec(
+            name="flux-schnell",
+            backend="local",
+            description="Black Forest Labs FLUX.1-schnell, 1024x1024 in 4 steps.",
+            capabilities=Capabilities(
+                size_rule=SizeRule(multiple_of=16, min_edge=256, max_edge=2048),
+                default_size="1024x1024",
+                default_quality="high",
+                qualities=["auto", "low", "medium", "high"],
+                extensions=["seed", "num_inference_steps", "guidance_scale"],
+            ),
+            local=LocalSpec(source="black-forest-labs/FLUX.1-schnell", default_steps=4,
+                            quality_steps={"low": 1, "medium": 2, "high": 4},
+                            cuda_dtype="bfloat16", max_sequence_length=256),
+        ),
+    ]
+    return local + upstream
+
+
+class Catalog:
+    """The model library merged with the operator's overrides."""
+
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        self._specs = {s.name: s for s in specs}
+
+    @classmethod
+    def from_config(cls, overrides: dict[str, dict] | None = None) -> "Catalog":
+        """Built-in entries, each deep-merged with `[models.NAME]` from the config file.
+
+        A name that is not built in defines a new model (it must then say its `backend`).
+        """
+        specs = {s.name: s.model_dump() for s in _builtin_models()}
+        for name, patch in (overrides or {}).items():
+            base = specs.get(name, {"name": name})
+            specs[name] = _deep_merge(base, {**patch, "name": name})
+        return cls([ModelSpec.model_validate(raw) for raw in specs.values()])
+
+    def get(self, name: str) -> ModelSpec:
+        spec = self._specs.get(name)
+        if spec is None or not spec.enabled:
+            raise ModelNotFound(name)
+        return spec
+
+    def served(self) -> list[ModelSpec]:
+        return [s for s in self._specs.values() if s.enabled]
+
+    def __iter__(self):
+        return iter(self._specs.values())
+
+
+def _deep_merge(base: dict, patch: dict) -> dict:
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

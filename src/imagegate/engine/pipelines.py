@@ -1,0 +1,96 @@
+"""Load a diffusers pipeline and run text-to-image on it.
+
+These functions run on a model's worker thread (worker.py), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..catalog import ModelSpec
+from ..generation import GeneratedImage, ProgressCallback, ProviderResult, ResolvedRequest
+from .device import pick_dtype
+
+log = logging.getLogger(__name__)
+
+
+def load_pipeline(spec: ModelSpec, source: str | Path, device: str, *,
+                  allow_downloads: bool = False) -> Any:
+    """`AutoPipelineForText2Image.from_pretrained` from a folder or hub id, on `device`."""
+    from diffusers import AutoPipelineForText2Image
+
+    assert spec.local is not None
+    dtype = pick_dtype(device, spec.local.cuda_dtype)
+    log.info("loading %s from %s on %s (%s)", spec.name, source, device, dtype)
+    pipe = AutoPipelineForText2Image.from_pretrained(
+        str(source), torch_dtype=dtype, local_files_only=not allow_downloads
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def text_to_image(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
+                  progress: ProgressCallback | None = None) -> ProviderResult:
+    """One pipeline call for all n images, one generator per image.
+
+    Generators live on the CPU so a seed gives the same image on any device.
+    """
+    import torch
+
+    assert spec.local is not None
+    steps = req.num_inference_steps or spec.local.default_steps
+    accepted = inspect.signature(pipe.__call__).parameters
+    kwargs: dict[str, Any] = dict(
+        prompt=req.prompt,
+        height=req.height,
+        width=req.width,
+        num_inference_steps=steps,
+        num_images_per_prompt=req.n,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in req.seeds],
+        output_type="pil",
+    )
+    if req.guidance_scale is not None:
+        kwargs["guidance_scale"] = req.guidance_scale
+    if req.negative_prompt and "negative_prompt" in accepted:
+        kwargs["negative_prompt"] = req.negative_prompt
+    if spec.local.max_sequence_length and "max_sequence_length" in accepted:
+        kwargs["max_sequence_length"] = spec.local.max_sequence_length
+    if progress is not None and "callback_on_step_end" in accepted:
+        def on_step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict) -> dict:
+            progress(step + 1, steps)
+            return tensors
+
+        kwargs["callback_on_step_end"] = on_step_end
+
+    with torch.inference_mode():
+        output = pipe(**kwargs)
+    revised, tokens = prompt_usage(pipe, req.prompt, spec.local.max_sequence_length)
+    images = [GeneratedImage(image=img, seed=seed) for img, seed in zip(output.images, req.seeds)]
+    return ProviderResult(images=images, revised_prompt=revised, prompt_tokens=tokens)
+
+
+def prompt_usage(pipe: Any, prompt: str, second_encoder_limit: int | None) -> tuple[str, int]:
+    """The part of the prompt the text encoders actually read, and how many tokens that is.
+
+    CLIP encoders stop at 77 tokens and T5 at `max_sequence_length`; whatever lies past the longest
+    reach is silently dropped by the pipeline, so the client is told via `revised_prompt`.
+    """
+    kept, tokens = 0, 0
+    for attr, limit in (("tokenizer", None), ("tokenizer_2", second_encoder_limit)):
+        tok = getattr(pipe, attr, None)
+        if tok is None:
+            continue
+        max_len = min(limit or tok.model_max_length, tok.model_max_length)
+        try:
+            enc = tok(prompt, truncation=True, max_length=max_len, return_offsets_mapping=True)
+        except (NotImplementedError, TypeError, ValueError):  # slow tokenizer: no offsets
+            return prompt, len(tok(prompt, truncation=True, max_length=max_len)["input_ids"])
+        ends = [end for _, end in enc["offset_mapping"]]
+        kept = max(kept, max(ends, default=0))
+        tokens = max(tokens, len(enc["input_ids"]))
+    if kept == 0 or kept >= len(prompt.rstrip()):
+        return prompt, tokens
+    return prompt[:kept], tokens

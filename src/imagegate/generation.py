@@ -1,0 +1,136 @@
+"""The internal request and result that every endpoint translates to and from.
+
+Endpoints speak wire formats (Images API, chat completions); providers speak backends (diffusers,
+upstream APIs). Between them sits exactly one vocabulary, defined here, so that a new endpoint or a
+new backend is a translation at one end and nothing else moves.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+ResponseFormat = Literal["url", "b64_json"]
+
+_SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+
+
+@dataclass(frozen=True)
+class Size:
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Size | None":
+        """'1024x768' -> Size(1024, 768); anything else -> None."""
+        m = _SIZE_RE.match(text)
+        if not m:
+            return None
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as progress(step_done, total_steps) from whatever thread runs the denoising loop."""
+
+
+@dataclass
+class GenerationRequest:
+    """One request for images, endpoint-agnostic. `None` means 'the model's default'."""
+
+    model: str
+    prompt: str
+    n: int = 1
+    size: Size | None = None
+    quality: str | None = None
+    style: str | None = None
+    response_format: ResponseFormat = "url"
+    output_format: OutputFormat = "png"
+    output_compression: int | None = None
+    background: str | None = None
+    moderation: str | None = None
+    user: str | None = None
+    # Extensions for local pipelines.
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    # Which wire parameter each field came from, so errors name what the client actually sent
+    # (e.g. the chat endpoint maps `image_config.aspect_ratio` to `size`).
+    param_names: dict[str, str] = field(default_factory=dict)
+
+    def param(self, name: str) -> str:
+        return self.param_names.get(name, name)
+
+
+@dataclass
+class ResolvedRequest:
+    """A request after the model's rules and defaults are applied: everything a backend needs."""
+
+    model: str
+    prompt: str
+    n: int
+    width: int
+    height: int
+    quality: str | None
+    style: str | None
+    background: str
+    seeds: list[int]
+    num_inference_steps: int | None
+    guidance_scale: float | None
+    negative_prompt: str | None
+    user: str | None = None
+
+    @property
+    def size(self) -> Size:
+        return Size(self.width, self.height)
+
+
+@dataclass
+class GeneratedImage:
+    """One image as a backend hands it back: decoded pixels or already-encoded bytes."""
+
+    image: object  # PIL.Image.Image; kept untyped so the gateway imports no imaging stack here
+    seed: int | None = None
+
+
+@dataclass
+class ProviderResult:
+    images: list[GeneratedImage]
+    revised_prompt: str | None = None
+    prompt_tokens: int = 0
+    provider_request_id: str | None = None
+
+
+@dataclass
+class DeliveredImage:
+    """An encoded image ready for the wire: inline bytes, and a hosted link when one was made."""
+
+    data: bytes
+    output_format: OutputFormat
+    url: str | None = None  # path + signed query, relative to the server's public base URL
+    expires_at: int | None = None
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    model: str
+    created: int
+    images: list[DeliveredImage]
+    size: Size
+    quality: str | None
+    background: str
+    output_format: OutputFormat
+    response_format: ResponseFormat
+    revised_prompt: str
+    prompt_tokens: int

@@ -1,0 +1,23 @@
+"""The one interface every backend implements."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..catalog import ModelSpec
+from ..generation import ProgressCallback, ProviderResult, ResolvedRequest
+
+
+class Provider(Protocol):
+    """Turns a validated request into images. Raises `APIError` for every expected failure."""
+
+    name: str
+
+    async def generate(self, spec: ModelSpec, request: ResolvedRequest,
+                       progress: ProgressCallback | None = None) -> ProviderResult: ...
+
+    def describe(self, spec: ModelSpec) -> dict[str, Any]:
+        """What `/v1/models` and `imagegate models` show about this model's backend."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,111 @@
+"""The local diffusers engine as a provider: one worker per model, loaded on first use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..catalog import ModelSpec
+from ..errors import GenerationFailed, ModelUnavailable
+from ..generation import ProgressCallback, ProviderResult, ResolvedRequest
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def local_engine_installed() -> bool:
+    try:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._models_dir = settings.resolved_models_dir
+        self._workers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._device: str | None = None
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            from ..engine.device import pick_device
+
+            self._device = pick_device(self._settings.device)
+        return self._device
+
+    def describe(self, spec: ModelSpec) -> dict[str, Any]:
+        from ..engine.weights import locate
+
+        worker = self._workers.get(spec.name)
+        return {
+            "backend": "local",
+            "source": spec.local.source if spec.local else None,
+            "weights": locate(spec, self._models_dir).status,
+            "loaded": bool(worker and worker.loaded),
+        }
+
+    def _worker(self, spec: ModelSpec) -> Any:
+        """The model's worker, created (not yet loaded) on first use."""
+        from ..engine.worker import PipelineWorker
+
+        with self._lock:
+            worker = self._workers.get(spec.name)
+            if worker is None:
+                worker = PipelineWorker(spec.name, lambda: self._load(spec))
+                self._workers[spec.name] = worker
+            return worker
+
+    def _check_available(self, spec: ModelSpec) -> None:
+        """Fail fast with 503 rather than queueing a request that can never run."""
+        from ..engine.weights import locate, missing_weights_message
+
+        if not local_engine_installed():
+            raise ModelUnavailable(
+                f"`{spec.name}` runs on the local engine, which is not installed on this server "
+                "(install imagegate[local])."
+            )
+        if not self._settings.allow_downloads and not locate(spec, self._models_dir).usable:
+            raise ModelUnavailable(missing_weights_message(spec))
+
+    def _load(self, spec: ModelSpec) -> Any:
+        from ..engine.pipelines import load_pipeline
+        from ..engine.tiny import build_tiny_sd
+        from ..engine.weights import locate
+
+        where = locate(spec, self._models_dir)
+        if where.status == "buildable":
+            assert where.path is not None
+            build_tiny_sd(where.path)
+        source: str | Path = where.path if where.path is not None else spec.local.source
+        return load_pipeline(spec, source, self.device,
+                             allow_downloads=self._settings.allow_downloads)
+
+    async def generate(self, spec: ModelSpec, request: ResolvedRequest,
+                       progress: ProgressCallback | None = None) -> ProviderResult:
+        from ..engine.pipelines import text_to_image
+
+        await asyncio.to_thread(self._check_available, spec)
+        worker = self._worker(spec)
+        try:
+            return await worker.submit(lambda pipe: text_to_image(pipe, spec, request, progress))
+        except (OSError, EnvironmentError) as exc:
+            log.warning("loading %s failed: %s", spec.name, exc)
+            raise ModelUnavailable(f"`{spec.name}` could not be loaded on this server.") from exc
+        except Exception as exc:
+            log.exception("generation with %s failed", spec.name)
+            raise GenerationFailed("The image could not be generated.") from exc
+
+    async def aclose(self) -> None:
+        workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            await asyncio.to_thread(worker.close)

@@ -1,0 +1,162 @@
+"""Apply a model's capabilities to a request: validate, fill defaults, pick seeds.
+
+Every rule here reads the catalog's data; none names a model. Each rejection is a 400 that names
+the parameter the client sent, so the same rules serve the Images API and the chat endpoint.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from .catalog import EXTENSION_PARAMS, ModelSpec
+from .errors import InvalidRequest
+from .generation import GenerationRequest, ResolvedRequest, Size
+
+MAX_SEED = 2**32 - 1
+
+
+def resolve(spec: ModelSpec, req: GenerationRequest) -> ResolvedRequest:
+    caps = spec.capabilities
+    if not spec.makes_images:
+        raise InvalidRequest(
+            f"The model `{spec.name}` does not support image generation.",
+            param=req.param("model"),
+            code="model_not_supported",
+        )
+
+    prompt = req.prompt
+    if not prompt.strip():
+        raise InvalidRequest("`prompt` must not be empty.", param=req.param("prompt"),
+                             code="missing_required_parameter")
+    if len(prompt) > caps.max_prompt_chars:
+        raise InvalidRequest(
+            f"`prompt` is {len(prompt)} characters long; `{spec.name}` accepts at most "
+            f"{caps.max_prompt_chars}.",
+            param=req.param("prompt"),
+            code="string_above_max_length",
+        )
+
+    if not 1 <= req.n <= caps.max_n:
+        detail = "You must provide n=1 for this model." if caps.max_n == 1 else (
+            f"`n` must be between 1 and {caps.max_n} for `{spec.name}`."
+        )
+        raise InvalidRequest(detail, param=req.param("n"), code="invalid_n")
+
+    size = _resolve_size(spec, req)
+    quality = _choose(spec, req, "quality", req.quality, caps.qualities, caps.default_quality)
+    style = _choose(spec, req, "style", req.style, caps.styles, caps.default_style)
+    background = _choose(spec, req, "background", req.background, caps.backgrounds, "auto")
+    if background == "auto":
+        background = "opaque"
+    if background == "transparent" and req.output_format == "jpeg":
+        raise InvalidRequest("A transparent background needs output_format png or webp.",
+                             param=req.param("background"), code="invalid_value")
+    if req.output_format not in caps.output_formats:
+        raise InvalidRequest(
+            f"`output_format` must be one of {caps.output_formats} for `{spec.name}`.",
+            param=req.param("output_format"),
+        )
+    if req.output_compression is not None and not 0 <= req.output_compression <= 100:
+        raise InvalidRequest("`output_compression` must be between 0 and 100.",
+                             param=req.param("output_compression"))
+
+    for name in EXTENSION_PARAMS:
+        if getattr(req, name) is not None and name not in caps.extensions:
+            raise InvalidRequest(f"`{spec.name}` does not accept `{name}`.",
+                                 param=req.param(name), code="unsupported_parameter")
+    steps = _steps(spec, req, quality)
+    guidance = req.guidance_scale
+    if guidance is not None and not 0.0 <= guidance <= 50.0:
+        raise InvalidRequest("`guidance_scale` must be between 0 and 50.",
+                             param=req.param("guidance_scale"))
+    if guidance is None and spec.local is not None:
+        guidance = spec.local.default_guidance
+    if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
+        raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}.", param=req.param("seed"))
+
+    # One seed per image: image i of a request with seed s is the image seed s + i gives alone.
+    base = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    seeds = [(base + i) % (MAX_SEED + 1) for i in range(req.n)]
+
+    return ResolvedRequest(
+        model=spec.name,
+        prompt=prompt,
+        n=req.n,
+        width=size.width,
+        height=size.height,
+        quality=quality,
+        style=style,
+        background=background,
+        seeds=seeds,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        negative_prompt=req.negative_prompt,
+        user=req.user,
+    )
+
+
+def _choose(spec: ModelSpec, req: GenerationRequest, name: str, value: str | None,
+            allowed: list[str], default: str | None) -> str | None:
+    if value is None:
+        value = default
+    elif value not in allowed:
+        if not allowed:
+            raise InvalidRequest(f"`{spec.name}` does not support `{name}`.",
+                                 param=req.param(name), code="unsupported_parameter")
+        raise InvalidRequest(
+            f"Invalid `{name}` {value!r} for `{spec.name}`; supported values are {allowed}.",
+            param=req.param(name),
+        )
+    if value == "auto" and default not in (None, "auto"):
+        value = default
+    return value
+
+
+def _resolve_size(spec: ModelSpec, req: GenerationRequest) -> Size:
+    caps = spec.capabilities
+    default = Size.parse(caps.default_size)
+    assert default is not None, f"bad default_size in catalog for {spec.name}"
+    size = req.size
+    if size is None:
+        return default
+    if caps.sizes is not None:
+        if str(size) not in caps.sizes:
+            listed = [s for s in caps.sizes if s != "auto"]
+            raise InvalidRequest(
+                f"The size {size} is not supported by `{spec.name}`; supported sizes are "
+                f"{listed}.",
+                param=req.param("size"),
+                code="invalid_size",
+            )
+        return size
+    rule = caps.size_rule
+    assert rule is not None
+    for edge in (size.width, size.height):
+        if not rule.min_edge <= edge <= rule.max_edge or edge % rule.multiple_of:
+            raise InvalidRequest(
+                f"The size {size} is not supported by `{spec.name}`: each edge must be a "
+                f"multiple of {rule.multiple_of} between {rule.min_edge} and {rule.max_edge}.",
+                param=req.param("size"),
+                code="invalid_size",
+            )
+    if rule.max_pixels is not None and size.pixels > rule.max_pixels:
+        raise InvalidRequest(
+            f"The size {size} has more than {rule.max_pixels} pixels, the limit of `{spec.name}`.",
+            param=req.param("size"),
+            code="invalid_size",
+        )
+    return size
+
+
+def _steps(spec: ModelSpec, req: GenerationRequest, quality: str | None) -> int | None:
+    caps = spec.capabilities
+    if req.num_inference_steps is not None:
+        if not 1 <= req.num_inference_steps <= caps.max_steps:
+            raise InvalidRequest(
+                f"`num_inference_steps` must be between 1 and {caps.max_steps}.",
+                param=req.param("num_inference_steps"),
+            )
+        return req.num_inference_steps
+    if spec.local is None:
+        return None
+    return spec.local.quality_steps.get(quality or "", spec.local.default_steps)

@@ -1,0 +1,102 @@
+"""Configuration: `IMAGEGATE_*` environment variables over an optional TOML file over defaults.
+
+Every field is documented in docs/configuration.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("imagegate-data")
+    """Root for everything imagegate writes: images, models it builds, the signing secret."""
+    models_dir: Path | None = None
+    """Where local model weights are looked for (one diffusers folder per model name);
+    defaults to DATA_DIR/models."""
+    public_url: str | None = None
+    """Base URL put in front of image links (e.g. https://img.example.com). When unset, links use
+    the scheme and host of the request that made them."""
+    url_ttl_seconds: int = Field(3600, ge=1)
+    url_secret: str | None = None
+    """HMAC key for image links. When unset, one is generated once and kept in DATA_DIR, so links
+    survive restarts; set it explicitly when several replicas serve the same store."""
+    sweep_interval_seconds: float = Field(60.0, gt=0)
+    max_request_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    default_model: str = "sd-turbo"
+    """The model used when a request names none."""
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    allow_downloads: bool = False
+    """Let the local engine fetch missing weights from the Hugging Face hub on first use. Off by
+    default: a request should never wait on a multi-gigabyte download (use `imagegate pull`)."""
+    log_level: str = "info"
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """`[models.NAME]` tables: overrides of built-in models and new model definitions."""
+
+    config_file: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("IMAGEGATE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, **overrides: Any) -> "Settings":
+        """Settings from env and `config_file` (or $IMAGEGATE_CONFIG); `overrides` win."""
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file not found: {path}")
+            os.environ["IMAGEGATE_CONFIG"] = str(path)
+        return cls(**overrides)
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    def signing_secret(self) -> bytes:
+        """The configured secret, else one generated on first use and kept in DATA_DIR."""
+        if self.url_secret:
+            return self.url_secret.encode()
+        path = self.data_dir / "url-secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"url-secret.{os.getpid()}.tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)  # atomic: the first process to link wins, all read the same
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip().encode()
