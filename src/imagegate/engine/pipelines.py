@@ -22,14 +22,37 @@ def load_pipeline(spec: ModelSpec, source: str | Path, device: str, *,
     """`AutoPipelineForText2Image.from_pretrained` from a folder or hub id, on `device`."""
     from diffusers import AutoPipelineForText2Image
 
+    quiet_loading()
     assert spec.local is not None
     dtype = pick_dtype(device, spec.local.cuda_dtype)
     log.info("loading %s from %s on %s (%s)", spec.name, source, device, dtype)
+    dtype_arg = "dtype" if _diffusers_takes_dtype() else "torch_dtype"
     pipe = AutoPipelineForText2Image.from_pretrained(
-        str(source), torch_dtype=dtype, local_files_only=not allow_downloads
+        str(source), local_files_only=not allow_downloads, **{dtype_arg: dtype}
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _diffusers_takes_dtype() -> bool:
+    """Newer diffusers renamed `torch_dtype` to `dtype` and warn on the old name."""
+    from diffusers.utils import deprecation_utils
+
+    return hasattr(deprecation_utils, "_resolve_dtype")
+
+
+def quiet_loading() -> None:
+    """Loading bars belong to the CLI's own progress display, not to server logs."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def text_to_image(pipe: Any, spec: ModelSpec, req: ResolvedRequest,

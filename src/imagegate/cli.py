@@ -1,0 +1,190 @@
+"""`imagegate` command line: serve, generate, models, pull."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import APIError
+from .settings import Settings
+
+app = typer.Typer(help="OpenAI-compatible image generation: local diffusers models and upstream "
+                       "providers behind one API.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="TOML config file.", exists=True,
+                            dir_okay=False)
+_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def _settings(config: Optional[Path], **overrides) -> Settings:
+    return Settings.load(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1]."),
+    port: Optional[int] = typer.Option(None, help="Port to listen on [default: 8000]."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Run the HTTP server."""
+    import uvicorn
+
+    from .app import create_app
+
+    settings = _settings(config, host=host, port=port)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level, proxy_headers=False)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (see `models`)."),
+    size: Optional[str] = typer.Option(None, "--size", "-s", help="WIDTHxHEIGHT, e.g. 512x512."),
+    n: int = typer.Option(1, "--n", "-n", help="Number of images."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the first image; image i uses seed+i."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale."),
+    negative: Optional[str] = typer.Option(None, help="Negative prompt."),
+    quality: Optional[str] = typer.Option(None, help="Quality level, e.g. low, medium, high."),
+    output: Path = typer.Option(Path("out.png"), "--output", "-o",
+                                help="Output file; with -n > 1, out-1.png, out-2.png, ..."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Generate images in this process, without a server."""
+    from .api.images import parse_size
+    from .app import build_service
+    from .generation import GenerationRequest
+
+    fmt = _SUFFIX_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        _fail(f"Unsupported output extension {output.suffix!r}: use .png, .jpg or .webp.")
+    settings = _settings(config)
+    service = build_service(settings)
+    try:
+        request = GenerationRequest(
+            model=model or settings.default_model, prompt=prompt, n=n, size=parse_size(size),
+            quality=quality, response_format="b64_json", output_format=fmt, seed=seed,
+            num_inference_steps=steps, guidance_scale=guidance, negative_prompt=negative,
+        )
+        result = _run_with_progress(service, request)
+    except APIError as exc:
+        _fail(exc.message)
+
+    paths = [output] if len(result.images) == 1 else [
+        output.with_name(f"{output.stem}-{i}{output.suffix}")
+        for i in range(1, len(result.images) + 1)]
+    for path, image in zip(paths, result.images):
+        path.write_bytes(image.data)
+        console.print(f"wrote {path} ({result.size}, seed {image.seed})")
+    if result.revised_prompt != prompt:
+        console.print(f"[yellow]the model read only: {result.revised_prompt!r}[/yellow]")
+
+
+def _run_with_progress(service, request):
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.fields[steps]}"), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        task = bar.add_task(f"{request.model}: loading", total=None, steps="")
+
+        def on_step(done: int, total: int) -> None:  # called from the engine thread
+            bar.update(task, description=f"{request.model}: denoising", completed=done,
+                       total=total, steps=f"{done}/{total} steps")
+
+        async def run():
+            try:
+                return await service.generate(request, request_id=f"cli_{uuid.uuid4().hex}",
+                                              progress=on_step)
+            finally:
+                for provider in service.providers.values():
+                    await provider.aclose()
+
+        return asyncio.run(run())
+
+
+@app.command()
+def models(
+    all_: bool = typer.Option(False, "--all", help="Include library entries that are not served."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """List models: backend, capabilities, and whether their weights are here."""
+    from .api.models import describe_model
+    from .app import build_service
+
+    service = build_service(_settings(config))
+    table = Table("model", "backend", "weights", "sizes", "max n", "quality")
+    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
+    for spec in service.catalog:
+        if not (spec.enabled or all_):
+            continue
+        info = describe_model(spec, service)
+        caps = spec.capabilities
+        if caps.sizes is not None:
+            sizes = ", ".join(caps.sizes)
+        else:
+            rule = caps.size_rule
+            sizes = f"{rule.min_edge}-{rule.max_edge}, x{rule.multiple_of}"
+        weights = info.get("weights") or ("n/a" if info["available"] else "no deployment")
+        table.add_row(spec.name, spec.backend, weights, sizes, str(caps.max_n),
+                      ", ".join(caps.qualities) or "-", spec.description)
+    Console().print(table)
+
+
+@app.command()
+def pull(
+    model: str = typer.Argument(..., help="Local model to download, e.g. sd-turbo."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Download a local model's weights from the Hugging Face hub into MODELS_DIR."""
+    from .catalog import Catalog
+    from .engine.tiny import build_tiny_sd
+    from .engine.weights import BUILTIN_PREFIX
+
+    settings = _settings(config)
+    try:
+        spec = Catalog.from_config(settings.models).get(model)
+    except APIError as exc:
+        _fail(exc.message)
+    if spec.local is None:
+        _fail(f"`{model}` is served by an upstream provider; there are no weights to pull.")
+    target = settings.resolved_models_dir / spec.name
+    if spec.local.source.startswith(BUILTIN_PREFIX):
+        build_tiny_sd(target)
+        console.print(f"built {spec.name} in {target}")
+        return
+    from huggingface_hub import snapshot_download
+
+    console.print(f"downloading {spec.local.source} into {target}")
+    try:
+        # The diffusers layout only: skip root-level single-file checkpoints and duplicate
+        # fp16 / .bin copies, which would double or triple the download.
+        snapshot_download(spec.local.source, local_dir=target,
+                          allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.model",
+                                          "*/*.safetensors"],
+                          ignore_patterns=["*.fp16.safetensors", "*/*.bin"])
+    except Exception as exc:  # network, auth, or disk errors: say which, no traceback
+        _fail(f"download failed: {exc}")
+    console.print(f"done: {spec.name} is ready")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - `python -m imagegate`
+    app(prog_name="imagegate")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

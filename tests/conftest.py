@@ -1,0 +1,103 @@
+"""Shared fixtures: a tiny-sd model built once per session, and real `imagegate serve` processes
+listening on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a model hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MODELS_DIR holding tiny-sd, built through the same code the server uses."""
+    from imagegate.engine.tiny import build_tiny_sd
+
+    models = tmp_path_factory.mktemp("models")
+    build_tiny_sd(models / "tiny-sd")
+    return models
+
+
+@dataclass
+class Server:
+    base_url: str
+    data_dir: Path
+    process: subprocess.Popen
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + "/v1"
+
+
+ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory,
+                 tiny_models_dir: Path) -> Iterator[ServerFactory]:
+    """Start `imagegate serve` on 127.0.0.1 with extra IMAGEGATE_* settings and an optional TOML
+    config text; every server started is stopped at the end of the session."""
+    started: list[subprocess.Popen] = []
+
+    def start(config: str | None = None, **settings: str) -> Server:
+        data_dir = tmp_path_factory.mktemp("data")
+        port = free_port()
+        env = {**os.environ,
+               "IMAGEGATE_DATA_DIR": str(data_dir),
+               "IMAGEGATE_MODELS_DIR": str(tiny_models_dir),
+               "IMAGEGATE_LOG_LEVEL": "warning"}
+        env.update({f"IMAGEGATE_{k.upper()}": str(v) for k, v in settings.items()})
+        args = [sys.executable, "-m", "imagegate", "serve", "--host", "127.0.0.1",
+                "--port", str(port)]
+        if config is not None:
+            path = data_dir / "imagegate.toml"
+            path.write_text(config)
+            args += ["--config", str(path)]
+        log = open(data_dir / "server.log", "wb")
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError((data_dir / "server.log").read_text())
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    return Server(base, data_dir, proc)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("imagegate serve did not come up within 60 s")
+
+    yield start
+    for proc in started:
+        proc.terminate()
+    for proc in started:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(start_server: ServerFactory) -> Server:
+    """One server with default settings, shared by tests that don't change settings."""
+    return start_server()
