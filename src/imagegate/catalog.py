@@ -8,9 +8,10 @@ configuration, never an `if model == ...`.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ModelNotFound
 
@@ -26,6 +27,7 @@ class SizeRule(BaseModel):
     max_pixels: int | None = None
 
 
+_SIZE_TEXT = re.compile(r"^\d+x\d+$")
 EXTENSION_PARAMS = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt")
 
 
@@ -49,9 +51,18 @@ class Capabilities(BaseModel):
     max_steps: int = 100
 
     @model_validator(mode="after")
-    def _one_size_source(self) -> "Capabilities":
+    def _consistent(self) -> "Capabilities":
+        """Catch a bad default at start-up rather than as a 500 on every request."""
         if self.sizes is None and self.size_rule is None:
             self.size_rule = SizeRule()
+        if self.sizes is not None and self.default_size not in self.sizes:
+            raise ValueError(f"default_size {self.default_size!r} is not in sizes {self.sizes}")
+        if not _SIZE_TEXT.match(self.default_size):
+            raise ValueError(f"default_size {self.default_size!r} is not WIDTHxHEIGHT")
+        for name, default, allowed in (("quality", self.default_quality, self.qualities),
+                                       ("style", self.default_style, self.styles)):
+            if default is not None and default not in allowed:
+                raise ValueError(f"default_{name} {default!r} is not one of {allowed}")
         return self
 
 
@@ -221,11 +232,25 @@ class Catalog:
         for name, patch in (overrides or {}).items():
             base = specs.get(name, {"name": name})
             specs[name] = _deep_merge(base, {**patch, "name": name})
-        return cls([ModelSpec.model_validate(raw) for raw in specs.values()])
+        models = []
+        for name, raw in specs.items():
+            try:
+                models.append(ModelSpec.model_validate(raw))
+            except ValidationError as exc:
+                raise ValueError(f"[models.{name}] in the configuration is invalid: {exc}") from exc
+        return cls(models)
 
     def get(self, name: str) -> ModelSpec:
+        """A served model, or 404."""
         spec = self._specs.get(name)
         if spec is None or not spec.enabled:
+            raise ModelNotFound(name)
+        return spec
+
+    def lookup(self, name: str) -> ModelSpec:
+        """Any library entry, served or not (for operator tools), or 404."""
+        spec = self._specs.get(name)
+        if spec is None:
             raise ModelNotFound(name)
         return spec
 

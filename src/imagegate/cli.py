@@ -32,8 +32,8 @@ def _settings(config: Optional[Path], **overrides) -> Settings:
 
 @app.command()
 def serve(
-    host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1]."),
-    port: Optional[int] = typer.Option(None, help="Port to listen on [default: 8000]."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port to listen on (default 8000)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Run the HTTP server."""
@@ -42,8 +42,20 @@ def serve(
     from .app import create_app
 
     settings = _settings(config, host=host, port=port)
+    _configure_logging(settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level, proxy_headers=False)
+
+
+def _configure_logging(level: str) -> None:
+    """imagegate's own loggers, alongside uvicorn's."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    logger = logging.getLogger("imagegate")
+    logger.addHandler(handler)
+    logger.setLevel(5 if level == "trace" else level.upper())
 
 
 @app.command()
@@ -69,6 +81,8 @@ def generate(
     fmt = _SUFFIX_FORMATS.get(output.suffix.lower())
     if fmt is None:
         _fail(f"Unsupported output extension {output.suffix!r}: use .png, .jpg or .webp.")
+    if not output.parent.is_dir():
+        _fail(f"The output folder {output.parent} does not exist.")
     settings = _settings(config)
     service = build_service(settings)
     try:
@@ -122,8 +136,11 @@ def models(
     from .app import build_service
 
     service = build_service(_settings(config))
+    out = Console()
     table = Table("model", "backend", "weights", "sizes", "max n", "quality")
-    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
+    wide = out.width >= 120  # descriptions only where they don't squeeze the facts
+    if wide:
+        table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
     for spec in service.catalog:
         if not (spec.enabled or all_):
             continue
@@ -135,9 +152,10 @@ def models(
             rule = caps.size_rule
             sizes = f"{rule.min_edge}-{rule.max_edge}, x{rule.multiple_of}"
         weights = info.get("weights") or ("n/a" if info["available"] else "no deployment")
-        table.add_row(spec.name, spec.backend, weights, sizes, str(caps.max_n),
-                      ", ".join(caps.qualities) or "-", spec.description)
-    Console().print(table)
+        row = [spec.name, spec.backend, weights, sizes, str(caps.max_n),
+               ", ".join(caps.qualities) or "-"]
+        table.add_row(*row, *([spec.description] if wide else []))
+    out.print(table)
 
 
 @app.command()
@@ -152,7 +170,7 @@ def pull(
 
     settings = _settings(config)
     try:
-        spec = Catalog.from_config(settings.models).get(model)
+        spec = Catalog.from_config(settings.models).lookup(model)
     except APIError as exc:
         _fail(exc.message)
     if spec.local is None:

@@ -75,11 +75,6 @@ class ModelUnavailable(APIError):
     code = "model_unavailable"
 
 
-class PayloadTooLarge(APIError):
-    status = 413
-    code = "request_too_large"
-
-
 class NotFound(APIError):
     status = 404
     code = "not_found"

@@ -74,7 +74,8 @@ def resolve(spec: ModelSpec, req: GenerationRequest) -> ResolvedRequest:
     if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
         raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}.", param=req.param("seed"))
 
-    # One seed per image: image i of a request with seed s is the image seed s + i gives alone.
+    # One seed per image: image i of a request with seed s is the image seed s + i gives alone
+    # (up to float rounding between batched and single runs).
     base = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
     seeds = [(base + i) % (MAX_SEED + 1) for i in range(req.n)]
 
@@ -97,9 +98,9 @@ def resolve(spec: ModelSpec, req: GenerationRequest) -> ResolvedRequest:
 
 def _choose(spec: ModelSpec, req: GenerationRequest, name: str, value: str | None,
             allowed: list[str], default: str | None) -> str | None:
-    if value is None:
-        value = default
-    elif value not in allowed:
+    if value is None or value == "auto":
+        return default  # OpenAI accepts `auto` everywhere: the model's own default
+    if value not in allowed:
         if not allowed:
             raise InvalidRequest(f"`{spec.name}` does not support `{name}`.",
                                  param=req.param(name), code="unsupported_parameter")
@@ -107,8 +108,6 @@ def _choose(spec: ModelSpec, req: GenerationRequest, name: str, value: str | Non
             f"Invalid `{name}` {value!r} for `{spec.name}`; supported values are {allowed}.",
             param=req.param(name),
         )
-    if value == "auto" and default not in (None, "auto"):
-        value = default
     return value
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+
+_config_file: ContextVar[str | None] = ContextVar("imagegate_config_file", default=None)
 
 
 class Settings(BaseSettings):
@@ -44,11 +48,9 @@ class Settings(BaseSettings):
     allow_downloads: bool = False
     """Let the local engine fetch missing weights from the Hugging Face hub on first use. Off by
     default: a request should never wait on a multi-gigabyte download (use `imagegate pull`)."""
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """`[models.NAME]` tables: overrides of built-in models and new model definitions."""
-
-    config_file: Path | None = Field(default=None, exclude=True)
 
     @classmethod
     def settings_customise_sources(
@@ -60,20 +62,22 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("IMAGEGATE_CONFIG")
+        config_file = _config_file.get() or os.environ.get("IMAGEGATE_CONFIG")
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            path = Path(config_file)
+            if not path.is_file():  # a typo must not silently fall back to defaults
+                raise FileNotFoundError(f"config file not found: {path}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
     @classmethod
     def load(cls, config_file: Path | str | None = None, **overrides: Any) -> "Settings":
         """Settings from env and `config_file` (or $IMAGEGATE_CONFIG); `overrides` win."""
-        if config_file is not None:
-            path = Path(config_file)
-            if not path.is_file():
-                raise FileNotFoundError(f"config file not found: {path}")
-            os.environ["IMAGEGATE_CONFIG"] = str(path)
-        return cls(**overrides)
+        token = _config_file.set(str(config_file) if config_file is not None else None)
+        try:
+            return cls(**overrides)
+        finally:
+            _config_file.reset(token)
 
     @property
     def resolved_models_dir(self) -> Path:
@@ -90,9 +94,10 @@ class Settings(BaseSettings):
         path = self.data_dir / "url-secret"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"url-secret.{os.getpid()}.tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
+            tmp = path.with_name(f"url-secret.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
             try:
                 os.link(tmp, path)  # atomic: the first process to link wins, all read the same
             except FileExistsError:

@@ -46,9 +46,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    message, param, code = describe_validation_error(exc.errors())
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        message, param, code = (
+            f"Unsupported content type: {media_type or 'none'!r}. Send the body as JSON with "
+            "Content-Type: application/json.", None, "unsupported_content_type")
+    else:
+        message, param, code = describe_validation_error(exc.errors())
     return JSONResponse(error_body(message, type="invalid_request_error", param=param, code=code),
                         status_code=400)
 

@@ -3,7 +3,7 @@
 imagegate needs a model that exercises the whole serving path (tokenizer, text
 encoder, UNet, VAE, scheduler, ``diffusers`` loading) on any machine, with no
 network access and no GPU.  ``build_tiny_sd`` builds such a pipeline from
-scratch, with a few thousand random parameters, and saves it in the ordinary
+scratch, with about 45,000 random parameters, and saves it in the ordinary
 diffusers folder format, so it is loaded exactly like a real checkpoint
 (``AutoPipelineForText2Image.from_pretrained(path, local_files_only=True)``).
 It paints noise; it is for tests and demos only.
@@ -37,6 +37,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 TINY_SD_MARKER = "imagegate-tiny-sd"
 # Bump when the architecture or weights change: older builds are then replaced.
@@ -104,13 +108,13 @@ def _write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
-def _build_pipeline(tokenizer_dir: Path):  # -> StableDiffusionPipeline
+def _build_pipeline(tokenizer_dir: Path) -> StableDiffusionPipeline:
     # Imported here: importing diffusers/transformers takes seconds, and
     # callers that only ask is_tiny_sd_built() should not pay for it.
     import torch
     from diffusers import (
         AutoencoderKL,
-        EulerDiscreteScheduler,
+        DDIMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
@@ -175,11 +179,16 @@ def _build_pipeline(tokenizer_dir: Path):  # -> StableDiffusionPipeline
             )
         )
 
-    scheduler = EulerDiscreteScheduler(
+    # DDIM, not Euler: with numpy 2.4 and torch 2.13, every sigma-based
+    # diffusers scheduler (Euler, DPM-Solver, UniPC, Heun) raises a numpy
+    # DeprecationWarning from np.array(tensor) on each call; DDIM does not.
+    scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
+        clip_sample=False,  # SD pipelines warn when this is True
+        set_alpha_to_one=False,
         timestep_spacing="trailing",
         steps_offset=1,  # SD pipelines warn when this is not 1
     )
@@ -196,7 +205,7 @@ def _build_pipeline(tokenizer_dir: Path):  # -> StableDiffusionPipeline
     )
 
 
-def _read_marker(target: Path) -> dict | None:
+def _read_marker(target: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((target / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -1,7 +1,7 @@
 """Where a local model's weights are, and whether they are here at all.
 
-Looked for, in order: a local directory named by `source`; MODELS_DIR/NAME; the Hugging Face
-cache for a hub id. Nothing here downloads.
+Looked for, in order: MODELS_DIR/NAME (where `imagegate pull` puts them); a local directory named
+by `source`; the Hugging Face cache for a hub id. Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def locate(spec: ModelSpec, models_dir: Path) -> WeightsLocation:
     source = spec.local.source
     own_dir = models_dir / spec.name
     if source.startswith(BUILTIN_PREFIX):
-        return WeightsLocation("buildable", own_dir)
+        return WeightsLocation("present" if _is_pipeline_dir(own_dir) else "buildable", own_dir)
     if _is_pipeline_dir(own_dir):
         return WeightsLocation("present", own_dir)
     as_path = Path(source).expanduser()

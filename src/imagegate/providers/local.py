@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import ModelSpec
-from ..errors import GenerationFailed, ModelUnavailable
+from ..errors import APIError, GenerationFailed, ModelUnavailable
 from ..generation import ProgressCallback, ProviderResult, ResolvedRequest
 from ..settings import Settings
 
@@ -48,7 +48,6 @@ class LocalProvider:
 
         worker = self._workers.get(spec.name)
         return {
-            "backend": "local",
             "source": spec.local.source if spec.local else None,
             "weights": locate(spec, self._models_dir).status,
             "loaded": bool(worker and worker.loaded),
@@ -87,8 +86,12 @@ class LocalProvider:
             assert where.path is not None
             build_tiny_sd(where.path)
         source: str | Path = where.path if where.path is not None else spec.local.source
-        return load_pipeline(spec, source, self.device,
-                             allow_downloads=self._settings.allow_downloads)
+        try:
+            return load_pipeline(spec, source, self.device,
+                                 allow_downloads=self._settings.allow_downloads)
+        except Exception as exc:  # broken or partial weights: the model can't serve, say so
+            log.warning("loading %s failed: %s", spec.name, exc)
+            raise ModelUnavailable(f"`{spec.name}` could not be loaded on this server.") from exc
 
     async def generate(self, spec: ModelSpec, request: ResolvedRequest,
                        progress: ProgressCallback | None = None) -> ProviderResult:
@@ -98,9 +101,8 @@ class LocalProvider:
         worker = self._worker(spec)
         try:
             return await worker.submit(lambda pipe: text_to_image(pipe, spec, request, progress))
-        except (OSError, EnvironmentError) as exc:
-            log.warning("loading %s failed: %s", spec.name, exc)
-            raise ModelUnavailable(f"`{spec.name}` could not be loaded on this server.") from exc
+        except APIError:
+            raise
         except Exception as exc:
             log.exception("generation with %s failed", spec.name)
             raise GenerationFailed("The image could not be generated.") from exc

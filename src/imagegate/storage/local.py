@@ -36,7 +36,6 @@ class LocalImageStore:
     def __init__(self, root: Path, ttl_seconds: int) -> None:
         self.root = root
         self.ttl_seconds = ttl_seconds
-        root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
         return self.root / name[:2] / name
@@ -44,7 +43,7 @@ class LocalImageStore:
     def put(self, data: bytes, ext: str) -> StoredImage:
         name = f"{secrets.token_urlsafe(18)}.{ext}"
         path = self._path(name)
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".part")
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -52,7 +51,7 @@ class LocalImageStore:
         return StoredImage(name, path)
 
     def get(self, name: str) -> StoredImage:
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise NotFound("No such image.")
         path = self._path(name)
         if not path.is_file():
@@ -60,9 +59,15 @@ class LocalImageStore:
         return StoredImage(name, path)
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete images older than the link lifetime (and stale partial writes)."""
-        cutoff = (now if now is not None else time.time()) - self.ttl_seconds
+        """Delete images older than the link lifetime (and stale partial writes).
+
+        One second of grace: links expire at the signing time rounded up, so a file is never
+        removed while a link to it still verifies.
+        """
+        cutoff = (now if now is not None else time.time()) - self.ttl_seconds - 1
         removed = 0
+        if not self.root.is_dir():
+            return 0
         for shard in self.root.iterdir():
             if not shard.is_dir():
                 continue

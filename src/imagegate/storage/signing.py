@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import time
 from urllib.parse import urlencode
 
@@ -30,14 +31,15 @@ class URLSigner:
 
     def sign(self, name: str, *, now: float | None = None) -> tuple[str, int]:
         """Return (path with query, expiry in unix seconds) for a stored image's name."""
-        expires = int(now if now is not None else time.time()) + self.ttl_seconds
+        # Round up: a link must live at least ttl_seconds, never a fraction of a second less.
+        expires = math.ceil((now if now is not None else time.time()) + self.ttl_seconds)
         query = urlencode({"expires": expires, "sig": self._mac(name, expires)})
         return f"{MEDIA_PREFIX}{name}?{query}", expires
 
     def verify(self, name: str, expires: str | None, sig: str | None,
                *, now: float | None = None) -> None:
         """Raise 403 unless the signature matches and the link has not expired."""
-        if not expires or not sig or not expires.isdigit():
+        if not expires or not sig or not (expires.isascii() and expires.isdigit()):
             raise Forbidden("This image link is not signed.", code="invalid_signature")
         if not hmac.compare_digest(self._mac(name, int(expires)), sig):
             raise Forbidden("This image link's signature does not match.",
