@@ -11,8 +11,9 @@ In one run it:
 
 1. builds tiny-sd once into a temporary MODELS_DIR (`imagegate.engine.tiny.build_tiny_sd`);
 2. loads that folder in this process with `AutoPipelineForText2Image.from_pretrained` (float32,
-   CPU) -- baseline A, "direct";
-3. starts `python -m imagegate serve` on a free 127.0.0.1 port with the same MODELS_DIR -- B;
+   on --device, CPU by default) -- baseline A, "direct";
+3. starts `python -m imagegate serve` on a free 127.0.0.1 port with the same MODELS_DIR and
+   IMAGEGATE_DEVICE pinned to the same device -- B;
 4. for each case (n=1 and n=4, 64x64) runs the warm-up iterations, then the measured ones, each
    iteration being: direct call, HTTP b64_json, HTTP url -- interleaved, so machine noise hits
    all of them alike;
@@ -59,8 +60,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=15, help="measured iterations per case (>= 10)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up iterations per case")
+    p.add_argument("--runs", type=int, default=15,
+                   help="measured iterations per case [default: 15; >= 10 for published figures]")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up iterations per case [default: 3]")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="torch intra-op threads, in both processes [default: usable CPUs]")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -90,6 +92,8 @@ def bench_env(threads: int, device: str, data_dir: Path, models_dir: Path) -> di
         "IMAGEGATE_MODELS_DIR": str(models_dir),
         # Pinned: with device "auto" the server would take a GPU while the direct side did not.
         "IMAGEGATE_DEVICE": device,
+        # The engine path alone; what keys and billing add is measured by benchmarks/billing.py.
+        "IMAGEGATE_AUTH": "off",
     })
     return env
 
@@ -278,7 +282,7 @@ def start_server(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen,
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    proc.terminate()
+    stop_server(proc)
     raise RuntimeError("imagegate serve did not answer /health within 60 s")
 
 

@@ -63,7 +63,10 @@ def start_server(tmp_path_factory: pytest.TempPathFactory,
         env = {**os.environ,
                "IMAGEGATE_DATA_DIR": str(data_dir),
                "IMAGEGATE_MODELS_DIR": str(tiny_models_dir),
-               "IMAGEGATE_LOG_LEVEL": "warning"}
+               "IMAGEGATE_LOG_LEVEL": "warning",
+               # Single-user mode unless a test asks for keys: tests of the images API need
+               # none; tests of keys and money start servers with auth="on".
+               "IMAGEGATE_AUTH": "off"}
         env.update({f"IMAGEGATE_{k.upper()}": str(v) for k, v in settings.items()})
         args = [sys.executable, "-m", "imagegate", "serve", "--host", "127.0.0.1",
                 "--port", str(port)]

@@ -280,9 +280,11 @@ def test_size_auto_means_model_default(client: httpx.Client) -> None:
 
 def test_client_request_id_is_echoed(client: httpx.Client) -> None:
     resp = client.post("/images/generations", json=model("no-such-model"),
-                       headers={"x-request-id": "my-trace-123"})
+                       headers={"x-client-request-id": "my-trace-123",
+                                "x-request-id": "my-trace-123"})
     assert resp.status_code == 404
-    assert resp.headers["x-request-id"] == "my-trace-123"
+    assert resp.headers["x-client-request-id"] == "my-trace-123"
+    assert resp.headers["x-request-id"] != "my-trace-123"  # ours is minted by the server
 
 
 @pytest.mark.parametrize("content_type", [

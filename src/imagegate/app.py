@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from . import __version__
-from .api import health, images, media, models
+from .accounts.system import AccountSystem
+from .api import admin, health, images, media, models
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .catalog import Catalog
@@ -24,28 +25,40 @@ from .storage import LocalImageStore, URLSigner
 log = logging.getLogger(__name__)
 
 
-def build_service(settings: Settings) -> ImageService:
+def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageService:
     """The request path's parts, without HTTP: shared by the server and the CLI."""
     catalog = Catalog.from_config(settings.models)
     providers: dict[str, Provider] = {"local": LocalProvider(settings)}
     store = LocalImageStore(settings.images_dir, settings.url_ttl_seconds)
     signer = URLSigner(settings.signing_secret(), settings.url_ttl_seconds)
-    return ImageService(catalog, providers, store, signer)
+    accounts = AccountSystem(settings, store) if with_accounts else None
+    return ImageService(catalog, providers, store, signer, accounts)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.load()
     service = build_service(settings)
 
+    accounts = service.accounts
+    assert accounts is not None
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(_sweep_forever(service.store, settings.sweep_interval_seconds))
+        new_admin_key = await accounts.start()
+        if new_admin_key:
+            _announce_admin_key(new_admin_key)
+        tasks = [
+            asyncio.create_task(_sweep_forever(service.store, settings.sweep_interval_seconds)),
+            asyncio.create_task(accounts.sweep_forever()),
+        ]
         try:
             yield
         finally:
-            sweeper.cancel()
+            for task in tasks:
+                task.cancel()
             for provider in service.providers.values():
                 await provider.aclose()
+            await accounts.close()
 
     app = FastAPI(title="imagegate", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
@@ -60,7 +73,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, include_in_schema=False)  # /images/... as some clients call it
     app.include_router(media.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     return app
+
+
+def _announce_admin_key(key: str) -> None:
+    """Printed once, on the first start with an empty database: only its hash is kept."""
+    print(
+        "\n  imagegate created the first admin API key (it is shown only this once):\n"
+        f"\n      {key}\n\n"
+        "  Use it with /admin/... or `imagegate keys create` to make keys for your users.\n",
+        flush=True,
+    )
 
 
 async def _sweep_forever(store: LocalImageStore, interval: float) -> None:

@@ -9,6 +9,7 @@ configuration, never an `if model == ...`.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -82,6 +83,37 @@ class LocalSpec(BaseModel):
     """Prompt token limit of the second text encoder (T5 in Flux), when the pipeline takes one."""
 
 
+class Pricing(BaseModel):
+    """Price per image, in currency units as exact decimals (write them as strings in TOML).
+
+    Lookup order for one image: `table["WxH/quality"]`, then `table["WxH"]` times the quality
+    multiplier, then `per_image` times the size and quality multipliers (or, with `base_pixels`,
+    times pixels / base_pixels instead of a size multiplier).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_image: Decimal = Decimal(0)
+    table: dict[str, Decimal] = Field(default_factory=dict)
+    size_multipliers: dict[str, Decimal] = Field(default_factory=dict)
+    quality_multipliers: dict[str, Decimal] = Field(default_factory=dict)
+    base_pixels: int | None = None
+
+    @model_validator(mode="after")
+    def _no_negative_prices(self) -> "Pricing":
+        values = [self.per_image, *self.table.values(), *self.size_multipliers.values(),
+                  *self.quality_multipliers.values()]
+        if any(v < 0 for v in values):
+            raise ValueError("prices and multipliers must not be negative")
+        return self
+
+
+def _prices(per_image: str = "0", **table: str) -> Pricing:
+    """Shorthand for the library below: table keys use '_' for '/'."""
+    return Pricing(per_image=Decimal(per_image),
+                   table={k.replace("_", "/"): Decimal(v) for k, v in table.items()})
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,6 +125,7 @@ class ModelSpec(BaseModel):
     outputs: list[Literal["image", "text"]] = Field(default_factory=lambda: ["image"])
     owned_by: str = "imagegate"
     capabilities: Capabilities = Field(default_factory=Capabilities)
+    pricing: Pricing = Field(default_factory=Pricing)
     local: LocalSpec | None = None
 
     @property
@@ -151,17 +184,21 @@ def _builtin_models() -> list[ModelSpec]:
     )
     upstream = [
         ModelSpec(name="dall-e-3", backend="upstream", enabled=False, owned_by="openai",
-                  capabilities=dalle3),
+                  capabilities=dalle3, pricing=_dalle3_prices()),
         ModelSpec(name="dall-e-2", backend="upstream", enabled=False, owned_by="openai",
-                  capabilities=dalle2),
+                  capabilities=dalle2,
+                  pricing=_prices("0.02", **{"256x256": "0.016", "512x512": "0.018",
+                                             "1024x1024": "0.02"})),
         ModelSpec(name="gpt-image-1", backend="upstream", enabled=False, owned_by="openai",
-                  capabilities=gpt_image),
+                  capabilities=gpt_image, pricing=_gpt_image_prices()),
         ModelSpec(name="flux-1.1-pro", backend="upstream", enabled=False,
-                  owned_by="black-forest-labs", capabilities=flux_api),
+                  owned_by="black-forest-labs", capabilities=flux_api,
+                  pricing=_prices("0.04")),
         ModelSpec(name="imagen-3", backend="upstream", enabled=False, owned_by="google",
-                  capabilities=imagen),
+                  capabilities=imagen, pricing=_prices("0.04")),
         ModelSpec(name="gemini-2.5-flash-image", backend="upstream", enabled=False,
-                  owned_by="google", outputs=["image", "text"], capabilities=gemini),
+                  owned_by="google", outputs=["image", "text"], capabilities=gemini,
+                  pricing=_prices("0.039")),
         ModelSpec(name="hunyuan-image", backend="upstream", enabled=False, owned_by="tencent",
                   capabilities=flux_api),
     ]
@@ -214,6 +251,25 @@ def _builtin_models() -> list[ModelSpec]:
         ),
     ]
     return local + upstream
+
+
+def _dalle3_prices() -> Pricing:
+    """OpenAI list prices: standard 1024² $0.04, 1792 sizes $0.08; hd $0.08 / $0.12."""
+    table = {"1024x1024/standard": "0.04", "1024x1024/hd": "0.08"}
+    for size in ("1792x1024", "1024x1792"):
+        table |= {f"{size}/standard": "0.08", f"{size}/hd": "0.12"}
+    return Pricing(per_image=Decimal("0.12"), table={k: Decimal(v) for k, v in table.items()})
+
+
+def _gpt_image_prices() -> Pricing:
+    """OpenAI list prices per image; `auto` is billed as `high`, the most it can cost."""
+    square = {"low": "0.011", "medium": "0.042", "high": "0.167"}
+    wide = {"low": "0.016", "medium": "0.063", "high": "0.25"}
+    table: dict[str, Decimal] = {}
+    for size, prices in (("1024x1024", square), ("1536x1024", wide), ("1024x1536", wide)):
+        for quality, price in {**prices, "auto": prices["high"]}.items():
+            table[f"{size}/{quality}"] = Decimal(price)
+    return Pricing(per_image=Decimal("0.25"), table=table)
 
 
 class Catalog:

@@ -84,7 +84,7 @@ def generate(
     if not output.parent.is_dir():
         _fail(f"The output folder {output.parent} does not exist.")
     settings = _settings(config)
-    service = build_service(settings)
+    service = build_service(settings, with_accounts=False)
     try:
         request = GenerationRequest(
             model=model or settings.default_model, prompt=prompt, n=n, size=parse_size(size),

@@ -134,3 +134,4 @@ class GenerationResult:
     response_format: ResponseFormat
     revised_prompt: str
     prompt_tokens: int
+    cost_micros: int = 0

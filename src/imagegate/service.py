@@ -1,6 +1,12 @@
 """The request path every endpoint shares, written once and free of HTTP.
 
-    catalog -> rules -> provider -> encode -> store + sign -> result
+    limits -> catalog -> key's model allow-list -> rules -> provider choice -> price
+      -> reserve -> generate -> encode -> store + sign -> settle (+ usage) -> result
+
+Money: the full price of n images is reserved before the provider is called; afterwards exactly
+the delivered images are charged and the rest released, whatever happened in between
+(errors, partial results, a client that went away). Every request that got past authentication
+leaves one usage record.
 
 Endpoints translate their wire format into a `GenerationRequest` and the `GenerationResult` back;
 everything in between happens here, in this order.
@@ -10,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+from .accounts.keys import Caller
+from .accounts.system import AccountSystem
 from .catalog import Catalog, ModelSpec
-from .errors import GenerationFailed, ModelUnavailable
+from .errors import APIError, GenerationFailed, ModelUnavailable
 from .generation import (
     DeliveredImage,
     GenerationRequest,
@@ -21,6 +30,7 @@ from .generation import (
     ProviderResult,
 )
 from .imaging import encode
+from .pricing import unit_price_micros
 from .providers.base import Provider
 from .rules import resolve
 from .storage import LocalImageStore, URLSigner
@@ -28,11 +38,14 @@ from .storage import LocalImageStore, URLSigner
 
 class ImageService:
     def __init__(self, catalog: Catalog, providers: dict[str, Provider],
-                 store: LocalImageStore, signer: URLSigner) -> None:
+                 store: LocalImageStore, signer: URLSigner,
+                 accounts: AccountSystem | None = None) -> None:
         self.catalog = catalog
         self.providers = providers
         self.store = store
         self.signer = signer
+        self.accounts = accounts
+        """None only for in-process use without billing (the `generate` CLI)."""
 
     def provider_for(self, spec: ModelSpec) -> Provider:
         provider = self.providers.get(spec.backend)
@@ -43,14 +56,55 @@ class ImageService:
         return provider
 
     async def generate(self, req: GenerationRequest, *, request_id: str,
+                       caller: Caller | None = None, endpoint: str = "images.generations",
                        progress: ProgressCallback | None = None) -> GenerationResult:
+        if self.accounts is None or caller is None:
+            return await self._generate(req, request_id, progress)
+        usage: dict[str, Any] = {
+            "request_id": request_id, "key_id": caller.key_id, "account_id": caller.account_id,
+            "endpoint": endpoint, "model": req.model, "n": req.n, "status": 200,
+        }
+        started = time.monotonic()
+        billing = _Billing(self.accounts, caller, request_id)
+        try:
+            async with self.accounts.limits.slot(caller):
+                result = await self._generate(req, request_id, progress, billing, usage)
+            return result
+        except APIError as exc:
+            usage.update(status=exc.status, error_code=exc.code)
+            raise
+        except asyncio.CancelledError:
+            usage.update(status=499, error_code="client_disconnected")
+            raise
+        except BaseException:
+            usage.update(status=500, error_code="internal_error")
+            raise
+        finally:
+            usage["latency_ms"] = int((time.monotonic() - started) * 1000)
+            # Shielded: a cancelled request must still give its reservation back.
+            await asyncio.shield(billing.finish(usage))
+
+    async def _generate(self, req: GenerationRequest, request_id: str,
+                        progress: ProgressCallback | None,
+                        billing: "_Billing | None" = None,
+                        usage: dict[str, Any] | None = None) -> GenerationResult:
         spec = self.catalog.get(req.model)
+        if billing is not None:
+            billing.caller.check_model(spec.name)
         resolved = resolve(spec, req)
         provider = self.provider_for(spec)
+        if usage is not None:
+            usage.update(size=str(resolved.size), quality=resolved.quality,
+                         deployment=provider.name)
+        if billing is not None:
+            unit = unit_price_micros(spec, resolved, billing.caller.price_multiplier)
+            await billing.reserve(unit, resolved.n)
         produced = await provider.generate(spec, resolved, progress)
         if not produced.images:
             raise GenerationFailed(f"`{spec.name}` returned no image.")
         images = await asyncio.to_thread(self._deliver, produced, req, resolved.background)
+        if billing is not None:
+            billing.delivered = len(images)
         return GenerationResult(
             request_id=request_id,
             model=spec.name,
@@ -63,6 +117,7 @@ class ImageService:
             response_format=req.response_format,
             revised_prompt=produced.revised_prompt or resolved.prompt,
             prompt_tokens=produced.prompt_tokens,
+            cost_micros=billing.unit * len(images) if billing is not None else 0,
         )
 
     def _deliver(self, produced: ProviderResult, req: GenerationRequest,
@@ -77,3 +132,29 @@ class ImageService:
                 image.url, image.expires_at = self.signer.sign(stored.name)
             delivered.append(image)
         return delivered
+
+
+class _Billing:
+    """One request's money: reserve up front, then settle exactly what was delivered."""
+
+    def __init__(self, accounts: AccountSystem, caller: Caller, request_id: str) -> None:
+        self.accounts = accounts
+        self.caller = caller
+        self.request_id = request_id
+        self.unit = 0
+        self.reserved = False
+        self.delivered = 0
+
+    async def reserve(self, unit: int, n: int) -> None:
+        self.unit = unit
+        if unit * n == 0:
+            return  # nothing to hold (a free model): skip two transactions, keep the usage row
+        await self.accounts.ledger.reserve(self.caller.account_id, self.request_id, unit * n)
+        self.reserved = True
+
+    async def finish(self, usage: dict[str, Any]) -> None:
+        usage["images_delivered"] = self.delivered
+        if self.reserved:
+            await self.accounts.ledger.settle(self.request_id, self.unit * self.delivered, usage)
+        else:
+            await self.accounts.ledger.record_usage({**usage, "cost_micros": 0})

@@ -48,6 +48,24 @@ class Settings(BaseSettings):
     allow_downloads: bool = False
     """Let the local engine fetch missing weights from the Hugging Face hub on first use. Off by
     default: a request should never wait on a multi-gigabyte download (use `imagegate pull`)."""
+    database_url: str | None = None
+    """SQLAlchemy URL. Default: a SQLite file DATA_DIR/imagegate.db. PostgreSQL:
+    postgresql://user:pass@host/db (the asyncpg driver is used)."""
+    auth: Literal["on", "off"] = "on"
+    """`off`: no API keys; every request runs as one unlimited local account (single-user setups)."""
+    admin_key: str | None = None
+    """An admin API key to make sure exists at start-up (for deployments that inject secrets).
+    When unset and the database has no admin key, `serve` creates one and prints it once."""
+    currency: str = "USD"
+    node_id: str | None = None
+    """This server's name in reservations; on start-up it releases what its previous run left
+    held. Default: hostname:port. Give each replica its own."""
+    reservation_lease_seconds: int = Field(900, ge=10)
+    """A reservation older than this is released by the sweeper whatever node holds it."""
+    ledger_sweep_seconds: float = Field(30.0, gt=0)
+    auth_cache_seconds: float = Field(5.0, ge=0)
+    """How long a verified key is trusted without a database read. Disabling a key through this
+    server takes effect at once; through another replica, within this many seconds."""
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """`[models.NAME]` tables: overrides of built-in models and new model definitions."""
@@ -82,6 +100,22 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.data_dir / "models"
+
+    @property
+    def resolved_database_url(self) -> str:
+        url = self.database_url or f"sqlite:///{self.data_dir / 'imagegate.db'}"
+        for plain, driver in (("sqlite://", "sqlite+aiosqlite://"),
+                              ("postgresql://", "postgresql+asyncpg://"),
+                              ("postgres://", "postgresql+asyncpg://")):
+            if url.startswith(plain):
+                return driver + url[len(plain):]
+        return url
+
+    @property
+    def resolved_node_id(self) -> str:
+        import socket
+
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def images_dir(self) -> Path:

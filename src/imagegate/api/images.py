@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 
+from ..accounts.keys import Caller
 from ..errors import InvalidRequest
 from ..generation import GenerationRequest, GenerationResult, Size
 from ..protocol.images import (
@@ -26,11 +28,17 @@ router = APIRouter(tags=["images"])
 async def create_image(
     body: ImageGenerationRequest,
     request: Request,
+    caller: Caller = Depends(deps.caller),
     service: ImageService = Depends(deps.service),
-) -> ImagesResponse:
+) -> JSONResponse:
     gen = to_generation_request(body, default_model=deps.settings(request).default_model)
-    result = await service.generate(gen, request_id=deps.request_id(request))
-    return to_images_response(result, deps.public_base_url(request))
+
+    async def produce() -> dict:
+        result = await service.generate(gen, request_id=deps.request_id(request), caller=caller)
+        answer = to_images_response(result, deps.public_base_url(request))
+        return answer.model_dump(exclude_none=True)
+
+    return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
 
 
 def parse_size(value: str | None, param: str = "size") -> Size | None:

@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
+from ..errors import NotFound
 from ..service import ImageService
 from . import deps
 
@@ -17,6 +18,8 @@ router = APIRouter(tags=["media"])
 async def get_media(name: str, request: Request,
                     service: ImageService = Depends(deps.service)) -> FileResponse:
     stored = service.store.get(name)  # 404 for malformed or unknown names, before anything else
+    if not stored.is_image:  # the store also keeps replayable responses; those are not served
+        raise NotFound("No such image.")
     expires = request.query_params.get("expires")
     service.signer.verify(name, expires, request.query_params.get("sig"))  # 403
     max_age = max(0, int(expires or 0) - int(time.time()))

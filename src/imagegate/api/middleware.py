@@ -30,9 +30,10 @@ class BodyTooLarge(HTTPException):
 
 
 class RequestContextMiddleware:
-    """Gives every request an id (the client's `x-request-id` if sane, else a new one), echoes it
-    on every response, enforces the body-size cap, and turns any unhandled exception into an
-    OpenAI-style 500 that carries no detail."""
+    """Gives every request a new server-minted id (reservations and usage are keyed on it, so a
+    client must not choose it) sent back as `x-request-id`; a sane client id in
+    `x-client-request-id` is echoed. Also enforces the body-size cap, and turns any unhandled
+    exception into an OpenAI-style 500 that carries no detail."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -43,17 +44,19 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        client_id = headers.get("x-request-id", "")
-        request_id = client_id if _CLIENT_ID_RE.match(client_id) else new_request_id()
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
-        id_header = (b"x-request-id", request_id.encode())
+        id_headers = [(b"x-request-id", request_id.encode())]
+        client_id = headers.get("x-client-request-id", "")
+        if _CLIENT_ID_RE.fullmatch(client_id):
+            id_headers.append((b"x-client-request-id", client_id.encode()))
         started = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message = {**message, "headers": [*message.get("headers", []), id_header]}
+                message = {**message, "headers": [*message.get("headers", []), *id_headers]}
             await send(message)
 
         limit = self.max_body_bytes

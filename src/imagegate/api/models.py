@@ -15,7 +15,7 @@ from . import deps
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/models", response_model=ModelList, dependencies=[Depends(deps.caller)])
 async def list_models(request: Request,
                       service: ImageService = Depends(deps.service)) -> ModelList:
     created = request.app.state.started_at
@@ -25,7 +25,8 @@ async def list_models(request: Request,
     return ModelList(data=cards)
 
 
-@router.get("/models/{model_id:path}", response_model=ModelCard)
+@router.get("/models/{model_id:path}", response_model=ModelCard,
+            dependencies=[Depends(deps.caller)])
 async def get_model(model_id: str, request: Request,
                     service: ImageService = Depends(deps.service)) -> ModelCard:
     spec = service.catalog.get(model_id)
@@ -43,6 +44,7 @@ def describe_model(spec: ModelSpec, service: ImageService) -> dict[str, Any]:
         "description": spec.description,
         "outputs": spec.outputs,
         "capabilities": spec.capabilities.model_dump(exclude_none=True),
+        "pricing": spec.pricing.model_dump(mode="json"),
     }
     provider = service.providers.get(spec.backend)
     info["available"] = provider is not None

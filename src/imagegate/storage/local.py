@@ -13,8 +13,9 @@ from ..errors import NotFound
 
 # Names are minted here and only ever matched against this pattern before touching the disk,
 # so a request path can never reach outside the store (no '/', no '..', no other extension).
-_NAME_RE = re.compile(r"^(?P<id>[A-Za-z0-9_-]{22,64})\.(?P<ext>png|jpeg|webp)$")
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_NAME_RE = re.compile(r"^(?P<id>[A-Za-z0-9_-]{22,64})\.(?P<ext>png|jpeg|webp|json)$")
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp",
+               "json": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class StoredImage:
     @property
     def media_type(self) -> str:
         return MEDIA_TYPES[self.name.rsplit(".", 1)[1]]
+
+    @property
+    def is_image(self) -> bool:
+        return self.media_type.startswith("image/")
 
 
 class LocalImageStore:

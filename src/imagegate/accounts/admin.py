@@ -1,0 +1,204 @@
+"""Operator actions on accounts, keys and usage; shared by the admin API and the CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..errors import InvalidRequest, NotFound
+from .keys import hash_key, mint_key
+from .ledger import Ledger, utcnow
+from .tables import Account, ApiKey, LedgerEntry, UsageRecord
+
+LOCAL_ACCOUNT = "local"
+ADMIN_ACCOUNT = "admin"
+
+
+@dataclass
+class NewKey:
+    key: str
+    """Shown once; only its hash is kept."""
+    info: dict[str, Any]
+
+
+class Admin:
+    def __init__(self, engine: AsyncEngine, ledger: Ledger, currency: str) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.currency = currency
+
+    # accounts -----------------------------------------------------------------------------
+
+    async def create_account(self, name: str, *, unlimited: bool = False,
+                             price_multiplier: str = "1") -> dict[str, Any]:
+        _check_multiplier(price_multiplier)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(Account).values(
+                    name=name, currency=self.currency, balance_micros=0, unlimited=unlimited,
+                    price_multiplier=price_multiplier, created_at=utcnow()))
+        except IntegrityError:
+            raise InvalidRequest(f"An account named {name!r} exists already.", param="name",
+                                 code="account_exists") from None
+        return await self.account(name)
+
+    async def ensure_account(self, name: str, *, unlimited: bool) -> int:
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(select(Account.id).where(Account.name == name))
+        if found is not None:
+            return int(found)
+        try:
+            return int((await self.create_account(name, unlimited=unlimited))["id"])
+        except InvalidRequest:  # created by a concurrent start-up
+            return int((await self.account(name))["id"])
+
+    async def account(self, ref: str | int) -> dict[str, Any]:
+        """An account by id or name, with its balance and what is held right now."""
+        condition = Account.id == int(ref) if str(ref).isdigit() else Account.name == str(ref)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(Account).where(condition))).first()
+            if row is None:
+                raise NotFound(f"No account {ref!r}.", param="account")
+            spent = await conn.scalar(
+                select(func.coalesce(func.sum(-LedgerEntry.amount_micros), 0))
+                .where(LedgerEntry.account_id == row.id, LedgerEntry.kind == "charge"))
+        held = await self.ledger.held_total(row.id)
+        return {"id": row.id, "name": row.name, "currency": row.currency,
+                "balance_micros": row.balance_micros, "held_micros": held,
+                "spent_micros": int(spent or 0), "unlimited": row.unlimited,
+                "price_multiplier": row.price_multiplier, "created_at": row.created_at}
+
+    async def accounts(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            ids = (await conn.execute(select(Account.id).order_by(Account.id))).scalars().all()
+        return [await self.account(i) for i in ids]
+
+    async def topup(self, ref: str | int, amount_micros: int, note: str | None = None
+                    ) -> dict[str, Any]:
+        account = await self.account(ref)
+        await self.ledger.topup(account["id"], amount_micros, note)
+        return await self.account(account["id"])
+
+    # keys ---------------------------------------------------------------------------------
+
+    async def create_key(self, account: str | int, name: str, *, is_admin: bool = False,
+                         expires_at: datetime | None = None,
+                         allowed_models: list[str] | None = None,
+                         allowed_ips: list[str] | None = None, rpm_limit: int | None = None,
+                         concurrency_limit: int | None = None,
+                         price_multiplier: str | None = None, key: str | None = None) -> NewKey:
+        owner = await self.account(account)
+        for net in allowed_ips or []:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise InvalidRequest(f"{net!r} is not an IP address or CIDR network.",
+                                     param="allowed_ips") from None
+        if price_multiplier is not None:
+            _check_multiplier(price_multiplier)
+        for field, limit in (("rpm_limit", rpm_limit), ("concurrency_limit", concurrency_limit)):
+            if limit is not None and limit < 1:
+                raise InvalidRequest(f"`{field}` must be at least 1.", param=field)
+        if key is None:
+            key, prefix, digest = mint_key()
+        else:
+            prefix, digest = key[:12], hash_key(key)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(insert(ApiKey).values(
+                account_id=owner["id"], name=name, prefix=prefix, key_hash=digest,
+                is_admin=is_admin, enabled=True, expires_at=expires_at,
+                allowed_models=allowed_models, allowed_ips=allowed_ips, rpm_limit=rpm_limit,
+                concurrency_limit=concurrency_limit, price_multiplier=price_multiplier,
+                created_at=utcnow()))
+            key_id = result.inserted_primary_key[0]
+        return NewKey(key=key, info=await self.key(key_id))
+
+    async def key(self, key_id: int) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(ApiKey).where(ApiKey.id == key_id))).first()
+        if row is None:
+            raise NotFound(f"No API key {key_id}.", param="key")
+        return _key_info(row)
+
+    async def keys(self, account: str | int | None = None) -> list[dict[str, Any]]:
+        query = select(ApiKey).order_by(ApiKey.id)
+        if account is not None:
+            query = query.where(ApiKey.account_id == (await self.account(account))["id"])
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_key_info(r) for r in rows]
+
+    async def set_key_enabled(self, key_id: int, enabled: bool) -> dict[str, Any]:
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(update(ApiKey).where(ApiKey.id == key_id)
+                                         .values(enabled=enabled))
+        if changed.rowcount != 1:
+            raise NotFound(f"No API key {key_id}.", param="key")
+        return await self.key(key_id)
+
+    async def delete_key(self, key_id: int) -> None:
+        async with self.engine.begin() as conn:
+            deleted = await conn.execute(delete(ApiKey).where(ApiKey.id == key_id))
+        if deleted.rowcount != 1:
+            raise NotFound(f"No API key {key_id}.", param="key")
+
+    async def has_admin_key(self) -> bool:
+        async with self.engine.connect() as conn:
+            return bool(await conn.scalar(
+                select(func.count()).select_from(ApiKey).where(ApiKey.is_admin.is_(True))))
+
+    async def ensure_admin_key(self, key: str) -> None:
+        """Make sure `key` exists as an enabled admin key (configured secret)."""
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key)))
+        if found is None:
+            await self.ensure_account(ADMIN_ACCOUNT, unlimited=True)
+            await self.create_key(ADMIN_ACCOUNT, "configured admin key", is_admin=True, key=key)
+
+    # usage --------------------------------------------------------------------------------
+
+    async def usage(self, *, key_id: int | None = None, model: str | None = None,
+                    account: str | int | None = None, since: datetime | None = None,
+                    limit: int = 10_000) -> list[dict[str, Any]]:
+        query = select(UsageRecord).order_by(UsageRecord.id).limit(limit)
+        if key_id is not None:
+            query = query.where(UsageRecord.key_id == key_id)
+        if model is not None:
+            query = query.where(UsageRecord.model == model)
+        if account is not None:
+            query = query.where(UsageRecord.account_id == (await self.account(account))["id"])
+        if since is not None:
+            query = query.where(UsageRecord.created_at >= since)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [{c: getattr(r, c) for c in USAGE_COLUMNS} for r in rows]
+
+
+USAGE_COLUMNS = ("created_at", "request_id", "key_id", "account_id", "endpoint", "model",
+                 "deployment", "n", "size", "quality", "images_delivered", "cost_micros",
+                 "status", "error_code", "latency_ms")
+
+
+def _key_info(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "account_id": row.account_id, "name": row.name, "prefix": row.prefix,
+            "is_admin": row.is_admin, "enabled": row.enabled, "expires_at": row.expires_at,
+            "allowed_models": row.allowed_models, "allowed_ips": row.allowed_ips,
+            "rpm_limit": row.rpm_limit, "concurrency_limit": row.concurrency_limit,
+            "price_multiplier": row.price_multiplier, "created_at": row.created_at}
+
+
+def _check_multiplier(text: str) -> None:
+    try:
+        ok = Decimal(text) >= 0
+    except InvalidOperation:
+        ok = False
+    if not ok:
+        raise InvalidRequest(f"{text!r} is not a valid price multiplier.",
+                             param="price_multiplier")

@@ -1,0 +1,134 @@
+"""`Idempotency-Key`: a retried request gets the first one's answer and is charged once.
+
+The first request with a key inserts a `running` row (the primary key makes this a lock that
+works across processes and replicas), does the work, and stores the answer. Retries with the
+same body wait for that answer and replay it; a different body under the same key is a 409. A
+failed first attempt removes its row, so a retry runs again (nothing was charged).
+
+Answers carrying base64 images are kept as a file in the image store, referenced from the row,
+so no image bytes go into the database; they are replayable for as long as image links live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..errors import APIError
+from ..storage import LocalImageStore
+from .ledger import utcnow
+from .tables import IdempotencyRecord
+
+MAX_KEY_LENGTH = 255
+FILE_REF = "$stored_response"
+
+
+class IdempotencyConflict(APIError):
+    status = 409
+    code = "idempotency_key_reused"
+
+
+class Idempotency:
+    def __init__(self, engine: AsyncEngine, store: LocalImageStore,
+                 wait_seconds: float = 900.0) -> None:
+        self.engine = engine
+        self.store = store
+        self.wait_seconds = wait_seconds
+
+    async def run(self, account_id: int, key: str, body: bytes,
+                  produce: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """The answer for (account, key): produced here once, replayed to every retry."""
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise APIError(f"`Idempotency-Key` must be 1 to {MAX_KEY_LENGTH} characters.",
+                           param="Idempotency-Key", code="invalid_idempotency_key")
+        body_hash = _body_hash(body)
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            if await self._claim(account_id, key, body_hash):
+                return await self._produce_and_keep(account_id, key, produce)
+            found = await self._load(account_id, key)
+            if found is None:
+                continue  # the first attempt failed and let go: try to claim it ourselves
+            if found.body_hash != body_hash:
+                raise IdempotencyConflict(
+                    "This Idempotency-Key was already used with a different request body.",
+                    param="Idempotency-Key")
+            if found.state == "done":
+                return await asyncio.to_thread(self._unpack, found.response)
+            if time.monotonic() > deadline:
+                raise IdempotencyConflict(
+                    "A request with this Idempotency-Key is still in progress.",
+                    param="Idempotency-Key", code="idempotency_key_in_progress")
+            await asyncio.sleep(0.1)
+
+    async def _claim(self, account_id: int, key: str, body_hash: str) -> bool:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(IdempotencyRecord).values(
+                    account_id=account_id, key=key, body_hash=body_hash, state="running",
+                    created_at=utcnow()))
+        except IntegrityError:
+            return False
+        return True
+
+    async def _load(self, account_id: int, key: str) -> Any:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(IdempotencyRecord).where(
+                IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key))
+            ).first()
+
+    async def _produce_and_keep(self, account_id: int, key: str,
+                                produce: Callable[[], Awaitable[dict[str, Any]]]
+                                ) -> dict[str, Any]:
+        where = (IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key)
+        try:
+            answer = await produce()
+        except BaseException:
+            async with self.engine.begin() as conn:  # let a retry run again
+                await conn.execute(delete(IdempotencyRecord).where(*where))
+            raise
+        packed = await asyncio.to_thread(self._pack, answer)
+        async with self.engine.begin() as conn:
+            await conn.execute(update(IdempotencyRecord).where(*where)
+                               .values(state="done", status=200, response=packed))
+        return answer
+
+    def _pack(self, answer: dict[str, Any]) -> dict[str, Any]:
+        if not _has_base64(answer):
+            return answer
+        stored = self.store.put(json.dumps(answer).encode(), "json")
+        return {FILE_REF: stored.name}
+
+    def _unpack(self, packed: dict[str, Any] | None) -> dict[str, Any]:
+        if packed is None:
+            raise IdempotencyConflict("The first response for this key was not kept.")
+        if FILE_REF not in packed:
+            return packed
+        try:
+            return json.loads(self.store.get(packed[FILE_REF]).path.read_bytes())
+        except APIError:
+            raise IdempotencyConflict(
+                "The first response for this Idempotency-Key has expired.",
+                param="Idempotency-Key", code="idempotency_key_expired") from None
+
+
+def _body_hash(body: bytes) -> str:
+    """Same JSON, same hash: key order and whitespace don't make a body different."""
+    try:
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        canonical = body
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _has_base64(answer: dict[str, Any]) -> bool:
+    return any(isinstance(item, dict) and item.get("b64_json")
+               for item in answer.get("data", []) or [])

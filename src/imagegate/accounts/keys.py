@@ -1,0 +1,158 @@
+"""API keys: minting, hashing, and turning a bearer token into a `Caller`.
+
+Only a SHA-256 of each key is stored, with a short visible prefix; the full key exists once, in
+the answer to its creation. Keys are 256 random bits, so a fast hash is the right one (there is
+nothing to brute-force) and lookups by hash need no per-row salt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..errors import APIError
+from .tables import Account, ApiKey
+
+KEY_PREFIX = "sk-ig-"
+VISIBLE_CHARS = 12
+
+
+class InvalidApiKey(APIError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class PermissionDenied(APIError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+def mint_key() -> tuple[str, str, str]:
+    """(full key, visible prefix, hash)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, key[:VISIBLE_CHARS], hash_key(key)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, as the request path needs it. Built from one key and its account."""
+
+    key_id: int | None
+    account_id: int
+    is_admin: bool = False
+    allowed_models: tuple[str, ...] | None = None
+    rpm_limit: int | None = None
+    concurrency_limit: int | None = None
+    price_multiplier: Decimal = Decimal(1)
+    unlimited: bool = False
+
+    def check_model(self, model: str) -> None:
+        if self.allowed_models is not None and model not in self.allowed_models:
+            raise PermissionDenied(f"This API key may not use the model `{model}`.",
+                                   param="model", code="model_not_allowed")
+
+
+@dataclass(frozen=True)
+class _KeyRecord:
+    caller: Caller
+    key_hash: str
+    enabled: bool
+    expires_at: datetime | None
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
+
+
+class Authenticator:
+    """Bearer token -> Caller, with a short cache so each request needn't read the database."""
+
+    def __init__(self, engine: AsyncEngine, cache_seconds: float) -> None:
+        self.engine = engine
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, _KeyRecord | None]] = {}
+
+    def forget(self) -> None:
+        """Drop cached keys (after an admin change), so it takes effect at once."""
+        self._cache.clear()
+
+    async def authenticate(self, token: str | None, client_ip: str | None) -> Caller:
+        if not token:
+            raise InvalidApiKey(
+                "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.",
+                code="missing_api_key")
+        digest = hash_key(token)
+        record = await self._lookup(digest)
+        # The lookup matched on the hash already; compare again in constant time anyway so no
+        # code path branches on a partial match of secret material.
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            raise InvalidApiKey("Incorrect API key provided.")
+        if not record.enabled:
+            raise InvalidApiKey("This API key has been disabled.", code="api_key_disabled")
+        if record.expires_at is not None and record.expires_at <= datetime.now(timezone.utc):
+            raise InvalidApiKey("This API key has expired.", code="api_key_expired")
+        if record.networks is not None and not _ip_allowed(client_ip, record.networks):
+            raise PermissionDenied("This API key may not be used from your IP address.",
+                                   code="ip_not_allowed")
+        return record.caller
+
+    async def _lookup(self, digest: str) -> _KeyRecord | None:
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and now - hit[0] < self.cache_seconds:
+            return hit[1]
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                select(ApiKey, Account.unlimited.label("account_unlimited"),
+                       Account.price_multiplier.label("account_multiplier"))
+                .join(Account, Account.id == ApiKey.account_id)
+                .where(ApiKey.key_hash == digest))).first()
+        record = None if row is None else _record(row)
+        if len(self._cache) > 10_000:  # bounded: unknown tokens must not grow it without end
+            self._cache.clear()
+        self._cache[digest] = (now, record)
+        return record
+
+
+def _record(key: Any) -> _KeyRecord:
+    """A row of api_keys joined with its account's `account_unlimited` and
+    `account_multiplier`."""
+    networks = None
+    if key.allowed_ips is not None:
+        networks = tuple(ipaddress.ip_network(net, strict=False) for net in key.allowed_ips)
+    expires = key.expires_at
+    if expires is not None and expires.tzinfo is None:  # SQLite drops the zone; we store UTC
+        expires = expires.replace(tzinfo=timezone.utc)
+    caller = Caller(
+        key_id=key.id,
+        account_id=key.account_id,
+        is_admin=key.is_admin,
+        allowed_models=tuple(key.allowed_models) if key.allowed_models is not None else None,
+        rpm_limit=key.rpm_limit,
+        concurrency_limit=key.concurrency_limit,
+        price_multiplier=Decimal(key.price_multiplier or key.account_multiplier),
+        unlimited=key.account_unlimited,
+    )
+    return _KeyRecord(caller, key.key_hash, key.enabled, expires, networks)
+
+
+def _ip_allowed(client_ip: str | None, networks: tuple) -> bool:
+    if client_ip is None:
+        return False
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)

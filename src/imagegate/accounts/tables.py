@@ -1,0 +1,127 @@
+"""SQLAlchemy models. Schema changes go through an Alembic migration in ../migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    currency: Mapped[str] = mapped_column(String(8), default="USD")
+    balance_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    """What the account may still spend: top-ups minus charges minus what is reserved now."""
+    unlimited: Mapped[bool] = mapped_column(Boolean, default=False)
+    price_multiplier: Mapped[str] = mapped_column(String(32), default="1")
+    """A reseller's group ratio, as an exact decimal string."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32))
+    """The first characters of the key, shown in listings so people can tell keys apart."""
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    allowed_ips: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    price_multiplier: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Reservation(Base):
+    """Money held for one request until it is settled or released."""
+
+    __tablename__ = "reservations"
+
+    request_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="held")  # held | settled | released
+    charged_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    node_id: Mapped[str] = mapped_column(String(200))
+    """The server process that holds it: on restart, that node releases what it left held."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_reservations_status_expires", "status", "expires_at"),)
+
+
+class LedgerEntry(Base):
+    """Every movement of money that is not a reservation: top-ups, charges, adjustments."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # topup | charge | adjust
+    amount_micros: Mapped[int] = mapped_column(BigInteger)  # signed: + credits, - debits
+    request_id: Mapped[str | None] = mapped_column(String(80), nullable=True, unique=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UsageRecord(Base):
+    """One row per request: what was asked, what was delivered, what it cost. Never image bytes."""
+
+    __tablename__ = "usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    request_id: Mapped[str] = mapped_column(String(80), unique=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    account_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    deployment: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+    size: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    quality: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    images_delivered: Mapped[int] = mapped_column(Integer, default=0)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status the client got
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class IdempotencyRecord(Base):
+    """The first outcome of a request sent with an `Idempotency-Key`, replayed on retries."""
+
+    __tablename__ = "idempotency"
+
+    account_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # running | done
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    """The response body with any base64 image replaced by a reference to the stored file."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
