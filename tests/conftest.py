@@ -104,3 +104,35 @@ def start_server(tmp_path_factory: pytest.TempPathFactory,
 def server(start_server: ServerFactory) -> Server:
     """One server with default settings, shared by tests that don't change settings."""
     return start_server()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards.
+
+    Needs IMAGEGATE_TEST_DATABASE_URL (set by .ci/run when PostgreSQL is up); skipped without it.
+    """
+    base = os.environ.get("IMAGEGATE_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("IMAGEGATE_TEST_DATABASE_URL is not set: no PostgreSQL to test against")
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    name = f"imagegate_test_{uuid.uuid4().hex[:12]}"
+    admin_dsn = base.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    prefix, _, _ = admin_dsn.rpartition("/")
+    try:
+        yield f"{prefix}/{name}"
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

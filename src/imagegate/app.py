@@ -16,7 +16,7 @@ from .api import admin, health, images, media, models
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .catalog import Catalog
-from .providers.base import Provider
+from .providers.base import Provider, load_provider_class
 from .providers.local import LocalProvider
 from .service import ImageService
 from .settings import Settings
@@ -29,6 +29,8 @@ def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageSer
     """The request path's parts, without HTTP: shared by the server and the CLI."""
     catalog = Catalog.from_config(settings.models)
     providers: dict[str, Provider] = {"local": LocalProvider(settings)}
+    for name, target in settings.providers.items():
+        providers[name] = load_provider_class(target)(settings)
     store = LocalImageStore(settings.images_dir, settings.url_ttl_seconds)
     signer = URLSigner(settings.signing_secret(), settings.url_ttl_seconds)
     accounts = AccountSystem(settings, store) if with_accounts else None
@@ -49,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _announce_admin_key(new_admin_key)
         tasks = [
             asyncio.create_task(_sweep_forever(service.store, settings.sweep_interval_seconds)),
-            asyncio.create_task(accounts.sweep_forever()),
+            *(asyncio.create_task(job) for job in accounts.background_tasks()),
         ]
         try:
             yield

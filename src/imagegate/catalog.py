@@ -118,7 +118,9 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    backend: Literal["local", "upstream"]
+    backend: str
+    """`local` (the diffusers engine), `upstream` (relayed), or the name of a provider class
+    registered under `[providers]` in the config."""
     description: str = ""
     enabled: bool = True
     """Disabled entries stay in the library (their limits are known) but are not served."""

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     """How long a verified key is trusted without a database read. Disabling a key through this
     server takes effect at once; through another replica, within this many seconds."""
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    providers: dict[str, str] = Field(default_factory=dict)
+    """`[providers]` table: backend name -> "package.module:Class" of a custom provider class,
+    constructed as Class(settings) (see providers/base.py for the interface)."""
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """`[models.NAME]` tables: overrides of built-in models and new model definitions."""
 

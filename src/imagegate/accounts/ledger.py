@@ -110,11 +110,6 @@ class Ledger:
     async def release(self, request_id: str, usage: dict[str, Any] | None = None) -> None:
         await self.settle(request_id, 0, usage)
 
-    async def record_usage(self, usage: dict[str, Any]) -> None:
-        """Usage of a request that never reserved (rejected before billing)."""
-        async with self.engine.begin() as conn:
-            await _record_usage(conn, usage)
-
     async def topup(self, account_id: int, amount: int, note: str | None = None) -> int:
         """Credit (or, negative, debit) an account outside any request. Returns the new balance."""
         async with self.engine.begin() as conn:

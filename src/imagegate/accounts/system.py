@@ -15,6 +15,7 @@ from .idempotency import Idempotency
 from .keys import Authenticator, Caller
 from .ledger import Ledger
 from .limits import KeyLimits
+from .usage import UsageWriter
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class AccountSystem:
         self.admin = Admin(self.engine, self.ledger, settings.currency)
         self.authenticator = Authenticator(self.engine, settings.auth_cache_seconds)
         self.limits = KeyLimits()
+        self.usage = UsageWriter(self.engine)
         self.idempotency = Idempotency(self.engine, store,
                                        wait_seconds=settings.reservation_lease_seconds)
         self.auth_enabled = settings.auth == "on"
@@ -59,6 +61,9 @@ class AccountSystem:
             return self.local_caller
         return await self.authenticator.authenticate(token, client_ip)
 
+    def background_tasks(self) -> list:
+        return [self.sweep_forever(), self.usage.run_forever()]
+
     async def sweep_forever(self) -> None:
         """Release reservations whose lease ran out (a node that died and never came back)."""
         while True:
@@ -69,4 +74,5 @@ class AccountSystem:
                 log.exception("reservation sweep failed")
 
     async def close(self) -> None:
+        await self.usage.flush()
         await self.engine.dispose()

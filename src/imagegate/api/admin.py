@@ -122,6 +122,7 @@ async def usage(request: Request, key: int | None = None, model: str | None = No
                 account: str | None = None, since: datetime | None = None,
                 format: str = Query("json", pattern="^(json|csv)$"),
                 limit: int = Query(10_000, ge=1, le=100_000)) -> Any:
+    await request.app.state.service.accounts.usage.flush()  # include what is still queued
     rows = await _admin(request).usage(key_id=key, model=model, account=account, since=since,
                                        limit=limit)
     if format == "csv":

@@ -21,3 +21,13 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def load_provider_class(target: str) -> type:
+    """'package.module:Class' -> the class, for providers registered in the config."""
+    import importlib
+
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"provider {target!r} must look like 'package.module:Class'")
+    return getattr(importlib.import_module(module_name), attr)
