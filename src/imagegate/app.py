@@ -15,7 +15,7 @@ from .accounts.system import AccountSystem
 from .api import admin, health, images, media, models
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
-from .catalog import Catalog
+from .catalog import BUILTIN_BACKENDS, Catalog
 from .providers.base import Provider, load_provider_class
 from .providers.local import LocalProvider
 from .service import ImageService
@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 
 def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageService:
     """The request path's parts, without HTTP: shared by the server and the CLI."""
-    catalog = Catalog.from_config(settings.models)
     providers: dict[str, Provider] = {"local": LocalProvider(settings)}
     for name, target in settings.providers.items():
         providers[name] = load_provider_class(target)(settings)
+    catalog = Catalog.from_config(settings.models, BUILTIN_BACKENDS | set(providers))
     store = LocalImageStore(settings.images_dir, settings.url_ttl_seconds)
     signer = URLSigner(settings.signing_secret(), settings.url_ttl_seconds)
     accounts = AccountSystem(settings, store) if with_accounts else None

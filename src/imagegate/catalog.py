@@ -274,6 +274,9 @@ def _gpt_image_prices() -> Pricing:
     return Pricing(per_image=Decimal("0.25"), table=table)
 
 
+BUILTIN_BACKENDS = frozenset({"local", "upstream"})
+
+
 class Catalog:
     """The model library merged with the operator's overrides."""
 
@@ -281,10 +284,12 @@ class Catalog:
         self._specs = {s.name: s for s in specs}
 
     @classmethod
-    def from_config(cls, overrides: dict[str, dict] | None = None) -> "Catalog":
+    def from_config(cls, overrides: dict[str, dict] | None = None,
+                    backends: set[str] | frozenset[str] = BUILTIN_BACKENDS) -> "Catalog":
         """Built-in entries, each deep-merged with `[models.NAME]` from the config file.
 
-        A name that is not built in defines a new model (it must then say its `backend`).
+        A name that is not built in defines a new model (it must then say its `backend`, one of
+        `backends`: the built-in ones plus any registered under `[providers]`).
         """
         specs = {s.name: s.model_dump() for s in _builtin_models()}
         for name, patch in (overrides or {}).items():
@@ -293,9 +298,14 @@ class Catalog:
         models = []
         for name, raw in specs.items():
             try:
-                models.append(ModelSpec.model_validate(raw))
+                spec = ModelSpec.model_validate(raw)
             except ValidationError as exc:
                 raise ValueError(f"[models.{name}] in the configuration is invalid: {exc}") from exc
+            if spec.backend not in backends:
+                raise ValueError(f"[models.{name}] names the backend {spec.backend!r}; known "
+                                 f"backends are {sorted(backends)} (register others under "
+                                 "[providers])")
+            models.append(spec)
         return cls(models)
 
     def get(self, name: str) -> ModelSpec:

@@ -164,13 +164,14 @@ def pull(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Download a local model's weights from the Hugging Face hub into MODELS_DIR."""
-    from .catalog import Catalog
+    from .catalog import BUILTIN_BACKENDS, Catalog
     from .engine.tiny import build_tiny_sd
     from .engine.weights import BUILTIN_PREFIX
 
     settings = _settings(config)
     try:
-        spec = Catalog.from_config(settings.models).lookup(model)
+        backends = BUILTIN_BACKENDS | set(settings.providers)
+        spec = Catalog.from_config(settings.models, backends).lookup(model)
     except APIError as exc:
         _fail(exc.message)
     if spec.local is None:
