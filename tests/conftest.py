@@ -57,8 +57,10 @@ def start_server(tmp_path_factory: pytest.TempPathFactory,
     config text; every server started is stopped at the end of the session."""
     started: list[subprocess.Popen] = []
 
-    def start(config: str | None = None, **settings: str) -> Server:
-        data_dir = tmp_path_factory.mktemp("data")
+    def start(config: str | None = None, data_dir: Path | None = None,
+              **settings: str) -> Server:
+        """`data_dir`: reuse one (a restart on the same files); default a new, empty one."""
+        data_dir = data_dir or tmp_path_factory.mktemp("data")
         port = free_port()
         env = {**os.environ,
                "IMAGEGATE_DATA_DIR": str(data_dir),
@@ -68,13 +70,16 @@ def start_server(tmp_path_factory: pytest.TempPathFactory,
                # none; tests of keys and money start servers with auth="on".
                "IMAGEGATE_AUTH": "off"}
         env.update({f"IMAGEGATE_{k.upper()}": str(v) for k, v in settings.items()})
+        # Test-only provider classes (tests/fake_providers.py) are importable by the server.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(__file__).parent), env.get("PYTHONPATH", "")) if p)
         args = [sys.executable, "-m", "imagegate", "serve", "--host", "127.0.0.1",
                 "--port", str(port)]
         if config is not None:
             path = data_dir / "imagegate.toml"
             path.write_text(config)
             args += ["--config", str(path)]
-        log = open(data_dir / "server.log", "wb")
+        log = open(data_dir / "server.log", "ab")
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         started.append(proc)
         base = f"http://127.0.0.1:{port}"

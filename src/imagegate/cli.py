@@ -201,6 +201,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+from .cli_admin import accounts_app, db_app, keys_app, usage  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
+app.add_typer(accounts_app, name="accounts")
+app.command("usage")(usage)
+app.add_typer(db_app, name="db")
+
+
 def main() -> None:  # pragma: no cover - `python -m imagegate`
     app(prog_name="imagegate")
 

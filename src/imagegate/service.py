@@ -60,48 +60,40 @@ class ImageService:
                        progress: ProgressCallback | None = None) -> GenerationResult:
         if self.accounts is None or caller is None:
             return await self._generate(req, request_id, progress)
-        usage: dict[str, Any] = {
-            "request_id": request_id, "key_id": caller.key_id, "account_id": caller.account_id,
-            "endpoint": endpoint, "model": req.model, "n": req.n, "status": 200,
-        }
-        started = time.monotonic()
-        billing = _Billing(self.accounts, caller, request_id)
+        billing = _Billing(self.accounts, caller, request_id, endpoint, req)
         try:
             async with self.accounts.limits.slot(caller):
-                result = await self._generate(req, request_id, progress, billing, usage)
-            return result
+                return await self._generate(req, request_id, progress, billing)
         except APIError as exc:
-            usage.update(status=exc.status, error_code=exc.code)
+            billing.failed(exc.status, exc.code)
             raise
         except asyncio.CancelledError:
-            usage.update(status=499, error_code="client_disconnected")
+            billing.failed(499, "client_disconnected")
             raise
         except BaseException:
-            usage.update(status=500, error_code="internal_error")
+            billing.failed(500, "internal_error")
             raise
         finally:
-            usage["latency_ms"] = int((time.monotonic() - started) * 1000)
             # Shielded: a cancelled request must still give its reservation back.
-            await asyncio.shield(billing.finish(usage))
+            await asyncio.shield(billing.finish())
 
     async def _generate(self, req: GenerationRequest, request_id: str,
                         progress: ProgressCallback | None,
-                        billing: "_Billing | None" = None,
-                        usage: dict[str, Any] | None = None) -> GenerationResult:
+                        billing: "_Billing | None" = None) -> GenerationResult:
         spec = self.catalog.get(req.model)
         if billing is not None:
             billing.caller.check_model(spec.name)
         resolved = resolve(spec, req)
         provider = self.provider_for(spec)
-        if usage is not None:
-            usage.update(size=str(resolved.size), quality=resolved.quality,
-                         deployment=provider.name)
         if billing is not None:
+            billing.usage.update(size=str(resolved.size), quality=resolved.quality,
+                                 deployment=provider.name)
             unit = unit_price_micros(spec, resolved, billing.caller.price_multiplier)
             await billing.reserve(unit, resolved.n)
         produced = await provider.generate(spec, resolved, progress)
         if not produced.images:
             raise GenerationFailed(f"`{spec.name}` returned no image.")
+        del produced.images[resolved.n:]  # never deliver (or charge) more than was asked
         images = await asyncio.to_thread(self._deliver, produced, req, resolved.background)
         if billing is not None:
             billing.delivered = len(images)
@@ -135,15 +127,25 @@ class ImageService:
 
 
 class _Billing:
-    """One request's money: reserve up front, then settle exactly what was delivered."""
+    """One request's money and usage row: reserve up front, then settle exactly what was
+    delivered."""
 
-    def __init__(self, accounts: AccountSystem, caller: Caller, request_id: str) -> None:
+    def __init__(self, accounts: AccountSystem, caller: Caller, request_id: str,
+                 endpoint: str, req: GenerationRequest) -> None:
         self.accounts = accounts
         self.caller = caller
         self.request_id = request_id
         self.unit = 0
         self.reserved = False
         self.delivered = 0
+        self.started = time.monotonic()
+        self.usage: dict[str, Any] = {
+            "request_id": request_id, "key_id": caller.key_id, "account_id": caller.account_id,
+            "endpoint": endpoint, "model": req.model, "n": req.n, "status": 200,
+        }
+
+    def failed(self, status: int, code: str | None) -> None:
+        self.usage.update(status=status, error_code=code)
 
     async def reserve(self, unit: int, n: int) -> None:
         self.unit = unit
@@ -152,8 +154,10 @@ class _Billing:
         await self.accounts.ledger.reserve(self.caller.account_id, self.request_id, unit * n)
         self.reserved = True
 
-    async def finish(self, usage: dict[str, Any]) -> None:
+    async def finish(self) -> None:
+        usage = self.usage
         usage["images_delivered"] = self.delivered
+        usage["latency_ms"] = int((time.monotonic() - self.started) * 1000)
         if self.reserved:
             await self.accounts.ledger.settle(self.request_id, self.unit * self.delivered, usage)
         else:

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     postgresql://user:pass@host/db (the asyncpg driver is used)."""
     auth: Literal["on", "off"] = "on"
     """`off`: no API keys; every request runs as one unlimited local account (single-user setups)."""
-    admin_key: str | None = None
+    admin_key: str | None = Field(None, min_length=20)
     """An admin API key to make sure exists at start-up (for deployments that inject secrets).
     When unset and the database has no admin key, `serve` creates one and prints it once."""
     currency: str = "USD"
@@ -61,7 +61,10 @@ class Settings(BaseSettings):
     """This server's name in reservations; on start-up it releases what its previous run left
     held. Default: hostname:port. Give each replica its own."""
     reservation_lease_seconds: int = Field(900, ge=10)
-    """A reservation older than this is released by the sweeper whatever node holds it."""
+    """Fixed when a reservation is made: past it, another node's sweep releases the reservation
+    (its node died and did not come back). A node never sweeps its own live requests. Keep it
+    longer than the longest generation. Also how long a retry waits on an unfinished
+    Idempotency-Key."""
     ledger_sweep_seconds: float = Field(30.0, gt=0)
     auth_cache_seconds: float = Field(5.0, ge=0)
     """How long a verified key is trusted without a database read. Disabling a key through this

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -15,8 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..errors import InvalidRequest, NotFound
 from .keys import hash_key, mint_key
 from .ledger import Ledger, utcnow
-from .tables import Account, ApiKey, LedgerEntry, UsageRecord
+from .tables import Account, ApiKey, LedgerEntry, Reservation, UsageRecord
 
+MAX_ID = 2**63 - 1
+MAX_MULTIPLIER = 1000
+MAX_MONEY_MICROS = 10**15
+"""The largest single top-up: a billion currency units; far from 64-bit overflow."""
 LOCAL_ACCOUNT = "local"
 ADMIN_ACCOUNT = "admin"
 
@@ -38,6 +42,8 @@ class Admin:
 
     async def create_account(self, name: str, *, unlimited: bool = False,
                              price_multiplier: str = "1") -> dict[str, Any]:
+        if name.isdigit():  # lookups read digits as an id
+            raise InvalidRequest("An account name must not be all digits.", param="name")
         _check_multiplier(price_multiplier)
         try:
             async with self.engine.begin() as conn:
@@ -61,19 +67,30 @@ class Admin:
 
     async def account(self, ref: str | int) -> dict[str, Any]:
         """An account by id or name, with its balance and what is held right now."""
-        condition = Account.id == int(ref) if str(ref).isdigit() else Account.name == str(ref)
+        text = str(ref)
+        if text.isascii() and text.isdigit():
+            if int(text) > MAX_ID:
+                raise NotFound(f"No account {ref!r}.", param="account")
+            condition = Account.id == int(text)
+        else:
+            condition = Account.name == text
+        held_now = (select(func.coalesce(func.sum(Reservation.amount_micros), 0))
+                    .where(Reservation.account_id == Account.id, Reservation.status == "held")
+                    .scalar_subquery())
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(Account).where(condition))).first()
+            # Balance and held in one statement, so the pair is one consistent snapshot.
+            row = (await conn.execute(select(Account, held_now.label("held"))
+                                      .where(condition))).first()
             if row is None:
                 raise NotFound(f"No account {ref!r}.", param="account")
             spent = await conn.scalar(
                 select(func.coalesce(func.sum(-LedgerEntry.amount_micros), 0))
                 .where(LedgerEntry.account_id == row.id, LedgerEntry.kind == "charge"))
-        held = await self.ledger.held_total(row.id)
+        held = int(row.held)
         return {"id": row.id, "name": row.name, "currency": row.currency,
                 "balance_micros": row.balance_micros, "held_micros": held,
                 "spent_micros": int(spent or 0), "unlimited": row.unlimited,
-                "price_multiplier": row.price_multiplier, "created_at": row.created_at}
+                "price_multiplier": row.price_multiplier, "created_at": as_utc(row.created_at)}
 
     async def accounts(self) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -82,6 +99,10 @@ class Admin:
 
     async def topup(self, ref: str | int, amount_micros: int, note: str | None = None
                     ) -> dict[str, Any]:
+        if amount_micros == 0 or abs(amount_micros) > MAX_MONEY_MICROS:
+            raise InvalidRequest(
+                f"A top-up must be non-zero and at most {MAX_MONEY_MICROS} micro-units.",
+                param="amount")
         account = await self.account(ref)
         await self.ledger.topup(account["id"], amount_micros, note)
         return await self.account(account["id"])
@@ -108,12 +129,12 @@ class Admin:
                 raise InvalidRequest(f"`{field}` must be at least 1.", param=field)
         if key is None:
             key, prefix, digest = mint_key()
-        else:
-            prefix, digest = key[:12], hash_key(key)
+        else:  # a configured key: show at most half of it
+            prefix, digest = key[: min(12, len(key) // 2)], hash_key(key)
         async with self.engine.begin() as conn:
             result = await conn.execute(insert(ApiKey).values(
                 account_id=owner["id"], name=name, prefix=prefix, key_hash=digest,
-                is_admin=is_admin, enabled=True, expires_at=expires_at,
+                is_admin=is_admin, enabled=True, expires_at=to_utc(expires_at),
                 allowed_models=allowed_models, allowed_ips=allowed_ips, rpm_limit=rpm_limit,
                 concurrency_limit=concurrency_limit, price_multiplier=price_multiplier,
                 created_at=utcnow()))
@@ -121,6 +142,8 @@ class Admin:
         return NewKey(key=key, info=await self.key(key_id))
 
     async def key(self, key_id: int) -> dict[str, Any]:
+        if not 0 < key_id <= MAX_ID:
+            raise NotFound(f"No API key {key_id}.", param="key")
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(ApiKey).where(ApiKey.id == key_id))).first()
         if row is None:
@@ -136,6 +159,8 @@ class Admin:
         return [_key_info(r) for r in rows]
 
     async def set_key_enabled(self, key_id: int, enabled: bool) -> dict[str, Any]:
+        if not 0 < key_id <= MAX_ID:
+            raise NotFound(f"No API key {key_id}.", param="key")
         async with self.engine.begin() as conn:
             changed = await conn.execute(update(ApiKey).where(ApiKey.id == key_id)
                                          .values(enabled=enabled))
@@ -144,6 +169,8 @@ class Admin:
         return await self.key(key_id)
 
     async def delete_key(self, key_id: int) -> None:
+        if not 0 < key_id <= MAX_ID:
+            raise NotFound(f"No API key {key_id}.", param="key")
         async with self.engine.begin() as conn:
             deleted = await conn.execute(delete(ApiKey).where(ApiKey.id == key_id))
         if deleted.rowcount != 1:
@@ -167,7 +194,7 @@ class Admin:
     async def usage(self, *, key_id: int | None = None, model: str | None = None,
                     account: str | int | None = None, since: datetime | None = None,
                     limit: int = 10_000) -> list[dict[str, Any]]:
-        query = select(UsageRecord).order_by(UsageRecord.id).limit(limit)
+        query = select(UsageRecord).order_by(UsageRecord.id.desc()).limit(limit)  # newest
         if key_id is not None:
             query = query.where(UsageRecord.key_id == key_id)
         if model is not None:
@@ -175,10 +202,11 @@ class Admin:
         if account is not None:
             query = query.where(UsageRecord.account_id == (await self.account(account))["id"])
         if since is not None:
-            query = query.where(UsageRecord.created_at >= since)
+            query = query.where(UsageRecord.created_at >= to_utc(since))
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [{c: getattr(r, c) for c in USAGE_COLUMNS} for r in rows]
+            rows = list(reversed((await conn.execute(query)).all()))  # oldest first
+        return [{c: as_utc(getattr(r, c)) if c == "created_at" else getattr(r, c)
+                 for c in USAGE_COLUMNS} for r in rows]
 
 
 USAGE_COLUMNS = ("created_at", "request_id", "key_id", "account_id", "endpoint", "model",
@@ -188,15 +216,34 @@ USAGE_COLUMNS = ("created_at", "request_id", "key_id", "account_id", "endpoint",
 
 def _key_info(row: Any) -> dict[str, Any]:
     return {"id": row.id, "account_id": row.account_id, "name": row.name, "prefix": row.prefix,
-            "is_admin": row.is_admin, "enabled": row.enabled, "expires_at": row.expires_at,
+            "is_admin": row.is_admin, "enabled": row.enabled,
+            "expires_at": as_utc(row.expires_at),
             "allowed_models": row.allowed_models, "allowed_ips": row.allowed_ips,
             "rpm_limit": row.rpm_limit, "concurrency_limit": row.concurrency_limit,
-            "price_multiplier": row.price_multiplier, "created_at": row.created_at}
+            "price_multiplier": row.price_multiplier, "created_at": as_utc(row.created_at)}
+
+
+def to_utc(value: datetime | None) -> datetime | None:
+    """For writes and filters: an aware time converted to UTC; a naive one taken as UTC
+    (SQLite would otherwise keep the wall time and drop the offset)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC, so say so."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def _check_multiplier(text: str) -> None:
     try:
-        ok = Decimal(text) >= 0
+        value = Decimal(text)
+        ok = value.is_finite() and 0 <= value <= MAX_MULTIPLIER
     except InvalidOperation:
         ok = False
     if not ok:

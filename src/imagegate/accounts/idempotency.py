@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import time
+from datetime import timedelta
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -118,6 +119,18 @@ class Idempotency:
             raise IdempotencyConflict(
                 "The first response for this Idempotency-Key has expired.",
                 param="Idempotency-Key", code="idempotency_key_expired") from None
+
+
+async def forget_old(engine: AsyncEngine, *, done_seconds: float, running_seconds: float) -> int:
+    """Drop answers older than their replay window, and claims whose worker died mid-way."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        gone = await conn.execute(delete(IdempotencyRecord).where(
+            ((IdempotencyRecord.state == "done")
+             & (IdempotencyRecord.created_at < now - timedelta(seconds=done_seconds)))
+            | ((IdempotencyRecord.state == "running")
+               & (IdempotencyRecord.created_at < now - timedelta(seconds=running_seconds)))))
+    return gone.rowcount or 0
 
 
 def _body_hash(body: bytes) -> str:

@@ -91,8 +91,7 @@ class Authenticator:
     async def authenticate(self, token: str | None, client_ip: str | None) -> Caller:
         if not token:
             raise InvalidApiKey(
-                "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.",
-                code="missing_api_key")
+                "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.")
         digest = hash_key(token)
         record = await self._lookup(digest)
         # The lookup matched on the hash already; compare again in constant time anyway so no
@@ -100,9 +99,9 @@ class Authenticator:
         if record is None or not hmac.compare_digest(record.key_hash, digest):
             raise InvalidApiKey("Incorrect API key provided.")
         if not record.enabled:
-            raise InvalidApiKey("This API key has been disabled.", code="api_key_disabled")
+            raise InvalidApiKey("This API key has been disabled.")
         if record.expires_at is not None and record.expires_at <= datetime.now(timezone.utc):
-            raise InvalidApiKey("This API key has expired.", code="api_key_expired")
+            raise InvalidApiKey("This API key has expired.")
         if record.networks is not None and not _ip_allowed(client_ip, record.networks):
             raise PermissionDenied("This API key may not be used from your IP address.",
                                    code="ip_not_allowed")

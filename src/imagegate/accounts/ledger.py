@@ -25,6 +25,7 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..errors import APIError
+from ..pricing import format_money
 from .tables import Account, LedgerEntry, Reservation, UsageRecord
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ class Settlement:
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine, *, node_id: str, lease_seconds: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, node_id: str, lease_seconds: int,
+                 currency: str = "USD") -> None:
         self.engine = engine
+        self.currency = currency
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
 
@@ -65,7 +68,7 @@ class Ledger:
             if debited.rowcount != 1:
                 raise InsufficientBalance(
                     "Your balance is too low for this request: it costs "
-                    f"{amount / 1_000_000:.6f}. Top up the account and retry.")
+                    f"{format_money(amount, self.currency)}. Top up the account and retry.")
             await conn.execute(insert(Reservation).values(
                 request_id=request_id, account_id=account_id, amount_micros=amount,
                 status="held", charged_micros=0, node_id=self.node_id,
@@ -125,12 +128,14 @@ class Ledger:
         return int(balance)
 
     async def release_stale(self, *, this_node_restarted: bool = False) -> int:
-        """Release reservations nobody will settle: past their lease, or (at start-up) held by
-        this node's previous run, which can no longer be generating anything."""
-        now = utcnow()
-        condition = Reservation.expires_at < now
+        """Release reservations nobody will settle: another node's past their lease (that node
+        died and did not come back), or, at start-up, everything this node's previous run left
+        held, which can no longer be generating anything. This node's own live requests are
+        never swept from under it, however long they run."""
         if this_node_restarted:
-            condition = or_(condition, Reservation.node_id == self.node_id)
+            condition = Reservation.node_id == self.node_id
+        else:
+            condition = (Reservation.expires_at < utcnow()) & (Reservation.node_id != self.node_id)
         async with self.engine.connect() as conn:
             stale = (await conn.execute(
                 select(Reservation.request_id)

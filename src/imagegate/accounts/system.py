@@ -11,7 +11,7 @@ from ..settings import Settings
 from ..storage import LocalImageStore
 from .admin import ADMIN_ACCOUNT, LOCAL_ACCOUNT, Admin
 from .database import create_engine, migrate
-from .idempotency import Idempotency
+from .idempotency import Idempotency, forget_old
 from .keys import Authenticator, Caller
 from .ledger import Ledger
 from .limits import KeyLimits
@@ -26,7 +26,8 @@ class AccountSystem:
         self.settings = settings
         self.engine = engine or create_engine(settings.resolved_database_url)
         self.ledger = Ledger(self.engine, node_id=settings.resolved_node_id,
-                             lease_seconds=settings.reservation_lease_seconds)
+                             lease_seconds=settings.reservation_lease_seconds,
+                             currency=settings.currency)
         self.admin = Admin(self.engine, self.ledger, settings.currency)
         self.authenticator = Authenticator(self.engine, settings.auth_cache_seconds)
         self.limits = KeyLimits()
@@ -65,13 +66,16 @@ class AccountSystem:
         return [self.sweep_forever(), self.usage.run_forever()]
 
     async def sweep_forever(self) -> None:
-        """Release reservations whose lease ran out (a node that died and never came back)."""
+        """Release reservations whose lease ran out (a node that died and never came back) and
+        forget idempotent answers whose image links have expired."""
         while True:
             await asyncio.sleep(self.settings.ledger_sweep_seconds)
             try:
                 await self.ledger.release_stale()
+                await forget_old(self.engine, done_seconds=self.settings.url_ttl_seconds,
+                                 running_seconds=self.settings.reservation_lease_seconds)
             except Exception:
-                log.exception("reservation sweep failed")
+                log.exception("accounts sweep failed")
 
     async def close(self) -> None:
         await self.usage.flush()

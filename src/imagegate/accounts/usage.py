@@ -13,12 +13,22 @@ import logging
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .ledger import utcnow
 from .tables import UsageRecord
 
 log = logging.getLogger(__name__)
+
+
+# Every column, so that rows of different shapes (a 404 knows no size, a 200 has no error code)
+# can share one executemany.
+ROW_DEFAULTS: dict[str, Any] = {
+    "key_id": None, "account_id": None, "model": None, "deployment": None, "n": 0,
+    "size": None, "quality": None, "images_delivered": 0, "cost_micros": 0,
+    "error_code": None, "latency_ms": 0,
+}
 
 
 class UsageWriter:
@@ -30,15 +40,28 @@ class UsageWriter:
         self._lock = asyncio.Lock()
 
     def add(self, usage: dict[str, Any]) -> None:
-        self._pending.append({"created_at": utcnow(), **usage})
+        self._pending.append({**ROW_DEFAULTS, "created_at": utcnow(), **usage})
 
     async def flush(self) -> None:
         async with self._lock:
             while self._pending:
                 batch = self._pending[: self.max_batch]
-                async with self.engine.begin() as conn:
-                    await conn.execute(insert(UsageRecord), batch)
+                try:
+                    async with self.engine.begin() as conn:
+                        await conn.execute(insert(UsageRecord), batch)
+                except IntegrityError:
+                    # One bad row (a duplicate request id) must not block the queue for good:
+                    # write the rest one by one and drop what can't be written.
+                    await self._write_one_by_one(batch)
                 del self._pending[: len(batch)]
+
+    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
+        for row in batch:
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(insert(UsageRecord), [row])
+            except IntegrityError:
+                log.error("dropped a usage row that cannot be written: %s", row.get("request_id"))
 
     async def run_forever(self) -> None:
         while True:

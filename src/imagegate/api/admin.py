@@ -38,7 +38,7 @@ class AccountIn(BaseModel):
 class TopUpIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount: str | int | None = None
+    amount: str | int | float | None = None
     """In currency units, as an exact decimal string ('12.50'); or use amount_micros."""
     amount_micros: int | None = None
     note: str | None = None
@@ -80,7 +80,7 @@ async def topup(ref: str, body: TopUpIn, request: Request) -> dict[str, Any]:
         raise InvalidRequest("Give exactly one of `amount` and `amount_micros`.", param="amount")
     try:
         micros = body.amount_micros if body.amount is None else parse_money(body.amount)
-    except ArithmeticError:
+    except (ArithmeticError, ValueError):
         raise InvalidRequest("`amount` must be a decimal number.", param="amount") from None
     return await _admin(request).topup(ref, micros, body.note)
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 
 from ..accounts.keys import Caller, PermissionDenied
 from ..service import ImageService
 from ..settings import Settings
+
+T = TypeVar("T")
 
 
 def service(request: Request) -> ImageService:
@@ -56,9 +60,38 @@ async def once_per_idempotency_key(request: Request, who: Caller,
                                    produce: Callable[[], Awaitable[dict[str, Any]]]
                                    ) -> dict[str, Any]:
     """Run `produce`, or replay its first answer when the client retries with the same
-    `Idempotency-Key` (charged once)."""
+    `Idempotency-Key` (charged once). Either way, stop if the client goes away."""
     key = request.headers.get("idempotency-key")
     if key is None:
-        return await produce()
+        return await until_disconnected(request, produce())
     idempotency = request.app.state.service.accounts.idempotency
-    return await idempotency.run(who.account_id, key, await request.body(), produce)
+    body = await request.body()
+    return await until_disconnected(
+        request, idempotency.run(who.account_id, key, body, produce))
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first: a cancelled generation is
+    not charged (service.py releases its reservation) and a queued one never runs."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise ClientDisconnected()
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    # The body has been read, so the next ASGI message can only be the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

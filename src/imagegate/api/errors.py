@@ -26,14 +26,40 @@ _HTTP_CODES = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    from .deps import ClientDisconnected
+
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(ClientDisconnected, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+
+
+_PUBLIC_PREFIXES = ("/health", "/v1/media/", "/docs", "/openapi.json")
+
+
+async def _authentication_error(request: Request) -> JSONResponse | None:
+    from . import deps  # deps imports the service layer; keep this module light at import
+
+    path = request.url.path
+    if path.startswith(_PUBLIC_PREFIXES):
+        return None
+    try:
+        await (deps.admin if path.startswith("/admin") else deps.caller)(request)
+    except APIError as err:
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+    return None
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+    """Nobody will read this; 499 (nginx's "client closed request") keeps logs honest."""
+    return JSONResponse(error_body("The client closed the connection.",
+                                   type="invalid_request_error", code="client_disconnected"),
+                        status_code=499)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -48,13 +74,20 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    # FastAPI parses a JSON body before it runs dependencies, so a malformed body would be
+    # reported ahead of a missing or wrong key. Answer who-are-you before what-did-you-send.
+    refused = await _authentication_error(request)
+    if refused is not None:
+        return refused
+    errors = list(exc.errors())
+    about_body = bool(errors) and tuple(errors[0].get("loc", ()))[:1] == ("body",)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
+    if about_body and media_type != "application/json" and not media_type.endswith("+json"):
         message, param, code = (
             f"Unsupported content type: {media_type or 'none'!r}. Send the body as JSON with "
             "Content-Type: application/json.", None, "unsupported_content_type")
     else:
-        message, param, code = describe_validation_error(exc.errors())
+        message, param, code = describe_validation_error(errors)
     return JSONResponse(error_body(message, type="invalid_request_error", param=param, code=code),
                         status_code=400)
 
