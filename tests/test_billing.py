@@ -319,6 +319,30 @@ def test_partial_result_charges_only_delivered_images(gateway: Gateway) -> None:
     assert row["images_delivered"] == 2
 
 
+def test_client_that_disconnects_is_not_charged(gateway: Gateway) -> None:
+    """The client gives up while its images are being made: the work is cancelled, the
+    reservation released, and the usage row says the client went away (499)."""
+    gateway.create_account("leaver", topup_micros=10 * UNIT)
+    key = gateway.create_key("leaver")
+
+    with pytest.raises(httpx.ReadTimeout):
+        gateway.generate(key, _unique("slow:3"), n=2, timeout=0.8)
+
+    # The reservation was taken while the request ran, and is given back once it is cancelled.
+    _wait_for(lambda: any(r["status"] == 499 for r in gateway.usage("leaver")), 10,
+              "the usage row of the cancelled request")
+    account = gateway.account("leaver")
+    assert (account["balance_micros"], account["held_micros"], account["spent_micros"]) == (
+        10 * UNIT, 0, 0)
+    (row,) = gateway.usage("leaver")
+    assert (row["status"], row["error_code"], row["cost_micros"], row["images_delivered"]) == (
+        499, "client_disconnected", 0, 0)
+
+    # The same key still works afterwards and is charged normally.
+    assert gateway.generate(key, _unique()).status_code == 200
+    assert gateway.account("leaver")["spent_micros"] == UNIT
+
+
 # --------------------------------------------------------------------------------------------
 # 4. a server killed mid-request gives its reservations back
 
