@@ -12,12 +12,13 @@ from fastapi import FastAPI
 
 from . import __version__
 from .accounts.system import AccountSystem
-from .api import admin, health, images, media, models
+from .api import admin, chat, edits, health, images, media, models
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .catalog import BUILTIN_BACKENDS, Catalog
 from .providers.base import Provider, load_provider_class
 from .providers.local import LocalProvider
+from .references import FetchPolicy, ReferenceLoader
 from .service import ImageService
 from .settings import Settings
 from .storage import LocalImageStore, URLSigner
@@ -34,7 +35,12 @@ def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageSer
     store = LocalImageStore(settings.images_dir, settings.url_ttl_seconds)
     signer = URLSigner(settings.signing_secret(), settings.url_ttl_seconds)
     accounts = AccountSystem(settings, store) if with_accounts else None
-    return ImageService(catalog, providers, store, signer, accounts)
+    references = ReferenceLoader(FetchPolicy(
+        max_bytes=settings.fetch_max_bytes, timeout_seconds=settings.fetch_timeout_seconds,
+        max_pixels=settings.fetch_max_pixels, max_redirects=settings.fetch_max_redirects,
+        allow_private=settings.fetch_allow_private,
+        allowed_hosts=frozenset(settings.fetch_allowed_hosts)))
+    return ImageService(catalog, providers, store, signer, references, accounts)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             for provider in service.providers.values():
                 await provider.aclose()
+            await service.references.aclose()
             await accounts.close()
 
     app = FastAPI(title="imagegate", version=__version__, lifespan=lifespan,
@@ -70,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
 
-    for router in (images.router, models.router):
+    for router in (images.router, edits.router, models.router, chat.router):
         app.include_router(router, prefix="/v1")
         app.include_router(router, include_in_schema=False)  # /images/... as some clients call it
     app.include_router(media.router)

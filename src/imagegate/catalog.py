@@ -29,7 +29,8 @@ class SizeRule(BaseModel):
 
 
 _SIZE_TEXT = re.compile(r"^\d+x\d+$")
-EXTENSION_PARAMS = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt")
+EXTENSION_PARAMS = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt",
+                    "strength")
 
 
 class Capabilities(BaseModel):
@@ -49,6 +50,10 @@ class Capabilities(BaseModel):
     backgrounds: list[str] = Field(default_factory=lambda: ["auto", "opaque"])
     extensions: list[str] = Field(default_factory=list)
     """Which of EXTENSION_PARAMS the model accepts (local pipelines take all of them)."""
+    max_reference_images: int = 0
+    """How many input images (image-to-image, edits, variations) it takes; 0: text only."""
+    supports_mask: bool = False
+    """Whether an edit may carry a mask (inpainting)."""
     max_steps: int = 100
 
     @model_validator(mode="after")
@@ -145,6 +150,8 @@ _LOCAL_CAPS = dict(
     size_rule=SizeRule(multiple_of=8, min_edge=64, max_edge=2048),
     qualities=["auto", "low", "medium", "high"],
     extensions=list(EXTENSION_PARAMS),
+    max_reference_images=1,
+    supports_mask=True,
 )
 
 
@@ -163,6 +170,8 @@ def _builtin_models() -> list[ModelSpec]:
         max_prompt_chars=1000,
         qualities=["standard"],
         default_quality="standard",
+        max_reference_images=1,
+        supports_mask=True,
     )
     gpt_image = Capabilities(
         sizes=["auto", "1024x1024", "1536x1024", "1024x1536"],
@@ -170,6 +179,8 @@ def _builtin_models() -> list[ModelSpec]:
         qualities=["auto", "low", "medium", "high"],
         default_quality="auto",
         backgrounds=["auto", "opaque", "transparent"],
+        max_reference_images=16,
+        supports_mask=True,
     )
     flux_api = Capabilities(size_rule=SizeRule(multiple_of=16, min_edge=256, max_edge=2048))
     # Gemini image sizes per aspect ratio (seed 002's table).
@@ -180,6 +191,7 @@ def _builtin_models() -> list[ModelSpec]:
         ],
         max_n=4,
         max_prompt_chars=32000,
+        max_reference_images=3,
     )
     imagen = Capabilities(
         sizes=["1024x1024", "896x1280", "1280x896", "768x1408", "1408x768"], max_n=4
@@ -245,7 +257,9 @@ def _builtin_models() -> list[ModelSpec]:
                 default_size="1024x1024",
                 default_quality="high",
                 qualities=["auto", "low", "medium", "high"],
-                extensions=["seed", "num_inference_steps", "guidance_scale"],
+                extensions=["seed", "num_inference_steps", "guidance_scale", "strength"],
+                max_reference_images=1,
+                supports_mask=True,
             ),
             local=LocalSpec(source="black-forest-labs/FLUX.1-schnell", default_steps=4,
                             quality_steps={"low": 1, "medium": 2, "high": 4},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 ResponseFormat = Literal["url", "b64_json"]
@@ -63,6 +63,21 @@ class GenerationRequest:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     negative_prompt: str | None = None
+    strength: float | None = None
+    """Image-to-image: how far from the reference the result may move (0 keeps it, 1 ignores
+    it)."""
+    # Reference images (image-to-image, edits, variations): each an uploaded file's bytes or a
+    # data / http(s) URL, with the wire parameter it came from. Loaded (and checked) by the
+    # service, before any money is reserved.
+    references: list[tuple[str | bytes, str]] = field(default_factory=list)
+    mask: tuple[str | bytes, str] | None = None
+    prompt_optional: bool = False
+    """Variations: the input image is the subject; an empty prompt is fine."""
+    modalities: list[str] | None = None
+    """Chat requests only: the output kinds asked for ([] when the client sent none)."""
+    size_hint: Size | None = None
+    """A preferred size (from an aspect ratio) that is fitted to what the model accepts, where
+    `size` is validated as given."""
     # Which wire parameter each field came from, so errors name what the client actually sent
     # (e.g. the chat endpoint maps `image_config.aspect_ratio` to `size`).
     param_names: dict[str, str] = field(default_factory=dict)
@@ -88,10 +103,21 @@ class ResolvedRequest:
     guidance_scale: float | None
     negative_prompt: str | None
     user: str | None = None
+    references: list[Any] = field(default_factory=list)
+    """Decoded reference images (PIL, any size: the backend fits them to width x height)."""
+    mask: Any = None
+    """Decoded mask as the client sent it (PIL): OpenAI's convention, transparent = edit."""
+    strength: float | None = None
 
     @property
     def size(self) -> Size:
         return Size(self.width, self.height)
+
+    @property
+    def kind(self) -> str:
+        if self.mask is not None:
+            return "inpaint"
+        return "image2image" if self.references else "text2image"
 
 
 @dataclass

@@ -6,7 +6,9 @@ the parameter the client sent, so the same rules serve the Images API and the ch
 
 from __future__ import annotations
 
+import math
 import secrets
+from typing import Any
 
 from .catalog import EXTENSION_PARAMS, ModelSpec
 from .errors import InvalidRequest
@@ -15,8 +17,11 @@ from .generation import GenerationRequest, ResolvedRequest, Size
 MAX_SEED = 2**32 - 1
 
 
-def resolve(spec: ModelSpec, req: GenerationRequest) -> ResolvedRequest:
+def resolve(spec: ModelSpec, req: GenerationRequest, references: list[Any] | None = None,
+            mask: Any = None) -> ResolvedRequest:
+    """`references` and `mask` are the request's images, already loaded (PIL)."""
     caps = spec.capabilities
+    references = references or []
     if not spec.makes_images:
         raise InvalidRequest(
             f"The model `{spec.name}` does not support image generation.",
@@ -24,8 +29,9 @@ def resolve(spec: ModelSpec, req: GenerationRequest) -> ResolvedRequest:
             code="model_not_supported",
         )
 
+    _check_modalities(spec, req)
     prompt = req.prompt
-    if not prompt.strip():
+    if not prompt.strip() and not req.prompt_optional:
         raise InvalidRequest("`prompt` must not be empty.", param=req.param("prompt"),
                              code="missing_required_parameter")
     if len(prompt) > caps.max_prompt_chars:
@@ -42,7 +48,8 @@ def resolve(spec: ModelSpec, req: GenerationRequest) -> ResolvedRequest:
         )
         raise InvalidRequest(detail, param=req.param("n"), code="invalid_n")
 
-    size = _resolve_size(spec, req)
+    _check_images(spec, req, references, mask)
+    size = _resolve_size(spec, req, references)
     quality = _choose(spec, req, "quality", req.quality, caps.qualities, caps.default_quality)
     style = _choose(spec, req, "style", req.style, caps.styles, caps.default_style)
     background = _choose(spec, req, "background", req.background, caps.backgrounds, "auto")
@@ -71,6 +78,9 @@ def resolve(spec: ModelSpec, req: GenerationRequest) -> ResolvedRequest:
                              param=req.param("guidance_scale"))
     if guidance is None and spec.local is not None:
         guidance = spec.local.default_guidance
+    if req.strength is not None and not 0.0 < req.strength <= 1.0:
+        raise InvalidRequest("`strength` must be greater than 0 and at most 1.",
+                             param=req.param("strength"))
     if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
         raise InvalidRequest(f"`seed` must be between 0 and {MAX_SEED}.", param=req.param("seed"))
 
@@ -93,6 +103,9 @@ def resolve(spec: ModelSpec, req: GenerationRequest) -> ResolvedRequest:
         guidance_scale=guidance,
         negative_prompt=req.negative_prompt,
         user=req.user,
+        references=references,
+        mask=mask,
+        strength=req.strength,
     )
 
 
@@ -111,12 +124,62 @@ def _choose(spec: ModelSpec, req: GenerationRequest, name: str, value: str | Non
     return value
 
 
-def _resolve_size(spec: ModelSpec, req: GenerationRequest) -> Size:
+def _check_modalities(spec: ModelSpec, req: GenerationRequest) -> None:
+    """Chat only: a model that also answers in text makes images when asked to."""
+    if req.modalities is None:
+        return
+    if req.modalities and "image" not in req.modalities:
+        raise InvalidRequest('This endpoint answers with images: include "image" in '
+                             "`modalities`.", param=req.param("modalities"))
+    if not req.modalities and "text" in spec.outputs:
+        raise InvalidRequest(
+            f'`{spec.name}` answers in text unless asked for images: send `modalities: '
+            '["image", "text"]`.', param=req.param("modalities"),
+            code="missing_required_parameter")
+
+
+def check_inputs(spec: ModelSpec, req: GenerationRequest) -> None:
+    """What can be refused before any input image is fetched or decoded."""
+    caps = spec.capabilities
+    if req.references and caps.max_reference_images == 0:
+        raise InvalidRequest(f"`{spec.name}` does not accept input images.",
+                             param=req.references[0][1], code="unsupported_parameter")
+    if len(req.references) > caps.max_reference_images:
+        raise InvalidRequest(
+            f"`{spec.name}` accepts at most {caps.max_reference_images} input image(s); "
+            f"{len(req.references)} were sent.", param=req.references[0][1])
+    if req.mask is not None:
+        if not caps.supports_mask:
+            raise InvalidRequest(f"`{spec.name}` cannot edit with a mask (inpainting).",
+                                 param=req.mask[1], code="unsupported_parameter")
+        if not req.references:
+            raise InvalidRequest("A mask needs an image to apply to.", param=req.mask[1])
+
+
+def _check_images(spec: ModelSpec, req: GenerationRequest, references: list[Any],
+                  mask: Any) -> None:
+    check_inputs(spec, req)
+    if mask is not None:
+        assert req.mask is not None
+        if mask.size != references[0].size:
+            raise InvalidRequest(
+                f"The mask is {mask.size[0]}x{mask.size[1]} but the image is "
+                f"{references[0].size[0]}x{references[0].size[1]}; they must be the same size.",
+                param=req.mask[1], code="invalid_mask")
+
+
+def _resolve_size(spec: ModelSpec, req: GenerationRequest, references: list[Any]) -> Size:
     caps = spec.capabilities
     default = Size.parse(caps.default_size)
     assert default is not None, f"bad default_size in catalog for {spec.name}"
     size = req.size
     if size is None:
+        # Soft preferences are fitted, not refused: an aspect ratio's size, else the input
+        # image's own size (an edit keeps its image's shape), else the model's default.
+        if req.size_hint is not None:
+            return fit_size(spec, req.size_hint)
+        if references:
+            return fit_size(spec, Size(*references[0].size))
         return default
     if caps.sizes is not None:
         if str(size) not in caps.sizes:
@@ -145,6 +208,37 @@ def _resolve_size(spec: ModelSpec, req: GenerationRequest) -> Size:
             code="invalid_size",
         )
     return size
+
+
+def fit_size(spec: ModelSpec, want: Size) -> Size:
+    """The size closest to `want` that the model accepts."""
+    caps = spec.capabilities
+    if caps.sizes is not None:
+        listed = [s for s in (Size.parse(t) for t in caps.sizes) if s is not None]
+
+        def distance(s: Size) -> tuple[float, float]:
+            # aspect ratio first (log scale, so 2:1 and 1:2 are equally far from 1:1), then area
+            return (abs(math.log(s.width / s.height) - math.log(want.width / want.height)),
+                    abs(math.log(s.pixels / want.pixels)))
+
+        return min(listed, key=distance)
+    rule = caps.size_rule
+    assert rule is not None
+    scale = 1.0
+    longest, shortest = max(want.width, want.height), min(want.width, want.height)
+    if longest > rule.max_edge:
+        scale = rule.max_edge / longest
+    elif shortest < rule.min_edge:
+        scale = min(rule.min_edge / shortest, rule.max_edge / longest)
+    if rule.max_pixels is not None and want.pixels * scale * scale > rule.max_pixels:
+        scale = math.sqrt(rule.max_pixels / want.pixels)
+
+    def edge(value: int) -> int:
+        snapped = int(value * scale / rule.multiple_of + 0.5) * rule.multiple_of
+        lowest = -(-rule.min_edge // rule.multiple_of) * rule.multiple_of
+        return max(lowest, min(snapped, rule.max_edge - rule.max_edge % rule.multiple_of))
+
+    return Size(edge(want.width), edge(want.height))
 
 
 def _steps(spec: ModelSpec, req: GenerationRequest, quality: str | None) -> int | None:

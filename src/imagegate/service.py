@@ -32,15 +32,17 @@ from .generation import (
 from .imaging import encode
 from .pricing import unit_price_micros
 from .providers.base import Provider
-from .rules import resolve
+from .references import ReferenceLoader
+from .rules import check_inputs, resolve
 from .storage import LocalImageStore, URLSigner
 
 
 class ImageService:
     def __init__(self, catalog: Catalog, providers: dict[str, Provider],
-                 store: LocalImageStore, signer: URLSigner,
+                 store: LocalImageStore, signer: URLSigner, references: ReferenceLoader,
                  accounts: AccountSystem | None = None) -> None:
         self.catalog = catalog
+        self.references = references
         self.providers = providers
         self.store = store
         self.signer = signer
@@ -83,7 +85,9 @@ class ImageService:
         spec = self.catalog.get(req.model)
         if billing is not None:
             billing.caller.check_model(spec.name)
-        resolved = resolve(spec, req)
+        check_inputs(spec, req)
+        references, mask = await self._load_inputs(req)
+        resolved = resolve(spec, req, references, mask)
         provider = self.provider_for(spec)
         if billing is not None:
             billing.usage.update(size=str(resolved.size), quality=resolved.quality,
@@ -111,6 +115,26 @@ class ImageService:
             prompt_tokens=produced.prompt_tokens,
             cost_micros=billing.unit * len(images) if billing is not None else 0,
         )
+
+    async def _load_inputs(self, req: GenerationRequest) -> tuple[list[Any], Any]:
+        """Fetch and decode input images, all at once; any refusal is a 400 naming its param."""
+        if not req.references:
+            return [], None
+        sources = list(req.references) + ([req.mask] if req.mask is not None else [])
+        tasks = [asyncio.ensure_future(self.references.load(src, param=param))
+                 for src, param in sources]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:  # one refusal ends the request: stop the other fetches
+                task.cancel()
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        images = [task.result().image for task in tasks]
+        if req.mask is not None:
+            return images[:-1], images[-1]
+        return images, None
 
     def _deliver(self, produced: ProviderResult, req: GenerationRequest,
                  background: str) -> list[DeliveredImage]:

@@ -69,6 +69,19 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(5.0, ge=0)
     """How long a verified key is trusted without a database read. Disabling a key through this
     server takes effect at once; through another replica, within this many seconds."""
+    fetch_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    """Largest input image accepted, whether uploaded, inline (data URL) or fetched by URL."""
+    fetch_timeout_seconds: float = Field(15.0, gt=0)
+    fetch_max_pixels: int = Field(40_000_000, ge=4096)
+    """Largest input image in pixels (decompression bombs are refused before decoding)."""
+    fetch_max_redirects: int = Field(3, ge=0)
+    fetch_allow_private: bool = False
+    """Let input-image URLs reach loopback and private addresses. Off: the server refuses them
+    (server-side request forgery); turn on only on a trusted network. Link-local and cloud
+    metadata addresses stay refused either way."""
+    fetch_allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names (or IP addresses) that input-image URLs may always reach, e.g. an internal
+    CDN. Cloud metadata endpoints stay refused."""
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     providers: dict[str, str] = Field(default_factory=dict)
     """`[providers]` table: backend name -> "package.module:Class" of a custom provider class,

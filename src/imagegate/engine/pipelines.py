@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -55,26 +57,45 @@ def quiet_loading() -> None:
         pass
 
 
-def text_to_image(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
-                  progress: ProgressCallback | None = None) -> ProviderResult:
+DEFAULT_STRENGTH = {"image2image": 0.6, "inpaint": 1.0}
+
+
+def generate(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
+             progress: ProgressCallback | None = None) -> ProviderResult:
     """One pipeline call for all n images, one generator per image.
 
+    Text-to-image runs on the loaded pipeline; image-to-image and inpainting run on pipelines
+    derived from it with `from_pipe`, which share its weights (no second copy in memory).
     Generators live on the CPU so a seed gives the same image on any device.
     """
     import torch
 
     assert spec.local is not None
     steps = req.num_inference_steps or spec.local.default_steps
-    accepted = inspect.signature(pipe.__call__).parameters
+    kind = req.kind
+    target = _derived(pipe, kind)
+    accepted = inspect.signature(target.__call__).parameters
     kwargs: dict[str, Any] = dict(
         prompt=req.prompt,
         height=req.height,
         width=req.width,
-        num_inference_steps=steps,
         num_images_per_prompt=req.n,
         generator=[torch.Generator("cpu").manual_seed(s) for s in req.seeds],
         output_type="pil",
     )
+    if kind != "text2image":
+        strength = req.strength or DEFAULT_STRENGTH[kind]
+        # diffusers runs int(steps * strength) steps; a 1-step model at strength 0.6 would
+        # run none, so take enough steps for at least one.
+        steps = max(steps, math.ceil(1 / strength))
+        kwargs["strength"] = strength
+        kwargs["image"] = _fit(req.references[0], req.width, req.height, "RGB")
+        if kind == "inpaint":
+            kwargs["mask_image"] = _fit(edit_mask(req.mask), req.width, req.height, "L")
+        total = max(1, int(steps * strength))
+    else:
+        total = steps
+    kwargs["num_inference_steps"] = steps
     if req.guidance_scale is not None:
         kwargs["guidance_scale"] = req.guidance_scale
     if req.negative_prompt and "negative_prompt" in accepted:
@@ -83,16 +104,52 @@ def text_to_image(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
         kwargs["max_sequence_length"] = spec.local.max_sequence_length
     if progress is not None and "callback_on_step_end" in accepted:
         def on_step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict) -> dict:
-            progress(step + 1, steps)
+            progress(min(step + 1, total), total)
             return tensors
 
         kwargs["callback_on_step_end"] = on_step_end
 
     with torch.inference_mode():
-        output = pipe(**kwargs)
+        output = target(**kwargs)
     revised, tokens = prompt_usage(pipe, req.prompt, spec.local.max_sequence_length)
     images = [GeneratedImage(image=img, seed=seed) for img, seed in zip(output.images, req.seeds)]
     return ProviderResult(images=images, revised_prompt=revised, prompt_tokens=tokens)
+
+
+# Pipelines derived from a loaded one, per kind; dropped with it.
+_DERIVED: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _derived(pipe: Any, kind: str) -> Any:
+    if kind == "text2image":
+        return pipe
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    cache = _DERIVED.setdefault(pipe, {})
+    if kind not in cache:
+        auto = AutoPipelineForInpainting if kind == "inpaint" else AutoPipelineForImage2Image
+        derived = auto.from_pipe(pipe)
+        derived.set_progress_bar_config(disable=True)
+        cache[kind] = derived
+    return cache[kind]
+
+
+def _fit(image: Any, width: int, height: int, mode: str) -> Any:
+    from PIL import Image
+
+    image = image.convert(mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+def edit_mask(mask: Any) -> Any:
+    """OpenAI's mask (fully transparent pixels mark the area to edit) -> diffusers' (white is
+    repainted). A mask without an alpha channel is taken as already white-is-edit."""
+    if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
+        alpha = mask.convert("RGBA").getchannel("A")
+        return alpha.point(lambda a: 255 if a == 0 else 0)
+    return mask.convert("L")
 
 
 def prompt_usage(pipe: Any, prompt: str, second_encoder_limit: int | None) -> tuple[str, int]:

@@ -95,12 +95,12 @@ class LocalProvider:
 
     async def generate(self, spec: ModelSpec, request: ResolvedRequest,
                        progress: ProgressCallback | None = None) -> ProviderResult:
-        from ..engine.pipelines import text_to_image
+        from ..engine.pipelines import generate
 
         await asyncio.to_thread(self._check_available, spec)
         worker = self._worker(spec)
         try:
-            return await worker.submit(lambda pipe: text_to_image(pipe, spec, request, progress))
+            return await worker.submit(lambda pipe: generate(pipe, spec, request, progress))
         except APIError:
             raise
         except Exception as exc:

@@ -1,0 +1,249 @@
+"""`POST /v1/chat/completions` for image models: chat messages in, images in the message out.
+
+The prompt is the last user turn's text; its `image_url` parts are input images. Image options
+are read from wherever clients put them, first found wins: top-level `image_config` (seed 000,
+OpenRouter), `google.image_config` (the OpenAI SDK's `extra_body={"google": ...}`), and a literal
+`extra_body.google.image_config` key in the body (seed 002's curl and requests examples).
+
+Images come back in `choices[0].message.images` (OpenRouter's shape) and as markdown in
+`content`, so chat UIs that only render text still show them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..accounts.keys import Caller
+from ..aspect_ratios import size_for
+from ..errors import APIError, InvalidRequest
+from ..generation import GenerationRequest, GenerationResult
+from ..protocol.chat import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatUsage,
+    Choice,
+    ImagePart,
+    ImageURL,
+)
+from ..service import ImageService
+from . import deps
+
+router = APIRouter(tags=["chat"])
+
+# A stream whose images are not ready within this long starts anyway (so proxies and clients see
+# bytes), and keeps the connection alive with SSE comments until they are.
+STREAM_HEAD_START_SECONDS = 2.0
+KEEPALIVE_SECONDS = 10.0
+
+
+@router.post("/chat/completions", response_model=ChatCompletion)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    caller: Caller = Depends(deps.caller),
+    service: ImageService = Depends(deps.service),
+) -> Any:
+    gen = to_generation_request(body, default_model=deps.settings(request).default_model)
+    request_id = deps.request_id(request)
+    base_url = deps.public_base_url(request)
+
+    async def produce() -> dict[str, Any]:
+        result = await service.generate(gen, request_id=request_id, caller=caller,
+                                        endpoint="chat.completions")
+        return to_chat_completion(result, base_url).model_dump()
+
+    if not body.stream:
+        return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
+
+    # Streaming: errors that come quickly (validation, 402, 404) still get their own status.
+    task = asyncio.ensure_future(produce())
+    done, _ = await asyncio.wait({task}, timeout=STREAM_HEAD_START_SECONDS)
+    if done:
+        answer = task.result()  # raises the APIError, rendered with its status
+        return _sse(_stream_whole(answer, body))
+    return _sse(_stream_when_ready(task, body, gen.model, request_id))
+
+
+def to_generation_request(body: ChatCompletionRequest, *, default_model: str
+                          ) -> GenerationRequest:
+    prompt, references = _prompt_and_references(body)
+    config, where = _image_config(body)
+    size_hint = size_for(config.get("aspect_ratio"), config.get("image_size"),
+                         ratio_param=f"{where}.aspect_ratio", size_param=f"{where}.image_size")
+    response_format, output_format = "url", "png"
+    wanted = config.get("output_format")
+    if wanted in ("url", "b64_json"):
+        response_format = wanted
+    elif wanted in ("png", "jpeg", "webp"):
+        output_format = wanted
+    elif wanted is not None:
+        raise InvalidRequest(f"Unsupported output_format {wanted!r}: use url or b64_json (or "
+                             "png, jpeg, webp for the encoding).", param=f"{where}.output_format")
+    for i, url in enumerate(config.get("reference_images") or []):
+        if not isinstance(url, str):
+            raise InvalidRequest("Reference images must be URLs or data URLs.",
+                                 param=f"{where}.reference_images[{i}]")
+        references.append((url, f"{where}.reference_images[{i}]"))
+    return GenerationRequest(
+        model=body.model or default_model,
+        prompt=prompt,
+        n=1 if body.n is None else body.n,
+        size_hint=size_hint,
+        response_format=response_format,  # type: ignore[arg-type]
+        output_format=output_format,  # type: ignore[arg-type]
+        user=body.user,
+        seed=body.seed,
+        num_inference_steps=body.num_inference_steps,
+        guidance_scale=body.guidance_scale,
+        negative_prompt=body.negative_prompt,
+        strength=body.strength,
+        references=references,
+        modalities=body.modalities if body.modalities is not None else [],
+        param_names={"prompt": "messages", "size": f"{where}.aspect_ratio"},
+    )
+
+
+def _prompt_and_references(body: ChatCompletionRequest
+                           ) -> tuple[str, list[tuple[str | bytes, str]]]:
+    """The last user turn: its text parts joined, its image_url parts as input images."""
+    for i in range(len(body.messages) - 1, -1, -1):
+        message = body.messages[i]
+        if message.role != "user":
+            continue
+        if isinstance(message.content, str) or message.content is None:
+            return message.content or "", []
+        texts: list[str] = []
+        images: list[tuple[str | bytes, str]] = []
+        for j, part in enumerate(message.content):
+            where = f"messages[{i}].content[{j}]"
+            kind = part.get("type")
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image_url":
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                if not isinstance(url, str):
+                    raise InvalidRequest("An image_url part needs image_url.url.",
+                                         param=f"{where}.image_url")
+                images.append((url, f"{where}.image_url"))
+            else:
+                raise InvalidRequest(f"Unsupported content part type {kind!r}: use text or "
+                                     "image_url.", param=f"{where}.type")
+        return "\n".join(texts), images
+    raise InvalidRequest("The messages hold no user turn to take the prompt from.",
+                         param="messages")
+
+
+def _image_config(body: ChatCompletionRequest) -> tuple[dict[str, Any], str]:
+    """The image options and the parameter path they came from (for error messages)."""
+    if body.image_config is not None:
+        return body.image_config.model_dump(exclude_none=True), "image_config"
+    for container, where in ((body.google, "google"),
+                             ((body.extra_body or {}).get("google"), "extra_body.google")):
+        if isinstance(container, dict) and isinstance(container.get("image_config"), dict):
+            return container["image_config"], f"{where}.image_config"
+    return {}, "image_config"
+
+
+def image_urls(result: GenerationResult, base_url: str) -> list[str]:
+    """Hosted signed links, or data URLs when b64_json was asked for."""
+    if result.response_format == "url":
+        return [base_url + (image.url or "") for image in result.images]
+    return [f"data:image/{image.output_format};base64,"
+            + base64.b64encode(image.data).decode("ascii") for image in result.images]
+
+
+def to_chat_completion(result: GenerationResult, base_url: str) -> ChatCompletion:
+    urls = image_urls(result, base_url)
+    message = AssistantMessage(
+        content="\n".join(f"![image]({url})" for url in urls),
+        images=[ImagePart(image_url=ImageURL(url=url)) for url in urls],
+    )
+    tokens = result.prompt_tokens
+    return ChatCompletion(
+        id=_completion_id(result.request_id), created=result.created, model=result.model,
+        choices=[Choice(message=message)],
+        usage=ChatUsage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens),
+    )
+
+
+def _completion_id(request_id: str) -> str:
+    return "chatcmpl-" + request_id.removeprefix("req_")
+
+
+# --- streaming --------------------------------------------------------------------------------
+
+
+def _sse(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def _chunk(completion_id: str, created: int, model: str, delta: dict[str, Any],
+           finish_reason: str | None = None, usage: dict[str, Any] | None = None) -> str:
+    payload: dict[str, Any] = {
+        "id": completion_id, "object": "chat.completion.chunk", "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        payload["usage"] = usage
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+async def _stream_whole(answer: dict[str, Any], body: ChatCompletionRequest
+                        ) -> AsyncIterator[str]:
+    """A finished completion as chunks: role, the images (whole, in one delta), stop, [DONE]."""
+    cid, created, model = answer["id"], answer["created"], answer["model"]
+    yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+    for line in _image_chunks(answer, body):
+        yield line
+
+
+def _image_chunks(answer: dict[str, Any], body: ChatCompletionRequest) -> list[str]:
+    cid, created, model = answer["id"], answer["created"], answer["model"]
+    message = answer["choices"][0]["message"]
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    return [
+        _chunk(cid, created, model, {"content": message["content"],
+                                     "images": message["images"]}),
+        _chunk(cid, created, model, {}, "stop", answer["usage"] if include_usage else None),
+        "data: [DONE]\n\n",
+    ]
+
+
+async def _stream_when_ready(task: asyncio.Future, body: ChatCompletionRequest, model: str,
+                             request_id: str) -> AsyncIterator[str]:
+    """Start the stream before the images exist, keep it alive, then send them; an error that
+    comes after the 200 went out is sent as an error event, as OpenAI does mid-stream."""
+    cid, created = _completion_id(request_id), int(time.time())
+    try:
+        yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
+            if done:
+                break
+            yield ": keep-alive\n\n"
+        try:
+            answer = task.result()
+        except APIError as exc:
+            yield f"data: {json.dumps(exc.body())}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        for line in _image_chunks(answer, body):
+            yield line
+    finally:
+        if not task.done():  # the client went away: cancel, which releases the reservation
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task

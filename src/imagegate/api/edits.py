@@ -1,0 +1,204 @@
+"""`POST /v1/images/edits` and `POST /v1/images/variations`, as the OpenAI SDKs send them.
+
+Multipart: the image as one part named `image` or several named `image[]` (the SDKs send a list
+as `image[]`, even of one), an optional `mask`, and text fields whose values are strings
+(`"2"`, `"true"`). Edits also take OpenAI's JSON form (`images: [{"image_url": ...}]`). Part
+names and content types are not trusted: the bytes are checked to be an image (references.py).
+Both go through the same request path as generations; only the translation differs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.datastructures import UploadFile
+
+from ..accounts.keys import Caller
+from ..errors import InvalidRequest
+from ..generation import GenerationRequest
+from ..service import ImageService
+from . import deps
+from .errors import describe_validation_error
+from .middleware import BodyTooLarge
+from .images import parse_size, to_images_response
+
+router = APIRouter(tags=["images"])
+
+MAX_IMAGES = 16
+VARIATION_STRENGTH = 0.75  # a variation keeps the composition and changes the details
+
+
+class EditFields(BaseModel):
+    """The text fields of an edit or variation. Lax types: multipart values are strings."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str | None = None
+    model: str | None = None
+    n: int | None = None
+    size: str | None = None
+    quality: str | None = None
+    response_format: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    background: str | None = None
+    user: str | None = None
+    stream: bool | None = None
+    input_fidelity: str | None = None
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    strength: float | None = None
+
+
+@router.post("/images/edits")
+async def create_edit(request: Request, caller: Caller = Depends(deps.caller),
+                      service: ImageService = Depends(deps.service)) -> JSONResponse:
+    fields, images, mask = await _read_inputs(request, json_allowed=True)
+    if not fields.prompt:
+        raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt",
+                             code="missing_required_parameter")
+    gen = _generation_request(request, fields, images, mask, prompt=fields.prompt)
+    return await _respond(request, caller, service, gen, "images.edits")
+
+
+@router.post("/images/variations")
+async def create_variation(request: Request, caller: Caller = Depends(deps.caller),
+                           service: ImageService = Depends(deps.service)) -> JSONResponse:
+    fields, images, mask = await _read_inputs(request, json_allowed=False)
+    if len(images) != 1:
+        raise InvalidRequest("A variation takes exactly one image.", param="image")
+    if mask is not None:
+        raise InvalidRequest("Variations take no mask.", param="mask")
+    gen = _generation_request(request, fields, images, None, prompt=fields.prompt or "")
+    gen.prompt_optional = True
+    if gen.strength is None:
+        gen.strength = VARIATION_STRENGTH
+    return await _respond(request, caller, service, gen, "images.variations")
+
+
+async def _respond(request: Request, caller: Caller, service: ImageService,
+                   gen: GenerationRequest, endpoint: str) -> JSONResponse:
+    async def produce() -> dict[str, Any]:
+        result = await service.generate(gen, request_id=deps.request_id(request), caller=caller,
+                                        endpoint=endpoint)
+        return to_images_response(result, deps.public_base_url(request)).model_dump(
+            exclude_none=True)
+
+    return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
+
+
+def _generation_request(request: Request, fields: EditFields,
+                        images: list[tuple[str | bytes, str]],
+                        mask: tuple[str | bytes, str] | None, *, prompt: str
+                        ) -> GenerationRequest:
+    if fields.stream:
+        raise InvalidRequest("Streaming edits are not supported by this server yet.",
+                             param="stream", code="unsupported_parameter")
+    for name, value, allowed in (("response_format", fields.response_format, ("url", "b64_json")),
+                                 ("output_format", fields.output_format,
+                                  ("png", "jpeg", "webp"))):
+        if value is not None and value not in allowed:
+            raise InvalidRequest(f"Invalid `{name}` {value!r}; supported values are "
+                                 f"{list(allowed)}.", param=name)
+    if not images:
+        raise InvalidRequest("Missing required parameter: 'image'.", param="image",
+                             code="missing_required_parameter")
+    if len(images) > MAX_IMAGES:
+        raise InvalidRequest(f"At most {MAX_IMAGES} images may be sent.", param="image")
+    return GenerationRequest(
+        model=fields.model or deps.settings(request).default_model,
+        prompt=prompt,
+        n=1 if fields.n is None else fields.n,
+        size=parse_size(fields.size),
+        quality=fields.quality,
+        response_format=fields.response_format or "url",  # type: ignore[arg-type]
+        output_format=fields.output_format or "png",  # type: ignore[arg-type]
+        output_compression=fields.output_compression,
+        background=fields.background,
+        user=fields.user,
+        seed=fields.seed,
+        num_inference_steps=fields.num_inference_steps,
+        guidance_scale=fields.guidance_scale,
+        negative_prompt=fields.negative_prompt,
+        strength=fields.strength,
+        references=images,
+        mask=mask,
+    )
+
+
+async def _read_inputs(request: Request, *, json_allowed: bool
+                       ) -> tuple[EditFields, list[tuple[str | bytes, str]],
+                                  tuple[str | bytes, str] | None]:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return await _read_multipart(request)
+    if json_allowed and media_type == "application/json":
+        return await _read_json(request)
+    expected = "multipart/form-data" + (" or application/json" if json_allowed else "")
+    raise InvalidRequest(f"Unsupported content type {media_type or 'none'!r}: send "
+                         f"{expected}.", code="unsupported_content_type")
+
+
+async def _read_multipart(request: Request) -> tuple[EditFields, list, Any]:
+    try:
+        form = await request.form(max_files=MAX_IMAGES + 1, max_fields=64)
+    except BodyTooLarge:
+        raise
+    except Exception as exc:  # a malformed multipart body: python-multipart's own errors
+        detail = getattr(exc, "detail", None) or str(exc)
+        raise InvalidRequest(f"The multipart body could not be read: {detail}",
+                             code="invalid_multipart") from None
+    images: list[tuple[str | bytes, str]] = []
+    for name in ("image", "image[]"):
+        for i, part in enumerate(form.getlist(name)):
+            where = name if name == "image" else f"image[{i}]"
+            images.append((await _part_bytes(part, where), where))
+    mask = None
+    if form.get("mask") is not None:
+        mask = (await _part_bytes(form["mask"], "mask"), "mask")
+    text = {k: v for k, v in form.multi_items() if isinstance(v, str) and v != ""}
+    return _fields(text), images, mask
+
+
+async def _part_bytes(part: Any, where: str) -> str | bytes:
+    if isinstance(part, UploadFile):
+        return await part.read()
+    if isinstance(part, str) and part.startswith(("data:", "http://", "https://")):
+        return part  # a URL sent as a text field: loaded like any other reference
+    raise InvalidRequest(f"`{where}` must be a file.", param=where)
+
+
+async def _read_json(request: Request) -> tuple[EditFields, list, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise InvalidRequest("We could not parse the JSON body of your request.",
+                             code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    images = []
+    for i, item in enumerate(body.get("images") or []):
+        url = item.get("image_url") if isinstance(item, dict) else None
+        if not isinstance(url, str):
+            raise InvalidRequest("Each image needs an `image_url` (file ids are not "
+                                 "supported).", param=f"images[{i}].image_url")
+        images.append((url, f"images[{i}].image_url"))
+    mask = None
+    if isinstance(body.get("mask"), dict) and isinstance(body["mask"].get("image_url"), str):
+        mask = (body["mask"]["image_url"], "mask.image_url")
+    return _fields({k: v for k, v in body.items() if k not in ("images", "mask")}), images, mask
+
+
+def _fields(values: dict[str, Any]) -> EditFields:
+    try:
+        return EditFields.model_validate(values)
+    except ValidationError as exc:
+        message, param, code = describe_validation_error(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+        raise InvalidRequest(message, param=param, code=code) from None
