@@ -94,6 +94,8 @@ def to_generation_request(body: ChatCompletionRequest, *, default_model: str
             raise InvalidRequest("Reference images must be URLs or data URLs.",
                                  param=f"{where}.reference_images[{i}]")
         references.append((url, f"{where}.reference_images[{i}]"))
+    if size_hint is None and not references:
+        size_hint = size_for("1:1", None, ratio_param="", size_param="")  # seed 002: square
     return GenerationRequest(
         model=body.model or default_model,
         prompt=prompt,
