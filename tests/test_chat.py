@@ -153,9 +153,22 @@ def _sdk_png(message: Any) -> bytes:
 # servers with non-default settings: started in the background when this module begins
 
 
+def _warm(server, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """One small generation, so loading (and building) the model overlaps other tests."""
+    response = httpx.post(server.api_url + "/chat/completions", json=body, headers=headers,
+                          timeout=180)
+    assert response.status_code == 200, response.text
+
+
 def _start_extra_servers(start_server) -> tuple:
     configured = start_server(CONFIG)
     billed = start_server(auth="on", admin_key=ADMIN_KEY)
+    small = {"aspect_ratio": "1:1", "image_size": "0.5K", "output_format": "b64_json"}
+    _warm(configured, {"model": "tiny-chat", "modalities": ["image"], "image_config": small,
+                       "messages": [{"role": "user", "content": "warm up"}]})
+    _warm(billed, {"model": MODEL, "image_config": small, "num_inference_steps": 1,
+                   "messages": [{"role": "user", "content": "warm up"}]},
+          headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     return configured, billed
 
 

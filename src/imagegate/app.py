@@ -18,6 +18,7 @@ from .api.middleware import RequestContextMiddleware
 from .catalog import BUILTIN_BACKENDS, Catalog
 from .providers.base import Provider, load_provider_class
 from .providers.local import LocalProvider
+from .providers.relay import UpstreamRouter
 from .references import FetchPolicy, ReferenceLoader
 from .service import ImageService
 from .settings import Settings
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageService:
     """The request path's parts, without HTTP: shared by the server and the CLI."""
-    providers: dict[str, Provider] = {"local": LocalProvider(settings)}
+    providers: dict[str, Provider] = {"local": LocalProvider(settings),
+                                      "upstream": UpstreamRouter(settings)}
     for name, target in settings.providers.items():
         providers[name] = load_provider_class(target)(settings)
     catalog = Catalog.from_config(settings.models, BUILTIN_BACKENDS | set(providers))

@@ -119,6 +119,33 @@ def _prices(per_image: str = "0", **table: str) -> Pricing:
                    table={k.replace("_", "/"): Decimal(v) for k, v in table.items()})
 
 
+class Deployment(BaseModel):
+    """One upstream that can serve a public model name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    """The wire format: openai_images, openai_chat, gemini, imagen or bfl."""
+    base_url: str
+    upstream_model: str | None = None
+    """The model name upstream; default: the public name."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the upstream key (never the key itself)."""
+    name: str | None = None
+    """Shown in usage records and logs; default provider/upstream_model."""
+    weight: int = Field(1, ge=0)
+    priority: int = 0
+    """Lower numbers are tried first; weights choose within the best healthy tier."""
+    timeout_seconds: float = Field(120.0, gt=0)
+    max_concurrency: int | None = Field(None, ge=1)
+    api_version: str | None = None
+    """Azure OpenAI: the api-version query parameter (switches to its path and api-key header)."""
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    def label(self, public_name: str) -> str:
+        return self.name or f"{self.provider}/{self.upstream_model or public_name}"
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -134,6 +161,7 @@ class ModelSpec(BaseModel):
     capabilities: Capabilities = Field(default_factory=Capabilities)
     pricing: Pricing = Field(default_factory=Pricing)
     local: LocalSpec | None = None
+    deployments: list[Deployment] = Field(default_factory=list)
 
     @property
     def makes_images(self) -> bool:
@@ -308,6 +336,8 @@ class Catalog:
         specs = {s.name: s.model_dump() for s in _builtin_models()}
         for name, patch in (overrides or {}).items():
             base = specs.get(name, {"name": name})
+            if patch.get("deployments") and "enabled" not in patch:
+                patch = {**patch, "enabled": True}  # configuring an upstream turns it on
             specs[name] = _deep_merge(base, {**patch, "name": name})
         models = []
         for name, raw in specs.items():

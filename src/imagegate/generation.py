@@ -122,10 +122,14 @@ class ResolvedRequest:
 
 @dataclass
 class GeneratedImage:
-    """One image as a backend hands it back: decoded pixels or already-encoded bytes."""
+    """One image as a backend hands it back: decoded pixels, and the encoded bytes when the
+    backend had them (an upstream's PNG), so they can be passed on without re-encoding."""
 
     image: object  # PIL.Image.Image; kept untyped so the gateway imports no imaging stack here
     seed: int | None = None
+    data: bytes | None = None
+    format: str | None = None
+    """Format of `data`: png, jpeg or webp."""
 
 
 @dataclass
@@ -134,6 +138,10 @@ class ProviderResult:
     revised_prompt: str | None = None
     prompt_tokens: int = 0
     provider_request_id: str | None = None
+    deployment: str | None = None
+    """Which upstream deployment served it (usage records)."""
+    text: str | None = None
+    """Text the model wrote besides its images (chat-style upstreams)."""
 
 
 @dataclass

@@ -51,7 +51,7 @@ class ImageService:
 
     def provider_for(self, spec: ModelSpec) -> Provider:
         provider = self.providers.get(spec.backend)
-        if provider is None:
+        if provider is None or (spec.backend == "upstream" and not spec.deployments):
             raise ModelUnavailable(
                 f"No upstream deployment is configured for `{spec.name}` on this server."
             )
@@ -97,6 +97,9 @@ class ImageService:
         produced = await provider.generate(spec, resolved, progress)
         if not produced.images:
             raise GenerationFailed(f"`{spec.name}` returned no image.")
+        if billing is not None and produced.deployment:
+            billing.usage.update(deployment=produced.deployment,
+                                 upstream_request_id=produced.provider_request_id)
         del produced.images[resolved.n:]  # never deliver (or charge) more than was asked
         images = await asyncio.to_thread(self._deliver, produced, req, resolved.background)
         if billing is not None:
@@ -141,7 +144,11 @@ class ImageService:
         """Encode each image; store it and sign a link when the client wants URLs."""
         delivered = []
         for item in produced.images:
-            data = encode(item.image, req.output_format, req.output_compression, background)
+            if item.data is not None and item.format == req.output_format and \
+                    req.output_compression is None and background != "transparent":
+                data = item.data  # already what the client asked for: pass it on as is
+            else:
+                data = encode(item.image, req.output_format, req.output_compression, background)
             image = DeliveredImage(data=data, output_format=req.output_format, seed=item.seed)
             if req.response_format == "url":
                 stored = self.store.put(data, req.output_format)

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     fetch_allowed_hosts: list[str] = Field(default_factory=list)
     """Host names (or IP addresses) that input-image URLs may always reach, e.g. an internal
     CDN. Cloud metadata endpoints stay refused."""
+    upstream_max_attempts: int = Field(3, ge=1)
+    """Deployments tried for one request (only failures before the upstream took the job)."""
+    upstream_deadline_seconds: float = Field(300.0, gt=0)
+    upstream_cooldown_seconds: float = Field(30.0, ge=0)
+    """How long a deployment that failed three times in a row is skipped."""
+    upstream_max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     providers: dict[str, str] = Field(default_factory=dict)
     """`[providers]` table: backend name -> "package.module:Class" of a custom provider class,

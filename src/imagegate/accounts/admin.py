@@ -210,8 +210,8 @@ class Admin:
 
 
 USAGE_COLUMNS = ("created_at", "request_id", "key_id", "account_id", "endpoint", "model",
-                 "deployment", "n", "size", "quality", "images_delivered", "cost_micros",
-                 "status", "error_code", "latency_ms")
+                 "deployment", "upstream_request_id", "n", "size", "quality",
+                 "images_delivered", "cost_micros", "status", "error_code", "latency_ms")
 
 
 def _key_info(row: Any) -> dict[str, Any]:

@@ -102,6 +102,8 @@ class UsageRecord(Base):
     endpoint: Mapped[str] = mapped_column(String(64))
     model: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     deployment: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    upstream_request_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """The upstream provider's own id for the call, to reconcile with its bills."""
     n: Mapped[int] = mapped_column(Integer, default=0)
     size: Mapped[str | None] = mapped_column(String(32), nullable=True)
     quality: Mapped[str | None] = mapped_column(String(32), nullable=True)

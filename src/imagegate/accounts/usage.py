@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # Every column, so that rows of different shapes (a 404 knows no size, a 200 has no error code)
 # can share one executemany.
 ROW_DEFAULTS: dict[str, Any] = {
-    "key_id": None, "account_id": None, "model": None, "deployment": None, "n": 0,
+    "key_id": None, "account_id": None, "model": None, "deployment": None,
+    "upstream_request_id": None, "n": 0,
     "size": None, "quality": None, "images_delivered": 0, "cost_micros": 0,
     "error_code": None, "latency_ms": 0,
 }

@@ -47,7 +47,8 @@ def describe_model(spec: ModelSpec, service: ImageService) -> dict[str, Any]:
         "pricing": spec.pricing.model_dump(mode="json"),
     }
     provider = service.providers.get(spec.backend)
-    info["available"] = provider is not None
+    info["available"] = provider is not None and (spec.backend != "upstream"
+                                                  or bool(spec.deployments))
     if provider is not None:
         info.update(provider.describe(spec))
     return info

@@ -1,0 +1,181 @@
+"""The `upstream` backend: choose a deployment, call its adapter, retry or fall back.
+
+Choice: among the model's deployments that are not cooling down, take the lowest `priority`
+number present, then pick by `weight` at random. Retries: only when the upstream did not take the
+job (429, 5xx, no connection), on another deployment where there is one, within a bounded number
+of attempts and a total deadline; a `Retry-After` cools that deployment for as long as it asks.
+Never after a timeout: the upstream may be generating, and a second attempt is a second bill. A
+deployment that keeps failing is cooled down for a while, then tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..catalog import Deployment, ModelSpec
+from ..errors import ModelUnavailable
+from ..generation import ProgressCallback, ProviderResult, ResolvedRequest
+from ..settings import Settings
+from .upstream_http import UpstreamCall, UpstreamFailure
+
+log = logging.getLogger(__name__)
+
+Adapter = Callable[[UpstreamCall], Awaitable[ProviderResult]]
+
+FAILURES_BEFORE_COOLDOWN = 3
+
+
+def adapters() -> dict[str, Adapter]:
+    """Wire format name -> adapter; imported lazily so each stays one small module."""
+    from . import bfl, gemini, openai_chat, openai_images
+
+    return {
+        "openai_images": openai_images.generate,
+        "openai_chat": openai_chat.generate,
+        "gemini": gemini.generate,
+        "imagen": gemini.generate_imagen,
+        "bfl": bfl.generate,
+    }
+
+
+@dataclass
+class _Health:
+    failures: int = 0
+    cool_until: float = 0.0
+    slots: asyncio.Semaphore | None = None
+    picks: int = 0
+
+    def cooling(self, now: float) -> bool:
+        return now < self.cool_until
+
+
+@dataclass
+class RoutePolicy:
+    max_attempts: int = 3
+    total_deadline_seconds: float = 300.0
+    cooldown_seconds: float = 30.0
+    max_image_bytes: int = 25 * 1024 * 1024
+
+
+class UpstreamRouter:
+    name = "upstream"
+
+    def __init__(self, settings: Settings | None = None, policy: RoutePolicy | None = None,
+                 adapter_table: dict[str, Adapter] | None = None) -> None:
+        self.policy = policy or RoutePolicy(
+            max_attempts=settings.upstream_max_attempts if settings else 3,
+            total_deadline_seconds=settings.upstream_deadline_seconds if settings else 300.0,
+            cooldown_seconds=settings.upstream_cooldown_seconds if settings else 30.0,
+            max_image_bytes=settings.upstream_max_image_bytes if settings else 25 * 2**20,
+        )
+        self._adapters = adapter_table  # loaded on first use
+        self._health: dict[str, _Health] = {}
+        self._client = httpx.AsyncClient(
+            follow_redirects=False, trust_env=False,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
+
+    def describe(self, spec: ModelSpec) -> dict[str, Any]:
+        now = time.monotonic()
+        return {"deployments": [
+            {"name": d.label(spec.name), "provider": d.provider, "priority": d.priority,
+             "weight": d.weight, "cooling_down": self._state(spec, d).cooling(now)}
+            for d in spec.deployments]}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _state(self, spec: ModelSpec, deployment: Deployment) -> _Health:
+        key = f"{spec.name}\n{deployment.label(spec.name)}\n{deployment.base_url}"
+        state = self._health.get(key)
+        if state is None:
+            state = _Health(slots=asyncio.Semaphore(deployment.max_concurrency)
+                            if deployment.max_concurrency else None)
+            self._health[key] = state
+        return state
+
+    def pick(self, spec: ModelSpec, exclude: set[int]) -> tuple[int, Deployment] | None:
+        """The deployment for the next attempt, or None when every one is spent or cooling."""
+        now = time.monotonic()
+        ready = [(i, d) for i, d in enumerate(spec.deployments)
+                 if i not in exclude and d.weight > 0
+                 and not self._state(spec, d).cooling(now)]
+        if not ready:
+            return None
+        best = min(d.priority for _, d in ready)
+        tier = [(i, d) for i, d in ready if d.priority == best]
+        chosen = random.choices(tier, weights=[d.weight for _, d in tier])[0]
+        self._state(spec, chosen[1]).picks += 1
+        return chosen
+
+    async def generate(self, spec: ModelSpec, request: ResolvedRequest,
+                       progress: ProgressCallback | None = None) -> ProviderResult:
+        if not spec.deployments:
+            raise ModelUnavailable(
+                f"No upstream deployment is configured for `{spec.name}` on this server.")
+        deadline = time.monotonic() + self.policy.total_deadline_seconds
+        tried: set[int] = set()
+        last: UpstreamFailure | None = None
+        for _attempt in range(self.policy.max_attempts):
+            chosen = self.pick(spec, tried)
+            if chosen is None:
+                break
+            index, deployment = chosen
+            tried.add(index)
+            try:
+                return await self._attempt(spec, deployment, request, deadline)
+            except UpstreamFailure as failure:
+                last = failure
+                if failure.kind != "retryable" or time.monotonic() >= deadline:
+                    raise failure.to_api_error() from None
+                log.warning("%s failed on %s (%s); trying another deployment", spec.name,
+                            deployment.label(spec.name), failure.message)
+        if last is not None:
+            raise last.to_api_error()
+        raise ModelUnavailable(f"Every upstream deployment of `{spec.name}` is cooling down "
+                               "after failures; retry shortly.", headers={"retry-after": "5"})
+
+    async def _attempt(self, spec: ModelSpec, deployment: Deployment,
+                       request: ResolvedRequest, deadline: float) -> ProviderResult:
+        state = self._state(spec, deployment)
+        label = deployment.label(spec.name)
+        call = UpstreamCall(deployment=deployment, spec=spec, request=request,
+                            client=self._client, max_image_bytes=self.policy.max_image_bytes,
+                            provider_label=f"`{label}`")
+        if self._adapters is None:
+            self._adapters = adapters()
+        adapter = self._adapters.get(deployment.provider)
+        if adapter is None:
+            raise ModelUnavailable(f"`{spec.name}` names an unknown upstream provider.")
+        slots = state.slots or contextlib.nullcontext()
+        try:
+            async with slots:  # type: ignore[attr-defined]
+                remaining = max(1.0, deadline - time.monotonic())
+                result = await asyncio.wait_for(adapter(call), timeout=remaining)
+        except asyncio.TimeoutError:
+            self._failed(state, None)
+            raise call.fail("timeout", "did not finish before the deadline.") from None
+        except UpstreamFailure as failure:
+            if failure.kind in ("retryable", "timeout", "bad_response"):
+                self._failed(state, failure.retry_after)
+            raise
+        state.failures, state.cool_until = 0, 0.0
+        result.deployment = label
+        return result
+
+    def _failed(self, state: _Health, retry_after: float | None) -> None:
+        state.failures += 1
+        now = time.monotonic()
+        if retry_after:
+            state.cool_until = max(state.cool_until, now + min(retry_after, 3600))
+        if state.failures >= FAILURES_BEFORE_COOLDOWN:
+            state.cool_until = max(state.cool_until, now + self.policy.cooldown_seconds)
+            state.failures = 0  # after the cool-down it gets a fresh chance

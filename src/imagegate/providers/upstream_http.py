@@ -1,0 +1,211 @@
+"""What every upstream adapter shares: one call's context, HTTP with failure classification,
+and turning upstream image payloads (base64 or URLs) into checked images.
+
+Failures are classified here, once, because routing depends on the class:
+
+    retryable    429, 5xx, or no connection at all: the upstream did not take the job, so another
+                 deployment may be tried
+    timeout      the upstream took the request and went quiet: it may be generating (and
+                 billing), so it is never retried (new-api's rule)
+    bad_response it answered, but not with what its format promises (malformed JSON, truncated
+                 base64, no image, an image over the cap)
+    refused      a safety block or refusal: the client's 400 content_policy_violation
+    rejected     another 4xx: the request or our configuration is wrong; retrying won't help
+
+Messages name the provider and never its URL, key or address.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ..catalog import Deployment, ModelSpec
+from ..errors import APIError
+from ..generation import GeneratedImage, ResolvedRequest
+
+SAFETY_WORDS = re.compile(r"safety|content.?policy|moderation|blocked|prohibited|nsfw|"
+                          r"responsible ai|harm", re.IGNORECASE)
+
+
+class UpstreamFailure(Exception):
+    def __init__(self, kind: str, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    def to_api_error(self) -> APIError:
+        if self.kind == "refused":
+            return APIError(self.message, status=400, type="invalid_request_error",
+                            code="content_policy_violation")
+        code = {"timeout": "upstream_timeout", "bad_response": "upstream_bad_response"}.get(
+            self.kind, "upstream_error")
+        return APIError(self.message, status=502, type="upstream_error", code=code)
+
+
+@dataclass
+class UpstreamCall:
+    """Everything an adapter needs for one attempt on one deployment."""
+
+    deployment: Deployment
+    spec: ModelSpec
+    request: ResolvedRequest
+    client: httpx.AsyncClient
+    max_image_bytes: int
+    provider_label: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def upstream_model(self) -> str:
+        return self.deployment.upstream_model or self.spec.name
+
+    @property
+    def api_key(self) -> str | None:
+        env = self.deployment.api_key_env
+        return os.environ.get(env) if env else None
+
+    def url(self, path: str) -> str:
+        return self.deployment.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def fail(self, kind: str, detail: str, **kw: Any) -> UpstreamFailure:
+        return UpstreamFailure(kind, f"The upstream provider {self.provider_label} {detail}", **kw)
+
+    async def request_json(self, method: str, url: str, *, headers: dict[str, str],
+                           json_body: Any = None, params: dict[str, str] | None = None,
+                           timeout: float | None = None) -> dict[str, Any]:
+        """One HTTP exchange, classified. The response body is capped while it is read."""
+        limit = self.max_image_bytes * max(1, self.request.n) * 2 + 1_000_000
+        try:
+            async with self.client.stream(
+                method, url, headers={**self.deployment.headers, **headers}, json=json_body,
+                params=params, timeout=timeout or self.deployment.timeout_seconds,
+            ) as response:
+                body = await _read_capped(response, limit)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+            raise self.fail("retryable", "could not be reached.") from None
+        except httpx.TimeoutException:
+            raise self.fail("timeout", "did not answer in time.") from None
+        except _TooLarge:
+            raise self.fail("bad_response", "sent a response larger than allowed.") from None
+        except httpx.HTTPError:
+            raise self.fail("retryable", "closed the connection.") from None
+        if response.status_code >= 400:
+            raise self._status_failure(response, body)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            raise self.fail("bad_response", "sent a malformed response.") from None
+        if not isinstance(parsed, dict):
+            raise self.fail("bad_response", "sent a malformed response.")
+        return parsed
+
+    def _status_failure(self, response: httpx.Response, body: bytes) -> UpstreamFailure:
+        status = response.status_code
+        message = _error_message(body)
+        if status == 429 or status >= 500:
+            return self.fail("retryable", f"failed (HTTP {status}).", status=status,
+                             retry_after=_retry_after(response))
+        if status in (400, 403, 422) and message and SAFETY_WORDS.search(message):
+            return self.fail("refused", "refused the prompt under its content policy.",
+                             status=status)
+        return self.fail("rejected", f"rejected the request (HTTP {status}).", status=status)
+
+    def image_from_base64(self, data: Any, where: str = "image") -> GeneratedImage:
+        if not isinstance(data, str) or not data:
+            raise self.fail("bad_response", f"sent an empty {where}.")
+        if data.startswith("data:"):
+            data = data.split(",", 1)[-1]
+        if len(data) * 3 // 4 > self.max_image_bytes:
+            raise self.fail("bad_response", "sent an image larger than allowed.")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise self.fail("bad_response", f"sent a {where} that is not valid base64.") from None
+        return self.image_from_bytes(raw)
+
+    def image_from_bytes(self, raw: bytes) -> GeneratedImage:
+        from PIL import Image, UnidentifiedImageError
+
+        if len(raw) > self.max_image_bytes:
+            raise self.fail("bad_response", "sent an image larger than allowed.")
+        try:
+            image = Image.open(io.BytesIO(raw))
+            fmt = (image.format or "").lower()
+            image.load()  # a truncated image fails here, not later in the encoder
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            raise self.fail("bad_response", "sent data that is not a readable image.") from None
+        fmt = {"png": "png", "jpeg": "jpeg", "webp": "webp"}.get(fmt)
+        return GeneratedImage(image=image, data=raw if fmt else None, format=fmt)
+
+    async def image_from_url(self, url: Any) -> GeneratedImage:
+        """Download an upstream's image (its links expire; ours replace them), capped, with the
+        same guard against internal addresses as client-sent URLs: only the deployment's own
+        host may be private (another imagegate on the same network, say)."""
+        from ..references import FetchPolicy, ReferenceLoader
+
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise self.fail("bad_response", "sent an image link that is not a URL.")
+        own_host = httpx.URL(self.deployment.base_url).host
+        loader = ReferenceLoader(FetchPolicy(
+            max_bytes=self.max_image_bytes, timeout_seconds=self.deployment.timeout_seconds,
+            allowed_hosts=frozenset({own_host})))
+        try:
+            loaded = await loader.load(url, param="upstream")
+        except APIError as exc:
+            raise self.fail("bad_response", "sent an image link that could not be used ("
+                            f"{exc.code}).") from None
+        finally:
+            await loader.aclose()
+        return GeneratedImage(image=loaded.image)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge()
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after-ms")
+    if value and value.replace(".", "", 1).isdigit():
+        return float(value) / 1000
+    value = response.headers.get("retry-after")
+    if value and value.replace(".", "", 1).isdigit():
+        return float(value)
+    return None
+
+
+def _error_message(body: bytes) -> str:
+    """The upstream's own error text, for classification only (never shown to the client)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body[:500].decode("utf-8", "replace")
+    if isinstance(parsed, dict):
+        error = parsed.get("error", parsed)
+        if isinstance(error, dict):
+            return " ".join(str(error.get(k, "")) for k in ("message", "code", "type", "status"))
+        return str(error)
+    return ""
