@@ -16,6 +16,7 @@ from .api import admin, chat, edits, health, images, media, models
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .catalog import BUILTIN_BACKENDS, Catalog
+from .moderation import Moderator
 from .providers.base import Provider, load_provider_class
 from .providers.local import LocalProvider
 from .providers.relay import UpstreamRouter
@@ -42,7 +43,8 @@ def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageSer
         max_pixels=settings.fetch_max_pixels, max_redirects=settings.fetch_max_redirects,
         allow_private=settings.fetch_allow_private,
         allowed_hosts=frozenset(settings.fetch_allowed_hosts)))
-    return ImageService(catalog, providers, store, signer, references, accounts)
+    return ImageService(catalog, providers, store, signer, references, accounts,
+                        Moderator(settings.moderation))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

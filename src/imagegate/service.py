@@ -1,7 +1,8 @@
 """The request path every endpoint shares, written once and free of HTTP.
 
-    limits -> catalog -> key's model allow-list -> rules -> provider choice -> price
-      -> reserve -> generate -> encode -> store + sign -> settle (+ usage) -> result
+    limits -> catalog -> key's model allow-list -> input images -> rules -> moderation
+      -> provider choice -> price -> reserve -> generate -> encode -> store + sign
+      -> settle (+ usage) -> result
 
 Money: the full price of n images is reserved before the provider is called; afterwards exactly
 the delivered images are charged and the rest released, whatever happened in between
@@ -32,6 +33,7 @@ from .generation import (
 from .imaging import encode
 from .pricing import unit_price_micros
 from .providers.base import Provider
+from .moderation import Moderator
 from .references import ReferenceLoader
 from .rules import check_inputs, resolve
 from .storage import LocalImageStore, URLSigner
@@ -40,9 +42,11 @@ from .storage import LocalImageStore, URLSigner
 class ImageService:
     def __init__(self, catalog: Catalog, providers: dict[str, Provider],
                  store: LocalImageStore, signer: URLSigner, references: ReferenceLoader,
-                 accounts: AccountSystem | None = None) -> None:
+                 accounts: AccountSystem | None = None,
+                 moderator: Moderator | None = None) -> None:
         self.catalog = catalog
         self.references = references
+        self.moderator = moderator
         self.providers = providers
         self.store = store
         self.signer = signer
@@ -88,6 +92,8 @@ class ImageService:
         check_inputs(spec, req)
         references, mask = await self._load_inputs(req)
         resolved = resolve(spec, req, references, mask)
+        if self.moderator is not None and self.moderator.active:
+            await self.moderator.check(resolved.prompt)  # before any provider or money
         provider = self.provider_for(spec)
         if billing is not None:
             billing.usage.update(size=str(resolved.size), quality=resolved.quality,

@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .moderation import ModerationSettings
+
 
 _config_file: ContextVar[str | None] = ContextVar("imagegate_config_file", default=None)
 
@@ -88,6 +90,9 @@ class Settings(BaseSettings):
     upstream_cooldown_seconds: float = Field(30.0, ge=0)
     """How long a deployment that failed three times in a row is skipped."""
     upstream_max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    """`[moderation]`: word and pattern lists per language, and an optional OpenAI-compatible
+    moderation endpoint ([moderation.endpoint]). Empty: no moderation."""
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     providers: dict[str, str] = Field(default_factory=dict)
     """`[providers]` table: backend name -> "package.module:Class" of a custom provider class,
