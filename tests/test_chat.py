@@ -558,6 +558,28 @@ def test_bad_aspect_ratio(server, where: str) -> None:
     assert "16:9" in error["message"]  # lists what is supported
 
 
+@pytest.mark.parametrize("where", ["image_config", "google", "extra_body.google"])
+@pytest.mark.parametrize("field,value", [("aspect_ratio", 16), ("image_size", 2),
+                                         ("aspect_ratio", ["16:9"]),
+                                         ("reference_images", "data:image/png;base64,AAAA")])
+def test_wrongly_typed_image_config_is_400(server, where: str, field: str, value: Any) -> None:
+    """Wherever the options come from, a wrong type is a 400 naming it, never a 500 (and a
+    string is not iterated as a list of one-character URLs)."""
+    config = {field: value}
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "a fox"}],
+                            "modalities": ["image", "text"]}
+    if where == "image_config":
+        body["image_config"] = config
+    elif where == "google":
+        body["google"] = {"image_config": config}
+    else:
+        body["extra_body"] = {"google": {"image_config": config}}
+    error = _error(_chat(server, body))
+    prefix = "image_config" if where == "image_config" else f"{where}.image_config"
+    assert error["param"] == f"{prefix}.{field}", error
+    assert error["code"] == "invalid_type", error
+
+
 def test_bad_image_size_and_output_format(server) -> None:
     body = _b64_body(image_config={"aspect_ratio": "1:1", "image_size": "3K"})
     assert _error(_chat(server, body))["param"] == "image_config.image_size"

@@ -169,3 +169,5 @@ class GenerationResult:
     revised_prompt: str
     prompt_tokens: int
     cost_micros: int = 0
+    text: str | None = None
+    """Text the model wrote besides its images (chat-style upstreams)."""

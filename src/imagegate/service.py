@@ -105,7 +105,8 @@ class ImageService:
             raise GenerationFailed(f"`{spec.name}` returned no image.")
         if billing is not None and produced.deployment:
             billing.usage.update(deployment=produced.deployment,
-                                 upstream_request_id=produced.provider_request_id)
+                                 upstream_request_id=(produced.provider_request_id or "")[:200]
+                                 or None)
         del produced.images[resolved.n:]  # never deliver (or charge) more than was asked
         images = await asyncio.to_thread(self._deliver, produced, req, resolved.background)
         if billing is not None:
@@ -123,6 +124,7 @@ class ImageService:
             revised_prompt=produced.revised_prompt or resolved.prompt,
             prompt_tokens=produced.prompt_tokens,
             cost_micros=billing.unit * len(images) if billing is not None else 0,
+            text=produced.text,
         )
 
     async def _load_inputs(self, req: GenerationRequest) -> tuple[list[Any], Any]:

@@ -167,8 +167,9 @@ def image_urls(result: GenerationResult, base_url: str) -> list[str]:
 
 def to_chat_completion(result: GenerationResult, base_url: str) -> ChatCompletion:
     urls = image_urls(result, base_url)
+    markdown = "\n".join(f"![image]({url})" for url in urls)
     message = AssistantMessage(
-        content="\n".join(f"![image]({url})" for url in urls),
+        content="\n\n".join(part for part in (result.text, markdown) if part),
         images=[ImagePart(image_url=ImageURL(url=url)) for url in urls],
     )
     tokens = result.prompt_tokens

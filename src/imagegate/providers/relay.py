@@ -156,10 +156,15 @@ class UpstreamRouter:
         if adapter is None:
             raise ModelUnavailable(f"`{spec.name}` names an unknown upstream provider.")
         slots = state.slots or contextlib.nullcontext()
-        try:
+
+        async def run() -> ProviderResult:
             async with slots:  # type: ignore[attr-defined]
-                remaining = max(1.0, deadline - time.monotonic())
-                result = await asyncio.wait_for(adapter(call), timeout=remaining)
+                return await adapter(call)
+
+        try:
+            # Waiting for a free slot counts against the deadline too.
+            remaining = max(1.0, deadline - time.monotonic())
+            result = await asyncio.wait_for(run(), timeout=remaining)
         except asyncio.TimeoutError:
             self._failed(state, None)
             raise call.fail("timeout", "did not finish before the deadline.") from None

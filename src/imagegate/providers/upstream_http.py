@@ -32,8 +32,8 @@ from ..catalog import Deployment, ModelSpec
 from ..errors import APIError
 from ..generation import GeneratedImage, ResolvedRequest
 
-SAFETY_WORDS = re.compile(r"safety|content.?policy|moderation|blocked|prohibited|nsfw|"
-                          r"responsible ai|harm", re.IGNORECASE)
+SAFETY_WORDS = re.compile(r"safety|content.?policy|moderat(?:ion|ed)|prompt.?blocked|"
+                          r"prohibited|nsfw|responsible ai|\bharm(?:ful)?\b", re.IGNORECASE)
 
 
 class UpstreamFailure(Exception):
@@ -65,6 +65,8 @@ class UpstreamCall:
     max_image_bytes: int
     provider_label: str
     extra: dict[str, Any] = field(default_factory=dict)
+    last_headers: httpx.Headers | None = field(default=None, init=False, repr=False)
+    """Headers of the last answer (the upstream's request id is usually there)."""
 
     @property
     def upstream_model(self) -> str:
@@ -83,14 +85,19 @@ class UpstreamCall:
 
     async def request_json(self, method: str, url: str, *, headers: dict[str, str],
                            json_body: Any = None, params: dict[str, str] | None = None,
+                           data: dict[str, str] | None = None, files: list[Any] | None = None,
                            timeout: float | None = None) -> dict[str, Any]:
-        """One HTTP exchange, classified. The response body is capped while it is read."""
+        """One HTTP exchange (JSON, or multipart with `files`), classified. The response body
+        is capped while it is read."""
         limit = self.max_image_bytes * max(1, self.request.n) * 2 + 1_000_000
+        body_kw: dict[str, Any] = ({"data": data or {}, "files": files} if files
+                                   else {"json": json_body})
         try:
             async with self.client.stream(
-                method, url, headers={**self.deployment.headers, **headers}, json=json_body,
-                params=params, timeout=timeout or self.deployment.timeout_seconds,
+                method, url, headers={**self.deployment.headers, **headers}, params=params,
+                timeout=timeout or self.deployment.timeout_seconds, **body_kw,
             ) as response:
+                self.last_headers = response.headers
                 body = await _read_capped(response, limit)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
             raise self.fail("retryable", "could not be reached.") from None
