@@ -453,7 +453,24 @@ async def test_waiting_for_a_slot_counts_against_the_total_deadline(routed) -> N
     results = await asyncio.gather(*(timed() for _ in range(10)))
     slowest = max(elapsed for elapsed, _ in results)
     assert slowest < 3.0, sorted(results)
-    assert Counter(o for _, o in results)["ok"] >= 3, results
+    outcomes = Counter(o for _, o in results)
+    assert outcomes["ok"] >= 3, results
+    assert set(outcomes) <= {"ok", "upstream_timeout"}, results
+
+
+async def test_waiting_for_a_busy_deployment_does_not_cool_it_down(routed) -> None:
+    """Requests that ran out of time queued for a slot never reached the upstream: that says the
+    deployment is busy, not broken, and must not take it out of rotation."""
+    script = Script(single="sleep:0.5")
+    r = routed(script, total_deadline_seconds=1.0, cooldown_seconds=60)
+    spec = _spec(_deployment("single", max_concurrency=1))
+    results = await asyncio.gather(*(r.generate(spec) for _ in range(8)),
+                                   return_exceptions=True)
+    timed_out = [x for x in results if isinstance(x, APIError)]
+    assert len(timed_out) >= 3, results
+    assert all(x.code == "upstream_timeout" for x in timed_out)
+    assert r.picked(spec) == "single"
+    assert (await r.generate(spec)).deployment == "single"
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,13 +520,14 @@ class FakeImagesAPI:
 
 def _config(first: str, second: str, *, first_priority: int = 0, second_priority: int = 0,
             timeout: float = 30) -> str:
-    return f"""
-[models.dall-e-3]
-deployments = [
-  {{ provider = "openai_images", base_url = "{first}/v1", name = "first", priority = {first_priority}, timeout_seconds = {timeout}, api_key_env = "{UPSTREAM_KEY_ENV}" }},
-  {{ provider = "openai_images", base_url = "{second}/v1", name = "second", priority = {second_priority}, timeout_seconds = {timeout}, api_key_env = "{UPSTREAM_KEY_ENV}" }},
-]
-"""
+    def entry(name: str, base: str, priority: int) -> str:
+        return (f'  {{ provider = "openai_images", base_url = "{base}/v1", name = "{name}", '
+                f'priority = {priority}, timeout_seconds = {timeout}, '
+                f'api_key_env = "{UPSTREAM_KEY_ENV}" }},')
+
+    return "\n".join(["[models.dall-e-3]", "deployments = [",
+                      entry("first", first, first_priority),
+                      entry("second", second, second_priority), "]", ""])
 
 
 def _generate(server: Any, prompt: str) -> httpx.Response:
@@ -550,7 +568,7 @@ def test_e2e_failing_upstream_is_cooled_and_the_other_serves(start_server, monke
 @needs_adapter
 def test_e2e_timeout_is_not_retried_on_the_backup(start_server, monkeypatch) -> None:
     monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
-    slow, backup = FakeImagesAPI("slow:4"), FakeImagesAPI("ok")
+    slow, backup = FakeImagesAPI("slow:2.5"), FakeImagesAPI("ok")
     with serve_app(slow.app) as first, serve_app(backup.app) as second:
         server = start_server(_config(first, second, first_priority=0, second_priority=1,
                                       timeout=1))
