@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import APIError
 
@@ -50,6 +51,21 @@ class ModerationSettings(BaseModel):
     """Language -> regular expressions to refuse."""
     endpoint: ModerationEndpoint | None = None
 
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for patterns in value.values():
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"moderation pattern {pattern!r} is invalid: {exc}") from None
+        return value
+
+
+# Letters of scripts written with spaces; CJK characters next to a word are not part of it.
+_WORD_CHAR = r"[A-Za-z0-9_\u00C0-\u024F\u0400-\u04FF]"
+
 
 def _has_spaces(word: str) -> bool:
     """Scripts written with spaces get whole-word matching; CJK and the like get substrings."""
@@ -65,8 +81,9 @@ class Moderator:
             for word in words:
                 escaped = re.escape(word.strip())
                 if escaped:
-                    rules.append(re.compile(rf"(?<!\w){escaped}(?!\w)" if _has_spaces(word)
-                                            else escaped, re.IGNORECASE))
+                    bounded = rf"(?<!{_WORD_CHAR}){escaped}(?!{_WORD_CHAR})"
+                    rules.append(re.compile(bounded if _has_spaces(word) else escaped,
+                                            re.IGNORECASE))
         for patterns in settings.patterns.values():
             rules.extend(re.compile(p, re.IGNORECASE) for p in patterns)
         self._rules = rules
@@ -78,6 +95,7 @@ class Moderator:
 
     async def check(self, prompt: str) -> None:
         """Raise 400 content_policy_violation when the prompt is refused."""
+        prompt = unicodedata.normalize("NFKC", prompt)  # full-width letters are letters
         if any(rule.search(prompt) for rule in self._rules):
             raise ContentPolicyViolation(REJECTION)
         if self.settings.endpoint is not None and prompt.strip():
@@ -95,7 +113,10 @@ class Moderator:
                 timeout=endpoint.timeout_seconds)
             response.raise_for_status()
             results: Any = response.json().get("results")
-            return any(bool(r.get("flagged")) for r in results or [] if isinstance(r, dict))
+            if not isinstance(results, list) or not results or not all(
+                    isinstance(r, dict) and isinstance(r.get("flagged"), bool) for r in results):
+                raise ValueError("the moderation answer carries no verdict")
+            return any(r["flagged"] for r in results)
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             log.warning("moderation endpoint unavailable: %s", type(exc).__name__)
             if endpoint.fail_open:

@@ -93,7 +93,9 @@ class ImageService:
         references, mask = await self._load_inputs(req)
         resolved = resolve(spec, req, references, mask)
         if self.moderator is not None and self.moderator.active:
-            await self.moderator.check(resolved.prompt)  # before any provider or money
+            # before any provider is called or money reserved
+            await self.moderator.check("\n".join(filter(None, (resolved.prompt,
+                                                                resolved.negative_prompt))))
         provider = self.provider_for(spec)
         if billing is not None:
             billing.usage.update(size=str(resolved.size), quality=resolved.quality,

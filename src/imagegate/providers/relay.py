@@ -11,7 +11,6 @@ deployment that keeps failing is cooled down for a while, then tried again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -155,16 +154,18 @@ class UpstreamRouter:
         adapter = self._adapters.get(deployment.provider)
         if adapter is None:
             raise ModelUnavailable(f"`{spec.name}` names an unknown upstream provider.")
-        slots = state.slots or contextlib.nullcontext()
-
-        async def run() -> ProviderResult:
-            async with slots:  # type: ignore[attr-defined]
-                return await adapter(call)
-
+        slots = state.slots
+        if slots is not None:
+            # Waiting for a free slot counts against the deadline too, but running out of time
+            # here says the deployment is busy, not broken: it never got the request.
+            try:
+                await asyncio.wait_for(slots.acquire(),
+                                       timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise call.fail("timeout", "was busy until the deadline.") from None
         try:
-            # Waiting for a free slot counts against the deadline too.
             remaining = max(1.0, deadline - time.monotonic())
-            result = await asyncio.wait_for(run(), timeout=remaining)
+            result = await asyncio.wait_for(adapter(call), timeout=remaining)
         except asyncio.TimeoutError:
             self._failed(state, None)
             raise call.fail("timeout", "did not finish before the deadline.") from None
@@ -172,6 +173,9 @@ class UpstreamRouter:
             if failure.kind in ("retryable", "timeout", "bad_response"):
                 self._failed(state, failure.retry_after)
             raise
+        finally:
+            if slots is not None:
+                slots.release()
         state.failures, state.cool_until = 0, 0.0
         result.deployment = label
         return result
