@@ -516,11 +516,17 @@ def test_text_modality_only_is_refused(server) -> None:
     assert error["param"] == "modalities"
 
 
-def test_text_and_image_model_needs_modalities(configured_server) -> None:
+def test_text_and_image_model_modalities(configured_server) -> None:
+    """Seed 002 sends no `modalities` to a model that also writes text and expects an image;
+    sent, `modalities` must ask for images."""
     messages = [{"role": "user", "content": "a fox"}]
-    error = _error(_chat(configured_server, {"model": "tiny-chat", "messages": messages}))
+    seed_002_style = {"model": "tiny-chat", "messages": messages,
+                      "extra_body": {"google": {"image_config": {"aspect_ratio": "16:9"}}}}
+    completion = _ok(_chat(configured_server, seed_002_style))
+    assert completion["choices"][0]["message"]["images"]
+
+    error = _error(_chat(configured_server, {**seed_002_style, "modalities": ["text"]}))
     assert error["param"] == "modalities"
-    assert error["code"] == "missing_required_parameter"
 
     body = {"model": "tiny-chat", "messages": messages, "modalities": ["image", "text"],
             "image_config": {"aspect_ratio": "21:9", "output_format": "b64_json"}}

@@ -90,6 +90,8 @@ class ImageService:
         if billing is not None:
             billing.caller.check_model(spec.name)
         check_inputs(spec, req)
+        if req.references:
+            resolve(spec, req)  # the cheap checks first: nothing is fetched for a bad request
         references, mask = await self._load_inputs(req)
         resolved = resolve(spec, req, references, mask)
         if self.moderator is not None and self.moderator.active:

@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
 from ..accounts.keys import Caller
 from ..aspect_ratios import size_for
@@ -28,6 +29,7 @@ from ..errors import APIError, InvalidRequest
 from ..generation import GenerationRequest, GenerationResult
 from ..protocol.chat import (
     AssistantMessage,
+    ImageConfig,
     ChatCompletion,
     ChatCompletionRequest,
     ChatUsage,
@@ -37,6 +39,7 @@ from ..protocol.chat import (
 )
 from ..service import ImageService
 from . import deps
+from .errors import describe_validation_error
 
 router = APIRouter(tags=["chat"])
 
@@ -153,7 +156,14 @@ def _image_config(body: ChatCompletionRequest) -> tuple[dict[str, Any], str]:
     for container, where in ((body.google, "google"),
                              ((body.extra_body or {}).get("google"), "extra_body.google")):
         if isinstance(container, dict) and isinstance(container.get("image_config"), dict):
-            return container["image_config"], f"{where}.image_config"
+            where = f"{where}.image_config"
+            try:  # the same types as the top-level form, checked the same way
+                config = ImageConfig.model_validate(container["image_config"])
+            except ValidationError as exc:
+                message, param, code = describe_validation_error(
+                    [{**e, "loc": ("body", *where.split("."), *e["loc"])} for e in exc.errors()])
+                raise InvalidRequest(message, param=param, code=code) from None
+            return config.model_dump(exclude_none=True), where
     return {}, "image_config"
 
 
@@ -243,6 +253,7 @@ async def _stream_when_ready(task: asyncio.Future, body: ChatCompletionRequest, 
             yield f"data: {json.dumps(exc.body())}\n\n"
             yield "data: [DONE]\n\n"
             return
+        answer = {**answer, "id": cid, "created": created}  # one id and time for every chunk
         for line in _image_chunks(answer, body):
             yield line
     finally:

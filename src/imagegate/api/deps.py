@@ -65,7 +65,8 @@ async def once_per_idempotency_key(request: Request, who: Caller,
     if key is None:
         return await until_disconnected(request, produce())
     idempotency = request.app.state.service.accounts.idempotency
-    body = await request.body()
+    # Multipart endpoints leave a fingerprint of what they parsed (their body was streamed).
+    body = getattr(request.state, "fingerprint", None) or await request.body()
     return await until_disconnected(
         request, idempotency.run(who.account_id, key, body, produce))
 

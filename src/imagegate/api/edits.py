@@ -9,6 +9,7 @@ Both go through the same request path as generations; only the translation diffe
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -163,6 +164,13 @@ async def _read_multipart(request: Request) -> tuple[EditFields, list, Any]:
     if form.get("mask") is not None:
         mask = (await _part_bytes(form["mask"], "mask"), "mask")
     text = {k: v for k, v in form.multi_items() if isinstance(v, str) and v != ""}
+    # What a retry must repeat to count as the same request: the fields and the files' bytes,
+    # not the multipart framing (an SDK retry picks a new boundary).
+    request.state.fingerprint = json.dumps({
+        "fields": sorted(text.items()),
+        "images": [hashlib.sha256(src if isinstance(src, bytes) else src.encode()).hexdigest()
+                   for src, _ in images + ([mask] if mask else [])],
+    }).encode()
     return _fields(text), images, mask
 
 
@@ -190,7 +198,10 @@ async def _read_json(request: Request) -> tuple[EditFields, list, Any]:
                                  "supported).", param=f"images[{i}].image_url")
         images.append((url, f"images[{i}].image_url"))
     mask = None
-    if isinstance(body.get("mask"), dict) and isinstance(body["mask"].get("image_url"), str):
+    if body.get("mask") is not None:
+        if not (isinstance(body["mask"], dict) and isinstance(body["mask"].get("image_url"), str)):
+            raise InvalidRequest("The mask needs an `image_url` (file ids are not supported).",
+                                 param="mask.image_url")
         mask = (body["mask"]["image_url"], "mask.image_url")
     return _fields({k: v for k, v in body.items() if k not in ("images", "mask")}), images, mask
 
