@@ -457,3 +457,24 @@ def test_upload_over_body_limit_is_413(small_body_server, files) -> None:
     response = _post_multipart(small_body_server, "/images/edits", {"model": MODEL},
                                [("image", ("a.png", files["square"].read_bytes(), "image/png"))])
     assert _error(response)["param"] == "prompt"
+
+
+def test_multipart_edit_replays_under_idempotency_key(server, files) -> None:
+    """The same fields and file bytes with one Idempotency-Key get the first answer again, even
+    with a new multipart boundary (as an SDK retry sends); other bytes under the key are 409."""
+    image = _png(64, 64, seed=3)
+
+    def edit(data: bytes, key: str) -> httpx.Response:
+        return httpx.post(server.api_url + "/images/edits", timeout=120,
+                          headers={"Idempotency-Key": key},
+                          data={"model": "tiny-sd", "prompt": "a red boat"},
+                          files={"image": ("a.png", data, "image/png")})
+
+    first = edit(image, "edit-retry-1")
+    again = edit(image, "edit-retry-1")  # httpx draws a new boundary for every request
+    assert first.status_code == 200, first.text
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()  # the same signed links: one generation, replayed
+
+    other = edit(_png(64, 64, seed=4), "edit-retry-1")
+    assert _error(other, 409)["code"] == "idempotency_key_reused"
