@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from ..generation import GeneratedImage, ProviderResult
-from .upstream_http import UpstreamCall, UpstreamFailure
+from .upstream_http import UpstreamCall, UpstreamFailure, gather_partial
 
 MIN_EDGE, MAX_EDGE, MULTIPLE = 256, 1440, 32
 FIRST_POLL_SECONDS, MAX_POLL_SECONDS, BACKOFF = 0.5, 2.0, 1.5
@@ -80,22 +80,7 @@ async def generate(call: UpstreamCall) -> ProviderResult:
     req = call.request
     n = max(1, req.n)
     seeds: list[int | None] = list(req.seeds[:n]) + [None] * (n - len(req.seeds[:n]))
-    if n == 1:
-        outcomes: list[Any] = [await _one(call, seeds[0])]
-    else:
-        outcomes = await asyncio.gather(*(_one(call, s) for s in seeds), return_exceptions=True)
-    done = [o for o in outcomes if not isinstance(o, BaseException)]
-    failures: list[UpstreamFailure] = []
-    for outcome in outcomes:
-        if isinstance(outcome, UpstreamFailure):
-            failures.append(outcome)
-        elif isinstance(outcome, BaseException):
-            raise outcome  # a bug or a cancellation, not an upstream's answer
-    if not done:
-        # Prefer any failure that says a job was taken over "retryable", so the router does not
-        # submit the whole batch again elsewhere (a second bill for the part that was taken).
-        order = {"refused": 0, "timeout": 1, "bad_response": 2, "rejected": 3, "retryable": 4}
-        raise min(failures, key=lambda f: order.get(f.kind, 9))
+    done = await gather_partial([_one(call, s) for s in seeds])
     return ProviderResult(images=[image for image, _ in done],
                           provider_request_id=",".join(tid for _, tid in done)[:200] or None)
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from ..aspect_ratios import AT_1K
 from ..generation import GeneratedImage, ProviderResult, Size
-from .upstream_http import UpstreamCall, UpstreamFailure
+from .upstream_http import UpstreamCall, gather_partial
 
 BLOCKING_FINISH_REASONS = frozenset({
     "SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "BLOCKLIST", "RECITATION", "SPII",
@@ -54,7 +54,6 @@ IMAGEN_RATIOS: dict[str, Size] = {r: AT_1K[r] for r in ("1:1", "3:4", "4:3", "9:
 # Which failure of n concurrent calls the client hears about when none produced an image: any
 # sign that the upstream took a job (and may bill it) comes before "retryable", so the router
 # never runs the whole batch again on another deployment after part of it was taken.
-_FAILURE_ORDER = {"refused": 0, "timeout": 1, "bad_response": 2, "rejected": 3, "retryable": 4}
 
 
 def nearest_ratio(width: int, height: int, table: dict[str, Size] = AT_1K) -> str:
@@ -114,20 +113,7 @@ async def generate(call: UpstreamCall) -> ProviderResult:
         answer = await call.request_json("POST", url, headers=_headers(call), json_body=body)
         return _parse_gemini(call, answer)
 
-    n = max(1, req.n)
-    if n == 1:
-        outcomes: list[Any] = [await one()]
-    else:
-        outcomes = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
-    done = [o for o in outcomes if not isinstance(o, BaseException)]
-    failures: list[UpstreamFailure] = []
-    for outcome in outcomes:
-        if isinstance(outcome, UpstreamFailure):
-            failures.append(outcome)
-        elif isinstance(outcome, BaseException):
-            raise outcome  # a bug or a cancellation, not an upstream's answer
-    if not done:
-        raise min(failures, key=lambda f: _FAILURE_ORDER.get(f.kind, 9))
+    done = await gather_partial([one() for _ in range(max(1, req.n))])
     images = [image for got, _, _, _ in done for image in got]
     texts = [text for _, got, _, _ in done for text in got]
     ids = [rid for _, _, rid, _ in done if rid]

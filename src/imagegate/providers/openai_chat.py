@@ -25,7 +25,7 @@ from typing import Any
 from ..aspect_ratios import AT_1K
 from ..generation import GeneratedImage, ProviderResult
 from .openai_images import png_bytes, post, request_id
-from .upstream_http import SAFETY_WORDS, UpstreamCall, UpstreamFailure
+from .upstream_http import SAFETY_WORDS, UpstreamCall, gather_partial
 
 _MARKDOWN_IMAGE = re.compile(
     r"!\[[^\]]*\]\(\s*<?((?:data:image/[\w.+-]+;base64,|https?://)[^)\s>]+)>?\s*\)")
@@ -58,15 +58,8 @@ async def generate(call: UpstreamCall) -> ProviderResult:
     body = _request_body(call)
     if req.n <= 1:
         return await _one(call, body)
-    outcomes = await asyncio.gather(*(_one(call, body) for _ in range(req.n)),
-                                    return_exceptions=True)
-    results = [o for o in outcomes if isinstance(o, ProviderResult)]
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, UpstreamFailure):
-            raise outcome
-    if not results:  # every call failed: report the first failure
-        raise next(o for o in outcomes if isinstance(o, UpstreamFailure))
-    # Some calls may have failed: deliver (and charge) what came back.
+    # Some calls may fail: deliver (and charge) what came back.
+    results = await gather_partial([_one(call, body) for _ in range(req.n)])
     first = results[0]
     return ProviderResult(
         images=[image for r in results for image in r.images][: req.n],

@@ -17,9 +17,8 @@ links expire); `revised_prompt` comes from the first item, the upstream's reques
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx

@@ -17,6 +17,7 @@ Messages name the provider and never its URL, key or address.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -24,13 +25,16 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import httpx
 
 from ..catalog import Deployment, ModelSpec
 from ..errors import APIError
 from ..generation import GeneratedImage, ResolvedRequest
+
+T = TypeVar("T")
 
 SAFETY_WORDS = re.compile(r"safety|content.?policy|moderat(?:ion|ed)|prompt.?blocked|"
                           r"prohibited|nsfw|responsible ai|\bharm(?:ful)?\b", re.IGNORECASE)
@@ -175,6 +179,32 @@ class UpstreamCall:
         finally:
             await loader.aclose()
         return GeneratedImage(image=loaded.image)
+
+
+# When every per-image call failed, the failure to report: one where the upstream took the job
+# comes before "retryable", or the router would send the whole batch again elsewhere (a second
+# bill for the part that was taken).
+_REPORT_ORDER = {"refused": 0, "timeout": 1, "bad_response": 2, "rejected": 3, "retryable": 4}
+
+
+async def gather_partial(jobs: list[Awaitable[T]]) -> list[T]:
+    """One upstream call per image, all at once: what succeeded is delivered (and charged),
+    what failed is dropped; when nothing succeeded, the most telling failure is raised."""
+    if len(jobs) == 1:
+        return [await jobs[0]]
+    outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    done: list[T] = []
+    failures: list[UpstreamFailure] = []
+    for outcome in outcomes:
+        if isinstance(outcome, UpstreamFailure):
+            failures.append(outcome)
+        elif isinstance(outcome, BaseException):
+            raise outcome  # a bug or a cancellation, not an upstream's answer
+        else:
+            done.append(outcome)
+    if not done:
+        raise min(failures, key=lambda f: _REPORT_ORDER.get(f.kind, 9))
+    return done
 
 
 class _TooLarge(Exception):
