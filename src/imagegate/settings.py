@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     default_model: str = "sd-turbo"
     """The model used when a request names none."""
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    engine_max_queue: int = Field(32, ge=0)
+    """Requests that may wait for one local model (besides the one running). Past it: 429
+    `server_busy` at once, with a Retry-After from the measured job time. 0: unbounded."""
     allow_downloads: bool = False
     """Let the local engine fetch missing weights from the Hugging Face hub on first use. Off by
     default: a request should never wait on a multi-gigabyte download (use `imagegate pull`)."""

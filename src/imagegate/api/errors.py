@@ -34,7 +34,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
 
 
-_PUBLIC_PREFIXES = ("/health", "/v1/media/", "/docs", "/openapi.json")
+_PUBLIC_PREFIXES = ("/health", "/metrics", "/v1/media/", "/docs", "/openapi.json")
 
 
 async def _authentication_error(request: Request) -> JSONResponse | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from ..catalog import ModelSpec
 from ..generation import GeneratedImage, ProgressCallback, ProviderResult, ResolvedRequest
 from .device import pick_dtype
+from .worker import JobContext
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,13 @@ def quiet_loading() -> None:
 DEFAULT_STRENGTH = {"image2image": 0.6, "inpaint": 1.0}
 
 
+class GenerationCancelled(Exception):
+    """The caller went away mid-way; the pipeline stopped at the end of a step."""
+
+
 def generate(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
-             progress: ProgressCallback | None = None) -> ProviderResult:
+             progress: ProgressCallback | None = None,
+             context: JobContext | None = None) -> ProviderResult:
     """One pipeline call for all n images, one generator per image.
 
     Text-to-image runs on the loaded pipeline; image-to-image and inpainting run on pipelines
@@ -102,15 +109,25 @@ def generate(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
         kwargs["negative_prompt"] = req.negative_prompt
     if spec.local.max_sequence_length and "max_sequence_length" in accepted:
         kwargs["max_sequence_length"] = spec.local.max_sequence_length
-    if progress is not None and "callback_on_step_end" in accepted:
-        def on_step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict) -> dict:
-            progress(min(step + 1, total), total)
+    last_step = [time.monotonic()]
+    if "callback_on_step_end" in accepted:
+        def on_step_end(running: Any, step: int, _timestep: Any, tensors: dict) -> dict:
+            now = time.monotonic()
+            if context is not None:
+                context.step_done(now - last_step[0])
+                if context.should_stop():
+                    running._interrupt = True  # diffusers' loop checks it before each step
+            last_step[0] = now
+            if progress is not None:
+                progress(min(step + 1, total), total)
             return tensors
 
         kwargs["callback_on_step_end"] = on_step_end
 
     with torch.inference_mode():
         output = target(**kwargs)
+    if context is not None and context.should_stop():
+        raise GenerationCancelled()
     revised, tokens = prompt_usage(pipe, req.prompt, spec.local.max_sequence_length)
     images = [GeneratedImage(image=img, seed=seed) for img, seed in zip(output.images, req.seeds)]
     return ProviderResult(images=images, revised_prompt=revised, prompt_tokens=tokens)

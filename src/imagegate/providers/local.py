@@ -47,11 +47,21 @@ class LocalProvider:
         from ..engine.weights import locate
 
         worker = self._workers.get(spec.name)
-        return {
+        info: dict[str, Any] = {
             "source": spec.local.source if spec.local else None,
             "weights": locate(spec, self._models_dir).status,
             "loaded": bool(worker and worker.loaded),
         }
+        if worker is not None:
+            info["queue"] = {"waiting": worker.pending, "running": worker.stats.running,
+                             "max_waiting": worker.max_queue or None,
+                             "step_seconds": round(worker.stats.step_seconds, 4),
+                             "job_seconds": round(worker.stats.job_seconds, 4)}
+        return info
+
+    def workers(self) -> dict[str, Any]:
+        """Model name -> its worker, for metrics."""
+        return dict(self._workers)
 
     def _worker(self, spec: ModelSpec) -> Any:
         """The model's worker, created (not yet loaded) on first use."""
@@ -60,7 +70,8 @@ class LocalProvider:
         with self._lock:
             worker = self._workers.get(spec.name)
             if worker is None:
-                worker = PipelineWorker(spec.name, lambda: self._load(spec))
+                worker = PipelineWorker(spec.name, lambda: self._load(spec),
+                                        max_queue=self._settings.engine_max_queue)
                 self._workers[spec.name] = worker
             return worker
 
@@ -100,7 +111,8 @@ class LocalProvider:
         await asyncio.to_thread(self._check_available, spec)
         worker = self._worker(spec)
         try:
-            return await worker.submit(lambda pipe: generate(pipe, spec, request, progress))
+            return await worker.submit(
+                lambda pipe, context: generate(pipe, spec, request, progress, context))
         except APIError:
             raise
         except Exception as exc:
