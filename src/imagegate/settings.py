@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     engine_max_queue: int = Field(32, ge=0)
     """Requests that may wait for one local model (besides the one running). Past it: 429
     `server_busy` at once, with a Retry-After from the measured job time. 0: unbounded."""
+    engine_max_batch_images: int = Field(8, ge=1)
+    """Images one pipeline call may make for several requests that can share it (same model,
+    size, steps, guidance and kind). 1 switches batching off."""
+    engine_max_wait_ms: float = Field(0.0, ge=0)
+    """How long the worker waits for more requests to join a call. 0: it only gathers what
+    queued while the previous call ran, so a lone request never waits."""
     allow_downloads: bool = False
     """Let the local engine fetch missing weights from the Hugging Face hub on first use. Off by
     default: a request should never wait on a multi-gigabyte download (use `imagegate pull`)."""

@@ -69,7 +69,26 @@ class GenerationCancelled(Exception):
 def generate(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
              progress: ProgressCallback | None = None,
              context: JobContext | None = None) -> ProviderResult:
-    """One pipeline call for all n images, one generator per image.
+    """One request's n images in one pipeline call, one generator per image."""
+    return generate_batch(pipe, spec, [req], context, progress)[0]
+
+
+def batch_key(spec: ModelSpec, req: ResolvedRequest) -> tuple | None:
+    """Requests with equal keys can share one pipeline call; None: this one runs alone."""
+    if req.kind == "inpaint":
+        return None  # masks differ per request; inpainting runs alone
+    assert spec.local is not None
+    steps = req.num_inference_steps or spec.local.default_steps
+    strength = (req.strength or DEFAULT_STRENGTH[req.kind]) if req.references else None
+    return (req.kind, req.width, req.height, steps, req.guidance_scale, strength)
+
+
+def generate_batch(pipe: Any, spec: ModelSpec, reqs: list[ResolvedRequest],
+                   context: JobContext | None = None,
+                   progress: ProgressCallback | None = None,
+                   output_type: str = "pil") -> list[ProviderResult]:
+    """One pipeline call for every image of `reqs` (which share a `batch_key`), one generator
+    per image, so each image is the one its own seed gives alone (up to float rounding).
 
     Text-to-image runs on the loaded pipeline; image-to-image and inpainting run on pipelines
     derived from it with `from_pipe`, which share its weights (no second copy in memory).
@@ -78,35 +97,44 @@ def generate(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
     import torch
 
     assert spec.local is not None
-    steps = req.num_inference_steps or spec.local.default_steps
-    kind = req.kind
+    first = reqs[0]
+    steps = first.num_inference_steps or spec.local.default_steps
+    kind = first.kind
     target = _derived(pipe, kind)
     accepted = inspect.signature(target.__call__).parameters
+    seeds = [seed for req in reqs for seed in req.seeds]
     kwargs: dict[str, Any] = dict(
-        prompt=req.prompt,
-        height=req.height,
-        width=req.width,
-        num_images_per_prompt=req.n,
-        generator=[torch.Generator("cpu").manual_seed(s) for s in req.seeds],
-        output_type="pil",
+        height=first.height,
+        width=first.width,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        output_type=output_type,  # "np" in tests that compare float pixels
     )
+    if len(reqs) == 1:  # the prompt is encoded once for all n images
+        kwargs.update(prompt=first.prompt, num_images_per_prompt=first.n)
+    else:
+        kwargs.update(prompt=[req.prompt for req in reqs for _ in range(req.n)],
+                      num_images_per_prompt=1)
     if kind != "text2image":
-        strength = req.strength or DEFAULT_STRENGTH[kind]
+        strength = first.strength or DEFAULT_STRENGTH[kind]
         # diffusers runs int(steps * strength) steps; a 1-step model at strength 0.6 would
         # run none, so take enough steps for at least one.
         steps = max(steps, math.ceil(1 / strength))
         kwargs["strength"] = strength
-        kwargs["image"] = _fit(req.references[0], req.width, req.height, "RGB")
+        fitted = [_fit(req.references[0], req.width, req.height, "RGB") for req in reqs]
+        kwargs["image"] = fitted[0] if len(reqs) == 1 else [
+            image for req, image in zip(reqs, fitted) for _ in range(req.n)]
         if kind == "inpaint":
-            kwargs["mask_image"] = _fit(edit_mask(req.mask), req.width, req.height, "L")
+            kwargs["mask_image"] = _fit(edit_mask(first.mask), first.width, first.height, "L")
         total = max(1, int(steps * strength))
     else:
         total = steps
     kwargs["num_inference_steps"] = steps
-    if req.guidance_scale is not None:
-        kwargs["guidance_scale"] = req.guidance_scale
-    if req.negative_prompt and "negative_prompt" in accepted:
-        kwargs["negative_prompt"] = req.negative_prompt
+    if first.guidance_scale is not None:
+        kwargs["guidance_scale"] = first.guidance_scale
+    if any(req.negative_prompt for req in reqs) and "negative_prompt" in accepted:
+        kwargs["negative_prompt"] = (first.negative_prompt if len(reqs) == 1 else
+                                     [req.negative_prompt or "" for req in reqs
+                                      for _ in range(req.n)])
     if spec.local.max_sequence_length and "max_sequence_length" in accepted:
         kwargs["max_sequence_length"] = spec.local.max_sequence_length
     last_step = [time.monotonic()]
@@ -128,9 +156,15 @@ def generate(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
         output = target(**kwargs)
     if context is not None and context.should_stop():
         raise GenerationCancelled()
-    revised, tokens = prompt_usage(pipe, req.prompt, spec.local.max_sequence_length)
-    images = [GeneratedImage(image=img, seed=seed) for img, seed in zip(output.images, req.seeds)]
-    return ProviderResult(images=images, revised_prompt=revised, prompt_tokens=tokens)
+    results, offset = [], 0
+    for req in reqs:
+        revised, tokens = prompt_usage(pipe, req.prompt, spec.local.max_sequence_length)
+        mine = output.images[offset: offset + req.n]
+        offset += req.n
+        images = [GeneratedImage(image=img, seed=seed) for img, seed in zip(mine, req.seeds)]
+        results.append(ProviderResult(images=images, revised_prompt=revised,
+                                      prompt_tokens=tokens))
+    return results
 
 
 # Pipelines derived from a loaded one, per kind; dropped with it.

@@ -8,17 +8,23 @@ The queue in front of it is bounded: when it is full a new request is refused at
 a Retry-After estimated from how long jobs have been taking) instead of waiting without end. A
 job whose caller went away is skipped if it has not started, and told to stop (`JobContext`) if
 it has.
+
+Micro-batching: a job may say which others it can share a pipeline call with (`Batch.key`).
+When the worker takes such a job it also takes the waiting jobs with the same key, up to
+`max_batch_images` images, waiting up to `max_wait_ms` for more to arrive, and runs them as one
+call. With max_wait_ms = 0 (the default) it only gathers what queued while the previous call
+ran, so a lone request never waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import APIError
 
@@ -42,6 +48,17 @@ class JobContext:
     step_done: Callable[[float], None]
 
 
+@dataclass(frozen=True)
+class Batch:
+    """How a job can join others: equal keys share one call of `run(pipe, context, payloads)`,
+    which returns one result per payload, in order."""
+
+    key: Any
+    images: int
+    payload: Any
+    run: Callable[[Any, JobContext, Sequence[Any]], list[Any]]
+
+
 @dataclass
 class WorkerStats:
     running: bool = False
@@ -52,16 +69,24 @@ class WorkerStats:
     """Running average of a job's duration (seconds)."""
     step_seconds: float = 0.0
     """Running average of one denoising step (seconds)."""
+    batch_images: int = 0
+    """Images in the call running now (0 when idle)."""
+    batches: int = 0
+    """Calls that served more than one request."""
 
 
 class PipelineWorker:
-    def __init__(self, name: str, load: Callable[[], Any], max_queue: int = 0) -> None:
+    def __init__(self, name: str, load: Callable[[], Any], max_queue: int = 0,
+                 max_batch_images: int = 1, max_wait_ms: float = 0.0) -> None:
         self.name = name
         self._load = load
         self._pipe: Any = None
-        self._jobs: queue.Queue = queue.Queue()
+        self._queue: deque = deque()
+        self._ready = threading.Condition()
         self.max_queue = max_queue
         """Jobs allowed to wait (besides the running one); 0: unbounded."""
+        self.max_batch_images = max_batch_images
+        self.max_wait = max_wait_ms / 1000
         self.stats = WorkerStats()
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
@@ -72,20 +97,20 @@ class PipelineWorker:
 
     @property
     def pending(self) -> int:
-        return self._jobs.qsize()
+        return len(self._queue)
 
     def retry_after(self) -> int:
         """Seconds until a place is likely free: the queue ahead times a job's usual length."""
         per_job = self.stats.job_seconds or 1.0
-        return max(1, math.ceil((self._jobs.qsize() + 1) * per_job))
+        return max(1, math.ceil((self.pending + 1) * per_job))
 
-    async def submit(self, fn: Callable[[Any, JobContext], T]) -> T:
-        """Run fn(pipeline, context) on the worker thread, loading the pipeline first if needed;
-        429 at once when the queue is full."""
-        if self.max_queue and self._jobs.qsize() >= self.max_queue:
+    async def submit(self, fn: Callable[[Any, JobContext], T], batch: Batch | None = None) -> T:
+        """Run fn(pipeline, context) on the worker thread (or, batched, batch.run with others),
+        loading the pipeline first if needed; 429 at once when the queue is full."""
+        if self.max_queue and self.pending >= self.max_queue:
             self.stats.rejected += 1
             wait = self.retry_after()
-            raise ServerBusy(f"`{self.name}` is busy: {self._jobs.qsize()} requests are waiting. "
+            raise ServerBusy(f"`{self.name}` is busy: {self.pending} requests are waiting. "
                              f"Retry in about {wait} s.", headers={"retry-after": str(wait)})
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
@@ -96,39 +121,83 @@ class PipelineWorker:
             except RuntimeError:  # the loop has closed: nobody is waiting any more
                 pass
 
-        self._jobs.put(_Job(fn, notify, future.cancelled))
+        self._put(_Job(fn, notify, future.cancelled, batch))
         return await future
 
     def close(self, timeout: float = 5.0) -> None:
-        self._jobs.put(_STOP)
+        self._put(_STOP)
         self._thread.join(timeout)
         self._pipe = None
 
+    def _put(self, job: Any) -> None:
+        with self._ready:
+            self._queue.append(job)
+            self._ready.notify()
+
+    def _take(self) -> Any:
+        """The next job, with the waiting jobs that can share its call."""
+        with self._ready:
+            while not self._queue:
+                self._ready.wait()
+            first = self._queue.popleft()
+            if first is _STOP or first.batch is None or self.max_batch_images <= 1:
+                return first if first is _STOP else [first]
+            jobs, images = [first], first.batch.images
+            deadline = time.monotonic() + self.max_wait
+            while images < self.max_batch_images:
+                for job in list(self._queue):
+                    if (job is not _STOP and job.batch is not None
+                            and job.batch.key == first.batch.key and not job.cancelled()
+                            and images + job.batch.images <= self.max_batch_images):
+                        self._queue.remove(job)
+                        jobs.append(job)
+                        images += job.batch.images
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or images >= self.max_batch_images:
+                    break
+                self._ready.wait(remaining)
+            return jobs
+
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is _STOP:
+            taken = self._take()
+            if taken is _STOP:
                 return
-            if job.cancelled():
-                self.stats.jobs_cancelled += 1
-                continue  # the client went away while queued: skip the work entirely
-            self.stats.running = True
-            started = time.monotonic()
-            context = JobContext(should_stop=job.cancelled, step_done=self._record_step)
-            try:
-                if self._pipe is None:
-                    self._pipe = self._load()
-                    started = time.monotonic()  # loading is not part of a job's usual length
-                result = job.fn(self._pipe, context)
-            except BaseException as exc:  # handed to the waiting caller, never lost
-                if job.cancelled():
-                    self.stats.jobs_cancelled += 1
-                job.notify(None, exc)
+            jobs = [job for job in taken if not job.cancelled()]
+            self.stats.jobs_cancelled += len(taken) - len(jobs)
+            if jobs:  # (the ones whose client went away while queued are skipped entirely)
+                self._run_call(jobs)
+
+    def _run_call(self, jobs: list[_Job]) -> None:
+        stats = self.stats
+        stats.running = True
+        stats.batch_images = sum(job.batch.images if job.batch else 1 for job in jobs)
+        started = time.monotonic()
+        # A shared call stops early only when every one of its clients has gone.
+        context = JobContext(should_stop=lambda: all(job.cancelled() for job in jobs),
+                             step_done=self._record_step)
+        try:
+            if self._pipe is None:
+                self._pipe = self._load()
+                started = time.monotonic()  # loading is not part of a job's usual length
+            if len(jobs) == 1:
+                results = [jobs[0].fn(self._pipe, context)]
             else:
-                self._record_job(time.monotonic() - started)
+                stats.batches += 1
+                batch = jobs[0].batch
+                assert batch is not None
+                results = batch.run(self._pipe, context, [job.batch.payload for job in jobs])
+        except BaseException as exc:  # handed to every waiting caller, never lost
+            stats.jobs_cancelled += sum(1 for job in jobs if job.cancelled())
+            for job in jobs:
+                job.notify(None, exc)
+        else:
+            self._record_job(time.monotonic() - started)
+            for job, result in zip(jobs, results):
                 job.notify(result, None)
-            finally:
-                self.stats.running = False
+        finally:
+            stats.running = False
+            stats.batch_images = 0
 
     def _record_job(self, seconds: float) -> None:
         stats = self.stats
@@ -143,12 +212,12 @@ class PipelineWorker:
 
 
 class _Job:
-    __slots__ = ("fn", "notify", "cancelled")
+    __slots__ = ("fn", "notify", "cancelled", "batch")
 
     def __init__(self, fn: Callable[[Any, JobContext], Any],
                  notify: Callable[[Any, BaseException | None], None],
-                 cancelled: Callable[[], bool]) -> None:
-        self.fn, self.notify, self.cancelled = fn, notify, cancelled
+                 cancelled: Callable[[], bool], batch: Batch | None) -> None:
+        self.fn, self.notify, self.cancelled, self.batch = fn, notify, cancelled, batch
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

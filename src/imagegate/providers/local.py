@@ -55,6 +55,7 @@ class LocalProvider:
         if worker is not None:
             info["queue"] = {"waiting": worker.pending, "running": worker.stats.running,
                              "max_waiting": worker.max_queue or None,
+                             "batch_images": worker.stats.batch_images,
                              "step_seconds": round(worker.stats.step_seconds, 4),
                              "job_seconds": round(worker.stats.job_seconds, 4)}
         return info
@@ -70,8 +71,11 @@ class LocalProvider:
         with self._lock:
             worker = self._workers.get(spec.name)
             if worker is None:
-                worker = PipelineWorker(spec.name, lambda: self._load(spec),
-                                        max_queue=self._settings.engine_max_queue)
+                settings = self._settings
+                worker = PipelineWorker(
+                    spec.name, lambda: self._load(spec), max_queue=settings.engine_max_queue,
+                    max_batch_images=settings.engine_max_batch_images,
+                    max_wait_ms=settings.engine_max_wait_ms)
                 self._workers[spec.name] = worker
             return worker
 
@@ -106,13 +110,18 @@ class LocalProvider:
 
     async def generate(self, spec: ModelSpec, request: ResolvedRequest,
                        progress: ProgressCallback | None = None) -> ProviderResult:
-        from ..engine.pipelines import generate
+        from ..engine.pipelines import batch_key, generate, generate_batch
+        from ..engine.worker import Batch
 
         await asyncio.to_thread(self._check_available, spec)
         worker = self._worker(spec)
         try:
+            key = batch_key(spec, request) if progress is None else None
+            batch = None if key is None else Batch(
+                key=key, images=request.n, payload=request,
+                run=lambda pipe, context, reqs: generate_batch(pipe, spec, list(reqs), context))
             return await worker.submit(
-                lambda pipe, context: generate(pipe, spec, request, progress, context))
+                lambda pipe, context: generate(pipe, spec, request, progress, context), batch)
         except APIError:
             raise
         except Exception as exc:
