@@ -14,7 +14,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -141,3 +143,14 @@ def pg_url() -> Iterator[str]:
         yield f"{prefix}/{name}"
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def in_background(start: Callable[..., Any], *args: Any) -> Iterator[Future]:
+    """Run `start(*args)` (typically: start and warm extra servers) in a thread while a module's
+    other tests run; the future is awaited by the fixtures that need its result."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        yield pool.submit(start, *args)
+    finally:
+        pool.shutdown(wait=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +18,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
+
+from conftest import in_background
 from PIL import Image
 
 MODEL = "tiny-sd"
@@ -174,10 +175,8 @@ def _start_extra_servers(start_server) -> tuple:
 
 @pytest.fixture(scope="module", autouse=True)
 def extra_servers(start_server):
-    pool = ThreadPoolExecutor(1)
-    future = pool.submit(_start_extra_servers, start_server)
-    yield future
-    pool.shutdown(wait=True)
+    with in_background(_start_extra_servers, start_server) as future:
+        yield future
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
+
+from conftest import in_background
 from PIL import Image
 
 MODEL = "tiny-sd"
@@ -124,10 +126,8 @@ def _start_link_servers(start_server) -> tuple:
 def link_servers(start_server):
     """(expiring, sweeping) servers, started and warmed in a background thread as soon as this
     module begins, so that loading their models overlaps the tests on the default server."""
-    pool = ThreadPoolExecutor(1)
-    future = pool.submit(_start_link_servers, start_server)
-    yield future
-    pool.shutdown(wait=True)
+    with in_background(_start_link_servers, start_server) as future:
+        yield future
 
 
 @pytest.fixture(scope="module")

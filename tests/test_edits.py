@@ -11,7 +11,6 @@ import base64
 import io
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
+
+from conftest import in_background
 from PIL import Image
 
 MODEL = "tiny-sd"
@@ -155,10 +156,8 @@ def _start_extra_servers(start_server) -> tuple:
 
 @pytest.fixture(scope="module", autouse=True)
 def extra_servers(start_server):
-    pool = ThreadPoolExecutor(1)
-    future = pool.submit(_start_extra_servers, start_server)
-    yield future
-    pool.shutdown(wait=True)
+    with in_background(_start_extra_servers, start_server) as future:
+        yield future
 
 
 @pytest.fixture(scope="module")

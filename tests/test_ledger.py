@@ -105,7 +105,7 @@ async def test_reserve_settle_release_topup(engine: AsyncEngine, ledger: Ledger,
     await ledger.reserve(account, second, 50_000)
     state = await _assert_invariant(engine, account)
     assert (state["balance"], state["held"]) == (20_000, 80_000)
-    assert await ledger.held_total(account) == 80_000
+    assert (await admin.account(account))["held_micros"] == 80_000
 
     # Partial charge: 10_000 of 30_000; the rest comes back.
     assert await ledger.settle(first, 10_000) == Settlement(charged=10_000, refunded=20_000)

@@ -338,3 +338,14 @@ def test_unknown_url_is_404_envelope(client: httpx.Client) -> None:
 def test_unversioned_route_applies_the_same_rules(srv) -> None:
     resp = httpx.post(srv.base_url + "/images/generations", json=model(D3, n=2), timeout=30)
     assert_envelope(resp, 400, INVALID, "n", "invalid_n")
+
+
+def test_models_show_list_prices(client: httpx.Client) -> None:
+    """`GET /v1/models` carries each model's price: dall-e-3's public list prices, free locals."""
+    cards = {m["id"]: m["imagegate"] for m in client.get("/models").json()["data"]}
+    dalle3 = cards["dall-e-3"]["pricing"]
+    assert dalle3["table"]["1024x1024/standard"] == "0.04"
+    assert dalle3["table"]["1024x1024/hd"] == "0.08"
+    assert dalle3["table"]["1792x1024/hd"] == "0.12"
+    assert cards["dall-e-2"]["pricing"]["table"]["256x256"] == "0.016"
+    assert cards["tiny-sd"]["pricing"]["per_image"] == "0"

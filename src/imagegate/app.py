@@ -71,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for provider in service.providers.values():
                 await provider.aclose()
             await service.references.aclose()
+            if service.moderator is not None:
+                await service.moderator.aclose()
             await accounts.close()
 
     app = FastAPI(title="imagegate", version=__version__, lifespan=lifespan,

@@ -87,7 +87,7 @@ class Moderator:
         for patterns in settings.patterns.values():
             rules.extend(re.compile(p, re.IGNORECASE) for p in patterns)
         self._rules = rules
-        self._client = client
+        self._client = client  # made on first use of the endpoint, closed by aclose()
 
     @property
     def active(self) -> bool:
@@ -104,7 +104,9 @@ class Moderator:
 
     async def _flagged_by_endpoint(self, prompt: str, endpoint: ModerationEndpoint) -> bool:
         key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
-        client = self._client or httpx.AsyncClient(trust_env=False)
+        if self._client is None:
+            self._client = httpx.AsyncClient(trust_env=False)
+        client = self._client
         try:
             response = await client.post(
                 endpoint.url.rstrip("/") + "/moderations",
@@ -123,6 +125,7 @@ class Moderator:
                 return False
             raise APIError("The moderation service is unavailable; retry later.", status=502,
                            type="upstream_error", code="moderation_unavailable") from None
-        finally:
-            if self._client is None:
-                await client.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..errors import APIError
@@ -145,13 +145,6 @@ class Ledger:
         if stale:
             log.warning("released %d stale reservations", len(stale))
         return len(stale)
-
-    async def held_total(self, account_id: int) -> int:
-        async with self.engine.connect() as conn:
-            total = await conn.scalar(
-                select(func.coalesce(func.sum(Reservation.amount_micros), 0))
-                .where(Reservation.account_id == account_id, Reservation.status == "held"))
-        return int(total or 0)
 
 
 async def _record_usage(conn: AsyncConnection, usage: dict[str, Any]) -> None:
