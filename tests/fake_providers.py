@@ -17,6 +17,7 @@ path of the money code; the rest of the prompt is free (tests make bodies unique
     extra       returns n + 1 images (more than was asked and paid for)
     empty       returns no image at all
     slow:S      sleeps S seconds (asynchronously), then succeeds
+    slowfail:S  sleeps S seconds, then raises GenerationFailed (an error after a stream began)
     hang        sleeps 600 seconds (for kill / disconnect tests)
     anything    returns n small solid-colour images at once
 
@@ -35,7 +36,7 @@ from PIL import Image
 
 from imagegate.catalog import ModelSpec
 from imagegate.errors import GenerationFailed
-from imagegate.generation import GeneratedImage, ProgressCallback, ProviderResult, ResolvedRequest
+from imagegate.generation import GeneratedImage, ProgressListener, ProviderResult, ResolvedRequest
 
 CALL_LOG = "fake-calls.log"
 IMAGE_EDGE = 8
@@ -73,12 +74,15 @@ class FakeProvider:
             os.close(fd)
 
     async def generate(self, spec: ModelSpec, request: ResolvedRequest,
-                       progress: ProgressCallback | None = None) -> ProviderResult:
+                       progress: ProgressListener | None = None) -> ProviderResult:
         self._record(request)
         word = (request.prompt.split() or [""])[0]
         count = request.n
         if word == "fail":
             raise GenerationFailed("The fake provider failed on purpose.")
+        if word.startswith("slowfail:"):
+            await asyncio.sleep(float(word.split(":", 1)[1]))
+            raise GenerationFailed("The fake provider failed on purpose, late.")
         if word == "crash":
             raise RuntimeError("the fake provider crashed on purpose")
         if word == "hang":
@@ -94,7 +98,7 @@ class FakeProvider:
         seeds = list(request.seeds) + [request.seeds[-1] + i + 1 for i in range(count)]
         images = [GeneratedImage(image=_solid(seed), seed=seed) for seed in seeds[:count]]
         if progress is not None:
-            progress(1, 1)
+            progress.step(1, 1)
         return ProviderResult(images=images, revised_prompt=request.prompt)
 
 

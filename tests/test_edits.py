@@ -398,9 +398,10 @@ def test_missing_and_malformed_fields(server, files) -> None:
                                  {"model": MODEL, "prompt": "x", "response_format": "gif"},
                                  [("image", png)])
     assert _error(bad_format)["param"] == "response_format"
-    stream = _post_multipart(server, "/images/edits",
-                             {"model": MODEL, "prompt": "x", "stream": "true"}, [("image", png)])
-    assert _error(stream)["param"] == "stream"
+    partials = _post_multipart(server, "/images/edits",
+                               {"model": MODEL, "prompt": "x", "stream": "true",
+                                "partial_images": "9"}, [("image", png)])
+    assert _error(partials)["param"] == "partial_images"
     unknown_model = _post_multipart(server, "/images/edits", {"model": "nope", "prompt": "x"},
                                     [("image", png)])
     assert _error(unknown_model, 404)["code"] == "model_not_found"

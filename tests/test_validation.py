@@ -206,7 +206,12 @@ CASES = [
     Case("guidance-flux-api", model(FLUX, guidance_scale=3.5),
          bad("guidance_scale", "unsupported_parameter")),
     # --- stream ----------------------------------------------------------------------------
-    Case("stream-true", tiny(stream=True), bad("stream", "unsupported_parameter")),
+    # (stream=True answers with events: tests/test_streaming.py)
+    Case("stream-partial-4", tiny(stream=True, partial_images=4), bad("partial_images")),
+    Case("stream-partial-negative", tiny(stream=True, partial_images=-1),
+         bad("partial_images")),
+    Case("partial-string", tiny(partial_images="2"), bad("partial_images", "invalid_type")),
+    Case("partial-without-stream-ok", tiny(partial_images=2), OK),
     Case("stream-false-ok", tiny(stream=False), OK),
     Case("stream-string", tiny(stream="yes"), bad("stream", "invalid_type")),
     # --- model -----------------------------------------------------------------------------

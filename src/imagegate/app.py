@@ -53,9 +53,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     accounts = service.accounts
     assert accounts is not None
+    local = service.providers.get("local")
+    if settings.preload and not isinstance(local, LocalProvider):
+        raise ValueError("preload needs the built-in local engine as the `local` backend")
+    preload = (local.preload_specs(service.catalog, settings.preload)  # a bad name stops here
+               if isinstance(local, LocalProvider) else [])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if isinstance(local, LocalProvider):
+            local.start_preload(preload)  # in the background: /health answers while it runs
         new_admin_key = await accounts.start()
         if new_admin_key:
             _announce_admin_key(new_admin_key)

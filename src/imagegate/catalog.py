@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .engine.speed import SpeedOptions
 from .errors import ModelNotFound
 
 
@@ -86,6 +87,8 @@ class LocalSpec(BaseModel):
     cuda_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     max_sequence_length: int | None = None
     """Prompt token limit of the second text encoder (T5 in Flux), when the pipeline takes one."""
+    speed: SpeedOptions | None = None
+    """Speed options for this model; the fields given here win over the `engine_*` settings."""
 
 
 class Pricing(BaseModel):

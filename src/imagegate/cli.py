@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -43,7 +44,11 @@ def serve(
 
     settings = _settings(config, host=host, port=port)
     _configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    try:
+        application = create_app(settings)
+    except ValueError as exc:  # a configuration it cannot serve (model tables, preload): no trace
+        _fail(str(exc))
+    uvicorn.run(application, host=settings.host, port=settings.port,
                 log_level=settings.log_level, proxy_headers=False)
 
 
@@ -106,19 +111,22 @@ def generate(
 
 
 def _run_with_progress(service, request):
+    from .generation import ProgressListener
+
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.fields[steps]}"), TimeElapsedColumn(),
                   console=console, transient=False) as bar:
         task = bar.add_task(f"{request.model}: loading", total=None, steps="")
 
-        def on_step(done: int, total: int) -> None:  # called from the engine thread
-            bar.update(task, description=f"{request.model}: denoising", completed=done,
-                       total=total, steps=f"{done}/{total} steps")
+        class OnStep(ProgressListener):
+            def step(self, done: int, total: int) -> None:  # called from the engine thread
+                bar.update(task, description=f"{request.model}: denoising", completed=done,
+                           total=total, steps=f"{done}/{total} steps")
 
         async def run():
             try:
                 return await service.generate(request, request_id=f"cli_{uuid.uuid4().hex}",
-                                              progress=on_step)
+                                              progress=OnStep())
             finally:
                 for provider in service.providers.values():
                     await provider.aclose()
@@ -129,15 +137,26 @@ def _run_with_progress(service, request):
 @app.command()
 def models(
     all_: bool = typer.Option(False, "--all", help="Include library entries that are not served."),
+    url: Optional[str] = typer.Option(
+        None, "--url", envvar="IMAGEGATE_URL",
+        help="A running server, e.g. http://127.0.0.1:8000: adds each local model's state, "
+             "waiting requests, batch size and step time there (from its /health)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="IMAGEGATE_API_KEY",
+                                          help="Bearer key sent to --url."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
-    """List models: backend, capabilities, and whether their weights are here."""
+    """List models: backend, capabilities, whether their weights are here, and with --url how
+    a running server's local engine is doing."""
     from .api.models import describe_model
     from .app import build_service
 
+    live = _server_models(url, api_key) if url else None
     service = build_service(_settings(config))
     out = Console()
     table = Table("model", "backend", "weights", "sizes", "max n", "quality")
+    if live is not None:
+        for column in ("state", "waiting", "batch", "step ms"):
+            table.add_column(column, justify="right")
     wide = out.width >= 120  # descriptions only where they don't squeeze the facts
     if wide:
         table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
@@ -154,8 +173,49 @@ def models(
         weights = info.get("weights") or ("n/a" if info["available"] else "no deployment")
         row = [spec.name, spec.backend, weights, sizes, str(caps.max_n),
                ", ".join(caps.qualities) or "-"]
+        if live is not None:
+            row += _live_cells(live.pop(spec.name, None))
         table.add_row(*row, *([spec.description] if wide else []))
+    for name, info in (live or {}).items():  # served there, unknown to this config
+        table.add_row(name, "local", info.get("weights", "?"), "?", "?", "?",
+                      *_live_cells(info), *(["(not in this configuration)"] if wide else []))
     out.print(table)
+    if live is None:
+        console.print("To see a running server's model states and queues: "
+                      "imagegate models --url http://HOST:PORT")
+
+
+def _server_models(url: str, api_key: Optional[str]) -> dict:
+    """The `models` block of a running server's /health; a one-line error if it can't be had."""
+    import httpx
+
+    base = url.rstrip("/")
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{base}/health", headers=headers, timeout=10)
+        response.raise_for_status()
+        return dict(response.json()["models"])
+    except httpx.HTTPStatusError as exc:
+        _fail(f"{base}/health answered HTTP {exc.response.status_code}")
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        _fail(f"cannot reach {base}: {_one_line(exc)}")
+    except (ValueError, KeyError, TypeError):
+        _fail(f"{base}/health is not an imagegate health report")
+
+
+def _live_cells(info: Optional[dict]) -> list[str]:
+    """state, waiting, batch, step ms; dashes for a model the server runs no engine for."""
+    if info is None:
+        return ["-"] * 4
+    queue = info.get("queue") or {}
+    step = queue.get("step_seconds")
+    return [str(info.get("state", "?")), str(queue.get("waiting", 0)),
+            str(queue.get("batch_images", 0)), f"{step * 1000:.0f}" if step else "-"]
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message folded onto one line (some libraries' span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @app.command()
@@ -181,8 +241,19 @@ def pull(
         build_tiny_sd(target)
         console.print(f"built {spec.name} in {target}")
         return
-    from huggingface_hub import snapshot_download
-
+    try:
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.utils import enable_progress_bars
+    except ImportError:
+        _fail("downloading needs huggingface_hub (install imagegate[local])")
+    offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()
+    if offline:
+        _fail(f"cannot download {spec.local.source}: HF_HUB_OFFLINE is set, so this machine "
+              f"does not use the Hugging Face hub. Pull on one that can reach it and copy "
+              f"MODELS_DIR/{spec.name} here.")
+    with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=1 wins, quietly
+        warnings.simplefilter("ignore")
+        enable_progress_bars()  # the engine's loading code turns them off process-wide
     console.print(f"downloading {spec.local.source} into {target}")
     try:
         # The diffusers layout only: skip root-level single-file checkpoints and duplicate
@@ -192,12 +263,12 @@ def pull(
                                           "*/*.safetensors"],
                           ignore_patterns=["*.fp16.safetensors", "*/*.bin"])
     except Exception as exc:  # network, auth, or disk errors: say which, no traceback
-        _fail(f"download failed: {exc}")
+        _fail(f"download of {spec.local.source} failed: {_one_line(exc)}")
     console.print(f"done: {spec.name} is ready")
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}")
+def _fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # one line in logs
     raise typer.Exit(1)
 
 

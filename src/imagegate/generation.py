@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 ResponseFormat = Literal["url", "b64_json"]
@@ -38,8 +38,34 @@ class Size:
         return self.width * self.height
 
 
-ProgressCallback = Callable[[int, int], None]
-"""Called as progress(step_done, total_steps) from whatever thread runs the denoising loop."""
+class ProgressListener:
+    """What a generation reports while it runs. Called from the thread that runs the denoising
+    loop, so each call must be short; the base class ignores everything and listeners override
+    what they need (the CLI's progress bar, the image stream)."""
+
+    partial_images: int = 0
+    """Previews wanted per image (0 to 3). A model gives at most one fewer than its steps."""
+
+    def step(self, done: int, total: int) -> None:
+        """`done` of `total` denoising steps have run."""
+
+    def partial(self, partial: "PartialImage") -> None:
+        """A preview of one image, mid-way."""
+
+
+@dataclass(frozen=True)
+class PartialImage:
+    image_index: int
+    """Which of the request's n images this previews."""
+    partial_index: int
+    """0-based, per image."""
+    image: Any
+    """PIL, at the latents' resolution (width / 8 for the usual VAEs): scale it up to show."""
+    width: int
+    height: int
+    """The size the final image will have."""
+    step: int
+    total_steps: int
 
 
 @dataclass

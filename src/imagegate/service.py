@@ -27,7 +27,7 @@ from .generation import (
     DeliveredImage,
     GenerationRequest,
     GenerationResult,
-    ProgressCallback,
+    ProgressListener,
     ProviderResult,
 )
 from .imaging import encode
@@ -63,7 +63,7 @@ class ImageService:
 
     async def generate(self, req: GenerationRequest, *, request_id: str,
                        caller: Caller | None = None, endpoint: str = "images.generations",
-                       progress: ProgressCallback | None = None) -> GenerationResult:
+                       progress: ProgressListener | None = None) -> GenerationResult:
         if self.accounts is None or caller is None:
             return await self._generate(req, request_id, progress)
         billing = _Billing(self.accounts, caller, request_id, endpoint, req)
@@ -84,7 +84,7 @@ class ImageService:
             await asyncio.shield(billing.finish())
 
     async def _generate(self, req: GenerationRequest, request_id: str,
-                        progress: ProgressCallback | None,
+                        progress: ProgressListener | None,
                         billing: "_Billing | None" = None) -> GenerationResult:
         spec = self.catalog.get(req.model)
         if billing is not None:

@@ -5,20 +5,23 @@ Every field is documented in docs/configuration.md; keep the two in step.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from .engine.speed import AttentionName, DtypeName, OffloadName, WarmupSizes
 from .moderation import ModerationSettings
 
 
@@ -56,9 +59,27 @@ class Settings(BaseSettings):
     engine_max_wait_ms: float = Field(0.0, ge=0)
     """How long the worker waits for more requests to join a call. 0: it only gathers what
     queued while the previous call ran, so a lone request never waits."""
+    # Speed options of the local engine (engine/speed.py), for every local model unless its
+    # `[models.NAME.local.speed]` says otherwise. All off by default: diffusers' own behaviour.
+    engine_dtype: DtypeName = "auto"
+    """`auto`: the model's cuda_dtype on CUDA, float16 on MPS, float32 on CPU."""
+    engine_attention: AttentionName = "sdpa"
+    engine_channels_last: bool = False
+    engine_compile: bool = False
+    engine_warmup_sizes: Annotated[WarmupSizes, NoDecode] = Field(default_factory=list)
+    """Env: "512x512,768x512" or a JSON list."""
+    engine_vae_slicing: bool = False
+    engine_vae_tiling: bool = False
+    engine_cpu_offload: OffloadName = "none"
     allow_downloads: bool = False
     """Let the local engine fetch missing weights from the Hugging Face hub on first use. Off by
     default: a request should never wait on a multi-gigabyte download (use `imagegate pull`)."""
+    preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Local models loaded in the background at start-up, before their first request; until
+    they are, /health/ready answers 503. Env: a JSON list or comma-separated names."""
+    engine_memory_budget_mb: float = Field(0.0, ge=0)
+    """Weights the loaded local models may hold together (MiB, estimated from their tensors).
+    Past it, loading a model unloads the least recently used idle ones. 0: no limit."""
     database_url: str | None = None
     """SQLAlchemy URL. Default: a SQLite file DATA_DIR/imagegate.db. PostgreSQL:
     postgresql://user:pass@host/db (the asyncpg driver is used)."""
@@ -108,6 +129,16 @@ class Settings(BaseSettings):
     constructed as Class(settings) (see providers/base.py for the interface)."""
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """`[models.NAME]` tables: overrides of built-in models and new model definitions."""
+
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _names_list(cls, value: Any) -> Any:
+        """`IMAGEGATE_PRELOAD=a,b` as well as `IMAGEGATE_PRELOAD='["a", "b"]'`."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @classmethod
     def settings_customise_sources(

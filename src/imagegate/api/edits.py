@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
 
@@ -23,6 +23,7 @@ from ..errors import InvalidRequest
 from ..generation import GenerationRequest
 from ..service import ImageService
 from . import deps
+from .image_stream import check_partial_images, stream_images
 from .errors import describe_validation_error
 from .middleware import BodyTooLarge
 from .images import parse_size, to_images_response
@@ -49,6 +50,7 @@ class EditFields(BaseModel):
     background: str | None = None
     user: str | None = None
     stream: bool | None = None
+    partial_images: int | None = None
     input_fidelity: str | None = None
     seed: int | None = None
     num_inference_steps: int | None = None
@@ -59,12 +61,16 @@ class EditFields(BaseModel):
 
 @router.post("/images/edits")
 async def create_edit(request: Request, caller: Caller = Depends(deps.caller),
-                      service: ImageService = Depends(deps.service)) -> JSONResponse:
+                      service: ImageService = Depends(deps.service)) -> Response:
     fields, images, mask = await _read_inputs(request, json_allowed=True)
     if not fields.prompt:
         raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt",
                              code="missing_required_parameter")
     gen = _generation_request(request, fields, images, mask, prompt=fields.prompt)
+    partial_images = check_partial_images(fields.partial_images)
+    if fields.stream:
+        return await stream_images(request, service, caller, gen, endpoint="images.edits",
+                                   event_prefix="image_edit", partial_images=partial_images)
     return await _respond(request, caller, service, gen, "images.edits")
 
 
@@ -72,6 +78,9 @@ async def create_edit(request: Request, caller: Caller = Depends(deps.caller),
 async def create_variation(request: Request, caller: Caller = Depends(deps.caller),
                            service: ImageService = Depends(deps.service)) -> JSONResponse:
     fields, images, mask = await _read_inputs(request, json_allowed=False)
+    if fields.stream:
+        raise InvalidRequest("Variations are not streamed; leave out `stream`.",
+                             param="stream", code="unsupported_parameter")
     if len(images) != 1:
         raise InvalidRequest("A variation takes exactly one image.", param="image")
     if mask is not None:
@@ -98,9 +107,6 @@ def _generation_request(request: Request, fields: EditFields,
                         images: list[tuple[str | bytes, str]],
                         mask: tuple[str | bytes, str] | None, *, prompt: str
                         ) -> GenerationRequest:
-    if fields.stream:
-        raise InvalidRequest("Streaming edits are not supported by this server yet.",
-                             param="stream", code="unsupported_parameter")
     for name, value, allowed in (("response_format", fields.response_format, ("url", "b64_json")),
                                  ("output_format", fields.output_format,
                                   ("png", "jpeg", "webp"))):

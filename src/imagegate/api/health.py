@@ -1,4 +1,5 @@
-"""`GET /health`: liveness plus what the local engine has loaded."""
+"""`GET /health`: liveness plus what the local engine has loaded; `GET /health/ready`:
+readiness, which waits for the models named in `preload`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 
 from ..service import ImageService
 from . import deps
@@ -20,4 +22,27 @@ async def health(service: ImageService = Depends(deps.service)) -> dict[str, Any
     if local is not None:
         specs = [spec for spec in service.catalog.served() if spec.backend == "local"]
         models = await asyncio.to_thread(lambda: {s.name: local.describe(s) for s in specs})
-    return {"status": "ok", "models": models}
+    body: dict[str, Any] = {"status": "ok", "models": models}
+    loading = _preload_status(service)["loading"]
+    if loading:
+        body["loading"] = loading
+    return body
+
+
+@router.get("/health/ready")
+async def ready(service: ImageService = Depends(deps.service)) -> JSONResponse:
+    """200 once every preloaded model has loaded; 503 while one is loading or if one failed,
+    so a load balancer or Kubernetes sends no traffic to a server that is still warming up."""
+    status = _preload_status(service)
+    if status["loading"]:
+        return JSONResponse({"status": "loading", **status}, status_code=503)
+    if status["failed"]:
+        return JSONResponse({"status": "failed", **status}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def _preload_status(service: ImageService) -> dict[str, Any]:
+    local = service.providers.get("local")
+    if local is None or not hasattr(local, "preload_status"):
+        return {"loading": [], "failed": {}}
+    return local.preload_status()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..accounts.keys import Caller
 from ..errors import InvalidRequest
@@ -19,6 +19,7 @@ from ..protocol.images import (
 )
 from ..service import ImageService
 from . import deps
+from .image_stream import check_partial_images, stream_images
 
 router = APIRouter(tags=["images"])
 
@@ -30,8 +31,13 @@ async def create_image(
     request: Request,
     caller: Caller = Depends(deps.caller),
     service: ImageService = Depends(deps.service),
-) -> JSONResponse:
+) -> Response:
     gen = to_generation_request(body, default_model=deps.settings(request).default_model)
+    partial_images = check_partial_images(body.partial_images)
+    if body.stream:
+        return await stream_images(request, service, caller, gen, endpoint="images.generations",
+                                   event_prefix="image_generation",
+                                   partial_images=partial_images)
 
     async def produce() -> dict:
         result = await service.generate(gen, request_id=deps.request_id(request), caller=caller)
@@ -54,9 +60,6 @@ def parse_size(value: str | None, param: str = "size") -> Size | None:
 
 
 def to_generation_request(body: ImageGenerationRequest, *, default_model: str) -> GenerationRequest:
-    if body.stream:
-        raise InvalidRequest("Streaming image generation is not supported by this server yet.",
-                             param="stream", code="unsupported_parameter")
     return GenerationRequest(
         model=body.model or default_model,
         prompt=body.prompt,

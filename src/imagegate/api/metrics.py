@@ -1,4 +1,4 @@
-"""`GET /metrics`: the local engine's queues in Prometheus' text format."""
+"""`GET /metrics`: the local engine's queues and loaded models in Prometheus' text format."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ _SERIES = (
      "counter", lambda w: w.stats.jobs_cancelled),
     ("imagegate_engine_rejected_total", "Requests refused with 429 because the queue was full.",
      "counter", lambda w: w.stats.rejected),
+    ("imagegate_engine_loaded", "1 while the model's pipeline is in memory.", "gauge",
+     lambda w: int(w.loaded)),
+    ("imagegate_engine_memory_bytes", "Estimated bytes of the loaded model's weights.", "gauge",
+     lambda w: w.memory_bytes),
+    ("imagegate_engine_loads_total", "Times the model was loaded.", "counter",
+     lambda w: w.stats.loads),
+    ("imagegate_engine_unloads_total", "Times the model was unloaded (memory budget).",
+     "counter", lambda w: w.stats.unloads),
 )
 
 

@@ -11,31 +11,40 @@ import math
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..catalog import ModelSpec
-from ..generation import GeneratedImage, ProgressCallback, ProviderResult, ResolvedRequest
-from .device import pick_dtype
+from ..generation import (
+    GeneratedImage,
+    PartialImage,
+    ProgressListener,
+    ProviderResult,
+    ResolvedRequest,
+)
+from .previews import partial_steps, preview_images
+from .speed import SpeedOptions, apply as apply_speed, load_dtype
 from .worker import JobContext
 
 log = logging.getLogger(__name__)
 
 
 def load_pipeline(spec: ModelSpec, source: str | Path, device: str, *,
-                  allow_downloads: bool = False) -> Any:
-    """`AutoPipelineForText2Image.from_pretrained` from a folder or hub id, on `device`."""
+                  allow_downloads: bool = False, speed: SpeedOptions | None = None) -> Any:
+    """`AutoPipelineForText2Image.from_pretrained` from a folder or hub id, on `device`, set up
+    with the `speed` options (speed.py; default: none)."""
     from diffusers import AutoPipelineForText2Image
 
     quiet_loading()
     assert spec.local is not None
-    dtype = pick_dtype(device, spec.local.cuda_dtype)
+    speed = speed or SpeedOptions()
+    dtype = load_dtype(speed, device, spec.local.cuda_dtype)
     log.info("loading %s from %s on %s (%s)", spec.name, source, device, dtype)
     dtype_arg = "dtype" if _diffusers_takes_dtype() else "torch_dtype"
     pipe = AutoPipelineForText2Image.from_pretrained(
         str(source), local_files_only=not allow_downloads, **{dtype_arg: dtype}
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return apply_speed(pipe, speed, device)  # which also puts it on the device
 
 
 def _diffusers_takes_dtype() -> bool:
@@ -67,10 +76,10 @@ class GenerationCancelled(Exception):
 
 
 def generate(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
-             progress: ProgressCallback | None = None,
+             progress: ProgressListener | None = None,
              context: JobContext | None = None) -> ProviderResult:
     """One request's n images in one pipeline call, one generator per image."""
-    return generate_batch(pipe, spec, [req], context, progress)[0]
+    return generate_batch(pipe, spec, [req], context, [progress])[0]
 
 
 def batch_key(spec: ModelSpec, req: ResolvedRequest) -> tuple | None:
@@ -85,10 +94,11 @@ def batch_key(spec: ModelSpec, req: ResolvedRequest) -> tuple | None:
 
 def generate_batch(pipe: Any, spec: ModelSpec, reqs: list[ResolvedRequest],
                    context: JobContext | None = None,
-                   progress: ProgressCallback | None = None,
+                   listeners: Sequence[ProgressListener | None] | None = None,
                    output_type: str = "pil") -> list[ProviderResult]:
     """One pipeline call for every image of `reqs` (which share a `batch_key`), one generator
     per image, so each image is the one its own seed gives alone (up to float rounding).
+    `listeners`, one per request (or None), hear of each step and get their own previews.
 
     Text-to-image runs on the loaded pipeline; image-to-image and inpainting run on pipelines
     derived from it with `from_pipe`, which share its weights (no second copy in memory).
@@ -138,6 +148,7 @@ def generate_batch(pipe: Any, spec: ModelSpec, reqs: list[ResolvedRequest],
     if spec.local.max_sequence_length and "max_sequence_length" in accepted:
         kwargs["max_sequence_length"] = spec.local.max_sequence_length
     last_step = [time.monotonic()]
+    report = _Reporter(reqs, listeners or [None] * len(reqs), total)
     if "callback_on_step_end" in accepted:
         def on_step_end(running: Any, step: int, _timestep: Any, tensors: dict) -> dict:
             now = time.monotonic()
@@ -145,9 +156,8 @@ def generate_batch(pipe: Any, spec: ModelSpec, reqs: list[ResolvedRequest],
                 context.step_done(now - last_step[0])
                 if context.should_stop():
                     running._interrupt = True  # diffusers' loop checks it before each step
-            last_step[0] = now
-            if progress is not None:
-                progress(min(step + 1, total), total)
+            report(running, min(step + 1, total), tensors)
+            last_step[0] = time.monotonic()  # (a preview's decode is not part of a step)
             return tensors
 
         kwargs["callback_on_step_end"] = on_step_end
@@ -165,6 +175,45 @@ def generate_batch(pipe: Any, spec: ModelSpec, reqs: list[ResolvedRequest],
         results.append(ProviderResult(images=images, revised_prompt=revised,
                                       prompt_tokens=tokens))
     return results
+
+
+class _Reporter:
+    """Tells each request's listener of the steps, and sends it previews of its own images at
+    the steps its `partial_images` asks for. Decodes the latents at most once per step."""
+
+    def __init__(self, reqs: list[ResolvedRequest],
+                 listeners: Sequence[ProgressListener | None], total: int) -> None:
+        self.total = total
+        self.entries = []
+        offset = 0
+        for req, listener in zip(reqs, listeners):
+            if listener is not None:
+                after = partial_steps(total, listener.partial_images)
+                self.entries.append((req, listener, offset, after))
+            offset += req.n
+
+    def __call__(self, pipe: Any, done: int, tensors: dict) -> None:
+        previews: list[Any] | None = None
+        for req, listener, offset, after in self.entries:
+            listener.step(done, self.total)
+            if done not in after:
+                continue
+            if previews is None:
+                previews = _previews(pipe, tensors, req)
+            for index, image in enumerate(previews[offset: offset + req.n]):
+                listener.partial(PartialImage(index, after.index(done), image, req.width,
+                                              req.height, done, self.total))
+
+
+def _previews(pipe: Any, tensors: dict, req: ResolvedRequest) -> list[Any]:
+    latents = tensors.get("latents")
+    if latents is None:
+        return []  # a pipeline that doesn't hand its latents to the callback: no previews
+    try:
+        return preview_images(pipe, latents, req.width, req.height)
+    except Exception:  # a preview is a nicety: never fail the generation over one
+        log.warning("could not preview the latents of %s", type(pipe).__name__, exc_info=True)
+        return []
 
 
 # Pipelines derived from a loaded one, per kind; dropped with it.

@@ -14,23 +14,35 @@ When the worker takes such a job it also takes the waiting jobs with the same ke
 `max_batch_images` images, waiting up to `max_wait_ms` for more to arrive, and runs them as one
 call. With max_wait_ms = 0 (the default) it only gathers what queued while the previous call
 ran, so a lone request never waits.
+
+Lifecycle: the pipeline is loaded by the first job (or by `load()`, for preloading) and dropped by
+`unload()`; both run as jobs in the queue, so they never race a pipeline call. `state` says where
+the model stands: unloaded, loading, loaded, or failed (the last load failed; `error` says why).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import APIError
+from .memory import footprint_bytes, release_memory
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _STOP = object()
+# One load at a time across models: diffusers' lazy imports are not thread-safe (two first loads
+# at once can fail with "cannot import name ..."), and loads compete for disk and memory anyway.
+_LOADING = threading.Lock()
 _EWMA = 0.2  # weight of the newest sample in the running averages
 
 
@@ -73,14 +85,26 @@ class WorkerStats:
     """Images in the call running now (0 when idle)."""
     batches: int = 0
     """Calls that served more than one request."""
+    loads: int = 0
+    unloads: int = 0
 
 
 class PipelineWorker:
     def __init__(self, name: str, load: Callable[[], Any], max_queue: int = 0,
-                 max_batch_images: int = 1, max_wait_ms: float = 0.0) -> None:
+                 max_batch_images: int = 1, max_wait_ms: float = 0.0,
+                 on_loaded: Callable[[PipelineWorker], None] | None = None) -> None:
         self.name = name
         self._load = load
+        self._on_loaded = on_loaded
+        """Called on the worker thread after each successful load (the memory budget)."""
         self._pipe: Any = None
+        self.state = "unloaded"
+        self.error: str | None = None
+        """Why the last load failed (client-safe), while state is 'failed'."""
+        self.memory_bytes = 0
+        """Estimated footprint of the loaded pipeline's weights; 0 when not loaded."""
+        self.last_used: float | None = None
+        """Wall-clock time of the last load or finished job."""
         self._queue: deque = deque()
         self._ready = threading.Condition()
         self.max_queue = max_queue
@@ -98,6 +122,35 @@ class PipelineWorker:
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        return not self.stats.running and not self._queue
+
+    def load(self) -> Future:
+        """Load the pipeline now, without a request (preloading). The future ends with the load:
+        its result says whether this call loaded it, its exception why the load failed."""
+        return self._control(self._ensure_loaded)
+
+    def unload(self, if_idle: bool = False) -> Future:
+        """Drop the pipeline once the jobs ahead are done; the next job loads it again. With
+        `if_idle`, keep it when requests are waiting by then. Result: whether it was dropped."""
+        def drop() -> bool:
+            if self._pipe is None or (if_idle and self._queue):
+                return False
+            self._pipe = None
+            self.memory_bytes = 0
+            self.state = "unloaded"
+            self.stats.unloads += 1
+            release_memory()
+            return True
+
+        return self._control(drop)
+
+    def _control(self, action: Callable[[], Any]) -> Future:
+        job = _Control(action)
+        self._put(job)
+        return job.future
 
     def retry_after(self) -> int:
         """Seconds until a place is likely free: the queue ahead times a job's usual length."""
@@ -163,6 +216,9 @@ class PipelineWorker:
             taken = self._take()
             if taken is _STOP:
                 return
+            if isinstance(taken[0], _Control):
+                taken[0].run()
+                continue
             jobs = [job for job in taken if not job.cancelled()]
             self.stats.jobs_cancelled += len(taken) - len(jobs)
             if jobs:  # (the ones whose client went away while queued are skipped entirely)
@@ -177,8 +233,7 @@ class PipelineWorker:
         context = JobContext(should_stop=lambda: all(job.cancelled() for job in jobs),
                              step_done=self._record_step)
         try:
-            if self._pipe is None:
-                self._pipe = self._load()
+            if self._ensure_loaded():
                 started = time.monotonic()  # loading is not part of a job's usual length
             if len(jobs) == 1:
                 results = [jobs[0].fn(self._pipe, context)]
@@ -198,6 +253,32 @@ class PipelineWorker:
         finally:
             stats.running = False
             stats.batch_images = 0
+            if self._pipe is not None:
+                self.last_used = time.time()
+
+    def _ensure_loaded(self) -> bool:
+        """Load the pipeline unless it is loaded; True when this call loaded it."""
+        if self._pipe is not None:
+            return False
+        self.state, self.error = "loading", None
+        try:
+            with _LOADING:
+                pipe = self._load()
+            self.memory_bytes = footprint_bytes(pipe)
+        except BaseException as exc:
+            self.state = "failed"
+            self.error = (exc.message if isinstance(exc, APIError)
+                          else f"`{self.name}` could not be loaded.")
+            raise
+        self._pipe = pipe
+        self.state, self.last_used = "loaded", time.time()
+        self.stats.loads += 1
+        if self._on_loaded is not None:
+            try:
+                self._on_loaded(self)
+            except Exception:  # a failed budget check must not fail the request that loaded
+                log.exception("after loading %s", self.name)
+        return True
 
     def _record_job(self, seconds: float) -> None:
         stats = self.stats
@@ -209,6 +290,25 @@ class PipelineWorker:
         stats = self.stats
         stats.step_seconds = seconds if not stats.step_seconds else (
             _EWMA * seconds + (1 - _EWMA) * stats.step_seconds)
+
+
+class _Control:
+    """Work on the pipeline itself (load, unload), taken from the queue like a job."""
+
+    batch = None
+
+    def __init__(self, action: Callable[[], Any]) -> None:
+        self.action = action
+        self.future: Future = Future()
+
+    def cancelled(self) -> bool:
+        return False
+
+    def run(self) -> None:
+        try:
+            self.future.set_result(self.action())
+        except BaseException as exc:
+            self.future.set_exception(exc)
 
 
 class _Job:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..catalog import ModelSpec
-from ..generation import ProgressCallback, ProviderResult, ResolvedRequest
+from ..generation import ProgressListener, ProviderResult, ResolvedRequest
 
 
 class Provider(Protocol):
@@ -14,7 +14,7 @@ class Provider(Protocol):
     name: str
 
     async def generate(self, spec: ModelSpec, request: ResolvedRequest,
-                       progress: ProgressCallback | None = None) -> ProviderResult: ...
+                       progress: ProgressListener | None = None) -> ProviderResult: ...
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
         """What `/v1/models` and `imagegate models` show about this model's backend."""

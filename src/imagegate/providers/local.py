@@ -1,16 +1,21 @@
-"""The local diffusers engine as a provider: one worker per model, loaded on first use."""
+"""The local diffusers engine as a provider: one worker per model, loaded on first use or at
+start-up (`preload`), unloaded least-recently-used first when `engine_memory_budget_mb` is
+exceeded."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as WaitTimeout
 from pathlib import Path
 from typing import Any
 
-from ..catalog import ModelSpec
+from ..catalog import Catalog, ModelSpec
 from ..errors import APIError, GenerationFailed, ModelUnavailable
-from ..generation import ProgressCallback, ProviderResult, ResolvedRequest
+from ..generation import ProgressListener, ProviderResult, ResolvedRequest
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,9 @@ class LocalProvider:
         self._models_dir = settings.resolved_models_dir
         self._workers: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._budget_lock = threading.Lock()
         self._device: str | None = None
+        self._preloads: dict[str, Future] = {}
 
     @property
     def device(self) -> str:
@@ -51,8 +58,14 @@ class LocalProvider:
             "source": spec.local.source if spec.local else None,
             "weights": locate(spec, self._models_dir).status,
             "loaded": bool(worker and worker.loaded),
+            "state": worker.state if worker is not None else "unloaded",
         }
         if worker is not None:
+            if worker.loaded:
+                info["memory_mb"] = round(worker.memory_bytes / 2**20, 2)
+            if worker.error and worker.state == "failed":
+                info["error"] = worker.error
+            info["last_used"] = worker.last_used and round(worker.last_used, 3)
             info["queue"] = {"waiting": worker.pending, "running": worker.stats.running,
                              "max_waiting": worker.max_queue or None,
                              "batch_images": worker.stats.batch_images,
@@ -75,9 +88,86 @@ class LocalProvider:
                 worker = PipelineWorker(
                     spec.name, lambda: self._load(spec), max_queue=settings.engine_max_queue,
                     max_batch_images=settings.engine_max_batch_images,
-                    max_wait_ms=settings.engine_max_wait_ms)
+                    max_wait_ms=settings.engine_max_wait_ms, on_loaded=self._enforce_budget)
                 self._workers[spec.name] = worker
             return worker
+
+    def preload_specs(self, catalog: Catalog, names: list[str]) -> list[ModelSpec]:
+        """The specs `preload` names, checked at start-up: a name that is unknown, disabled,
+        not local or without weights stops the server rather than leaving it never ready.
+        (Without importing torch: that is the loading's job, in the background.)"""
+        from ..engine.weights import locate, missing_weights_message
+
+        specs = []
+        for name in names:
+            try:
+                spec = catalog.get(name)
+            except APIError:
+                raise ValueError(f"preload names `{name}`, which is not a served model "
+                                 "(unknown or disabled)") from None
+            if spec.backend != "local":
+                raise ValueError(f"preload names `{name}`, which is not a local model "
+                                 f"(backend {spec.backend!r}); only local models load")
+            if not all(importlib.util.find_spec(m) for m in ("torch", "diffusers")):
+                raise ValueError(f"preload names `{name}`, but the local engine is not "
+                                 "installed (install imagegate[local])")
+            if not self._settings.allow_downloads and not locate(spec, self._models_dir).usable:
+                raise ValueError(f"preload names `{name}`: {missing_weights_message(spec)}")
+            specs.append(spec)
+        return specs
+
+    def start_preload(self, specs: list[ModelSpec]) -> None:
+        """Load these models in the background, each on its own worker; returns at once."""
+        for spec in specs:
+            future = self._worker(spec).load()
+            future.add_done_callback(lambda f, name=spec.name: self._preloaded(name, f))
+            self._preloads[spec.name] = future
+
+    def _preloaded(self, name: str, future: Future) -> None:
+        if future.exception() is not None:
+            log.warning("preloading %s failed: %s", name, future.exception())
+        else:
+            log.info("preloaded %s", name)
+
+    def preload_status(self) -> dict[str, Any]:
+        """Preloads still running, and those whose model failed to load (model -> client-safe
+        reason; a later successful load by a request clears it)."""
+        loading = [name for name, f in self._preloads.items() if not f.done()]
+        failed = {}
+        for name in self._preloads:
+            worker = self._workers.get(name)
+            if name not in loading and worker is not None and worker.state == "failed":
+                failed[name] = worker.error or f"`{name}` could not be loaded."
+        return {"loading": loading, "failed": failed}
+
+    def _enforce_budget(self, loaded: Any) -> None:
+        """Called on `loaded`'s worker thread after it loaded: while the loaded models' weights
+        exceed the budget, unload the least recently used idle one. `loaded` itself and busy
+        models stay; the budget is then exceeded until one of them is unloaded."""
+        budget = self._settings.engine_memory_budget_mb * 2**20
+        if not budget:
+            return
+        with self._budget_lock:  # two models finishing their loads together unload once
+            resident = [w for w in list(self._workers.values()) if w.state == "loaded"]
+            total = sum(w.memory_bytes for w in resident)
+            idle = sorted((w for w in resident if w is not loaded and w.idle),
+                          key=lambda w: w.last_used or 0)
+            for worker in idle:
+                if total <= budget:
+                    break
+                size = worker.memory_bytes
+                log.info("unloading %s (%.1f MiB) to make room for %s", worker.name,
+                         size / 2**20, loaded.name)
+                try:
+                    # Wait, so the memory is free before `loaded` runs its first job.
+                    if worker.unload(if_idle=True).result(timeout=60):
+                        total -= size
+                except WaitTimeout:
+                    log.warning("unloading %s is taking long; not waiting", worker.name)
+            if total > budget:
+                log.warning("loaded models hold %.1f MiB, over engine_memory_budget_mb = %g: "
+                            "the others are busy, or %s alone is larger", total / 2**20,
+                            budget / 2**20, loaded.name)
 
     def _check_available(self, spec: ModelSpec) -> None:
         """Fail fast with 503 rather than queueing a request that can never run."""
@@ -93,6 +183,7 @@ class LocalProvider:
 
     def _load(self, spec: ModelSpec) -> Any:
         from ..engine.pipelines import load_pipeline
+        from ..engine.speed import effective_options, warm_up
         from ..engine.tiny import build_tiny_sd
         from ..engine.weights import locate
 
@@ -101,25 +192,30 @@ class LocalProvider:
             assert where.path is not None
             build_tiny_sd(where.path)
         source: str | Path = where.path if where.path is not None else spec.local.source
+        speed = effective_options(self._settings, spec)
         try:
-            return load_pipeline(spec, source, self.device,
-                                 allow_downloads=self._settings.allow_downloads)
+            pipe = load_pipeline(spec, source, self.device,
+                                 allow_downloads=self._settings.allow_downloads, speed=speed)
+            warm_up(pipe, spec, speed)  # compiling happens here, not in a client's request
+            return pipe
         except Exception as exc:  # broken or partial weights: the model can't serve, say so
             log.warning("loading %s failed: %s", spec.name, exc)
             raise ModelUnavailable(f"`{spec.name}` could not be loaded on this server.") from exc
 
     async def generate(self, spec: ModelSpec, request: ResolvedRequest,
-                       progress: ProgressCallback | None = None) -> ProviderResult:
+                       progress: ProgressListener | None = None) -> ProviderResult:
         from ..engine.pipelines import batch_key, generate, generate_batch
         from ..engine.worker import Batch
 
         await asyncio.to_thread(self._check_available, spec)
         worker = self._worker(spec)
         try:
-            key = batch_key(spec, request) if progress is None else None
+            key = batch_key(spec, request)
             batch = None if key is None else Batch(
-                key=key, images=request.n, payload=request,
-                run=lambda pipe, context, reqs: generate_batch(pipe, spec, list(reqs), context))
+                key=key, images=request.n, payload=(request, progress),
+                run=lambda pipe, context, jobs: generate_batch(
+                    pipe, spec, [req for req, _ in jobs], context,
+                    [listener for _, listener in jobs]))
             return await worker.submit(
                 lambda pipe, context: generate(pipe, spec, request, progress, context), batch)
         except APIError:

@@ -22,7 +22,7 @@ import httpx
 
 from ..catalog import Deployment, ModelSpec
 from ..errors import ModelUnavailable
-from ..generation import ProgressCallback, ProviderResult, ResolvedRequest
+from ..generation import ProgressListener, ProviderResult, ResolvedRequest
 from ..settings import Settings
 from .upstream_http import UpstreamCall, UpstreamFailure
 
@@ -116,7 +116,7 @@ class UpstreamRouter:
         return chosen
 
     async def generate(self, spec: ModelSpec, request: ResolvedRequest,
-                       progress: ProgressCallback | None = None) -> ProviderResult:
+                       progress: ProgressListener | None = None) -> ProviderResult:
         if not spec.deployments:
             raise ModelUnavailable(
                 f"No upstream deployment is configured for `{spec.name}` on this server.")

@@ -1,0 +1,193 @@
+"""`stream: true` on `/v1/images/generations` and `/v1/images/edits`: OpenAI's image event stream.
+
+    event: image_generation.partial_image      previews of the latents, `partial_images` per image
+    data: {"type": ..., "b64_json": ..., "partial_image_index": 0, ...}
+
+    event: image_generation.completed          one per image, with the request's usage
+    data: {"type": ..., "b64_json": ..., "usage": {...}, ...}
+
+(`image_edit.*` for edits.) The request runs the same path as any other, with a progress listener
+that the engine calls from its worker thread; previews cross to the event loop through a queue
+and are scaled and encoded off the loop.
+
+The HTTP status is chosen as late as is useful: an error that comes before the first event or
+within a short head start (validation, 401/402, a full queue's 429) is an ordinary JSON error
+response, because the SDKs check the status before reading events. After the 200 has gone out,
+an error is an `error` event, which the SDKs raise as `APIError`. A client that leaves cancels
+its generation, which then is not charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from ..accounts.keys import Caller
+from ..errors import APIError, InvalidRequest, error_body
+from ..generation import GenerationRequest, GenerationResult, PartialImage, ProgressListener
+from ..imaging import encode
+from ..service import ImageService
+from . import deps
+
+log = logging.getLogger(__name__)
+
+MAX_PARTIAL_IMAGES = 3  # OpenAI's limit
+HEAD_START_SECONDS = 2.0
+KEEPALIVE_SECONDS = 10.0
+
+_DONE = object()  # queued when the generation has finished, well or not
+
+
+def check_partial_images(value: int | None) -> int:
+    if value is None:
+        return 0
+    if not 0 <= value <= MAX_PARTIAL_IMAGES:
+        raise InvalidRequest(f"`partial_images` must be between 0 and {MAX_PARTIAL_IMAGES}.",
+                             param="partial_images", code="invalid_value")
+    return value
+
+
+class _Listener(ProgressListener):
+    """Hands previews from the worker thread to the stream's queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue,
+                 partial_images: int) -> None:
+        self.partial_images = partial_images
+        self._loop, self._queue = loop, queue
+
+    def partial(self, partial: PartialImage) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, partial)
+
+
+async def stream_images(request: Request, service: ImageService, caller: Caller,
+                        gen: GenerationRequest, *, endpoint: str, event_prefix: str,
+                        partial_images: int) -> StreamingResponse:
+    queue: asyncio.Queue = asyncio.Queue()
+    listener = _Listener(asyncio.get_running_loop(), queue, partial_images)
+    task = asyncio.ensure_future(service.generate(
+        gen, request_id=deps.request_id(request), caller=caller, endpoint=endpoint,
+        progress=listener))
+    task.add_done_callback(lambda _: queue.put_nowait(_DONE))
+
+    first = await _first_event(request, queue, task)
+    if first is _DONE:
+        task.result()  # a failure this early keeps its own status (rendered by the handlers)
+    stream = _Stream(gen, event_prefix, deps.public_base_url(request))
+    return StreamingResponse(stream.events(first, queue, task), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+async def _first_event(request: Request, queue: asyncio.Queue, task: asyncio.Future) -> Any:
+    """The first event, or None when the head start ran out first; cancels the generation if
+    the client leaves meanwhile."""
+    getter = asyncio.ensure_future(queue.get())
+    watcher = asyncio.ensure_future(deps.wait_for_disconnect(request))
+    try:
+        await asyncio.wait({getter, watcher}, timeout=HEAD_START_SECONDS,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    if watcher.done() and not watcher.cancelled():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise deps.ClientDisconnected()
+    return None
+
+
+class _Stream:
+    def __init__(self, gen: GenerationRequest, event_prefix: str, base_url: str) -> None:
+        self.gen = gen
+        self.prefix = event_prefix
+        self.base_url = base_url
+        self.created = int(time.time())
+
+    async def events(self, first: Any, queue: asyncio.Queue, task: asyncio.Future
+                     ) -> AsyncIterator[str]:
+        item = first
+        try:
+            while item is not _DONE:
+                if item is None:
+                    yield ": keep-alive\n\n"
+                else:
+                    yield await asyncio.to_thread(self._partial_event, item)
+                try:
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except asyncio.TimeoutError:
+                    item = None
+            try:
+                result = task.result()
+            except APIError as exc:
+                yield _sse("error", exc.body())
+                return
+            except Exception:  # logged by the service; the client gets no internals
+                log.exception("streamed generation failed")
+                yield _sse("error", error_body("The server had an error while generating.",
+                                               type="server_error", code="internal_error"))
+                return
+            for index, image in enumerate(result.images):
+                yield self._completed_event(result, index, image)
+        finally:
+            if not task.done():  # the client went away: cancel, which releases the money
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def _partial_event(self, partial: PartialImage) -> str:
+        from PIL import Image
+
+        size = (partial.width, partial.height)
+        image = partial.image.resize(size, Image.Resampling.BILINEAR)
+        data = encode(image, self.gen.output_format, self.gen.output_compression)
+        return _sse(f"{self.prefix}.partial_image", {
+            "type": f"{self.prefix}.partial_image",
+            "b64_json": base64.b64encode(data).decode("ascii"),
+            "created_at": self.created,
+            "size": f"{partial.width}x{partial.height}",
+            "quality": self.gen.quality or "auto",
+            "background": self.gen.background or "auto",
+            "output_format": self.gen.output_format,
+            "partial_image_index": partial.partial_index,
+            # Extensions: which image (when n > 1) and how far its denoising had got.
+            "image_index": partial.image_index,
+            "step": partial.step,
+            "total_steps": partial.total_steps,
+        })
+
+    def _completed_event(self, result: GenerationResult, index: int, image: Any) -> str:
+        tokens = result.prompt_tokens
+        payload: dict[str, Any] = {
+            "type": f"{self.prefix}.completed",
+            "b64_json": base64.b64encode(image.data).decode("ascii"),
+            "created_at": self.created,
+            "size": str(result.size),
+            "quality": result.quality or "auto",
+            "background": result.background,
+            "output_format": result.output_format,
+            # The request's usage, the same on each image's event.
+            "usage": {"total_tokens": tokens, "input_tokens": tokens, "output_tokens": 0,
+                      "input_tokens_details": {"text_tokens": tokens, "image_tokens": 0}},
+            "image_index": index,
+            "seed": image.seed,
+            "revised_prompt": result.revised_prompt,
+        }
+        if image.url is not None:  # response_format=url: the hosted link as well
+            payload.update(url=self.base_url + image.url, expires_at=image.expires_at)
+        return _sse(payload["type"], payload)
+
+
+def _sse(event: str, payload: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(payload)}\n\n"
