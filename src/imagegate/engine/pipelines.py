@@ -5,6 +5,7 @@ These functions run on a model's worker thread (worker.py), never on the event l
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -111,7 +112,7 @@ def generate_batch(pipe: Any, spec: ModelSpec, reqs: list[ResolvedRequest],
     steps = first.num_inference_steps or spec.local.default_steps
     kind = first.kind
     target = _derived(pipe, kind)
-    accepted = inspect.signature(target.__call__).parameters
+    accepted = _call_parameters(type(target))
     seeds = [seed for req in reqs for seed in req.seeds]
     kwargs: dict[str, Any] = dict(
         height=first.height,
@@ -175,6 +176,12 @@ def generate_batch(pipe: Any, spec: ModelSpec, reqs: list[ResolvedRequest],
         results.append(ProviderResult(images=images, revised_prompt=revised,
                                       prompt_tokens=tokens))
     return results
+
+
+@functools.lru_cache(maxsize=None)
+def _call_parameters(pipeline_class: type) -> frozenset[str]:
+    """What a pipeline class's __call__ accepts (asked on every call: worth remembering)."""
+    return frozenset(inspect.signature(pipeline_class.__call__).parameters)
 
 
 class _Reporter:

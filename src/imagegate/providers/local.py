@@ -207,7 +207,9 @@ class LocalProvider:
         from ..engine.pipelines import batch_key, generate, generate_batch
         from ..engine.worker import Batch
 
-        await asyncio.to_thread(self._check_available, spec)
+        worker = self._workers.get(spec.name)
+        if worker is None or not worker.loaded:  # (a loaded model is plainly available)
+            await asyncio.to_thread(self._check_available, spec)
         worker = self._worker(spec)
         try:
             key = batch_key(spec, request)
