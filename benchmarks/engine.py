@@ -529,10 +529,10 @@ def goals(rat: dict[str, Any], summary: dict[str, dict[int, dict]]) -> list[str]
     """The ratios are medians of per-repeat ratios (each repeat's sides were measured together),
     so they can differ a little from ratios of the table's medians, which are also given."""
     out = []
-    top = max(rat["throughput"])
-    t = rat["throughput"][top]["median"]
-    out.append(f"- Goal, concurrency {top}: imagegate ≥ {GOAL_THROUGHPUT}× the naive server's "
-               f"images/s — {'met' if t >= GOAL_THROUGHPUT else 'NOT met'} ({t:.2f}×)")
+    if 16 in rat["throughput"]:  # the goal is stated for concurrency 16
+        t = rat["throughput"][16]["median"]
+        out.append(f"- Goal, concurrency 16: imagegate ≥ {GOAL_THROUGHPUT}× the naive server's "
+                   f"images/s — {'met' if t >= GOAL_THROUGHPUT else 'NOT met'} ({t:.2f}×)")
     lat = rat["latency_vs_direct"]
     if lat is not None:
         slower = (lat["median"] - 1) * 100
