@@ -157,7 +157,8 @@ def models(
     if live is not None:
         for column in ("state", "waiting", "batch", "step ms"):
             table.add_column(column, justify="right")
-    wide = out.width >= 120  # descriptions only where they don't squeeze the facts
+    # Descriptions only where they don't squeeze the facts (the server's columns need room too).
+    wide = out.width >= (120 if live is None else 170)
     if wide:
         table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=48)
     for spec in service.catalog:
