@@ -60,12 +60,14 @@ class PartialImage:
     partial_index: int
     """0-based, per image."""
     image: Any
-    """PIL, at the latents' resolution (width / 8 for the usual VAEs): scale it up to show."""
+    """PIL, at the latents' resolution (width / 8 for the usual VAEs) or, from an upstream,
+    usually full size: scale it to width x height to show."""
     width: int
     height: int
     """The size the final image will have."""
-    step: int
-    total_steps: int
+    step: int | None = None
+    total_steps: int | None = None
+    """How far denoising had got; None for an upstream's previews, which don't say."""
 
 
 @dataclass

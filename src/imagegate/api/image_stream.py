@@ -1,6 +1,7 @@
 """`stream: true` on `/v1/images/generations` and `/v1/images/edits`: OpenAI's image event stream.
 
-    event: image_generation.partial_image      previews of the latents, `partial_images` per image
+    event: image_generation.partial_image      previews (of the latents, or an upstream's own),
+                                               `partial_images` per image
     data: {"type": ..., "b64_json": ..., "partial_image_index": 0, ...}
 
     event: image_generation.completed          one per image, with the request's usage
@@ -152,7 +153,7 @@ class _Stream:
         size = (partial.width, partial.height)
         image = partial.image.resize(size, Image.Resampling.BILINEAR)
         data = encode(image, self.gen.output_format, self.gen.output_compression)
-        return _sse(f"{self.prefix}.partial_image", {
+        payload: dict[str, Any] = {
             "type": f"{self.prefix}.partial_image",
             "b64_json": base64.b64encode(data).decode("ascii"),
             "created_at": self.created,
@@ -161,11 +162,13 @@ class _Stream:
             "background": self.gen.background or "auto",
             "output_format": self.gen.output_format,
             "partial_image_index": partial.partial_index,
-            # Extensions: which image (when n > 1) and how far its denoising had got.
+            # Extensions: which image (when n > 1) and how far its denoising had got (local
+            # models only: an upstream's previews don't say).
             "image_index": partial.image_index,
-            "step": partial.step,
-            "total_steps": partial.total_steps,
-        })
+        }
+        if partial.step is not None:
+            payload.update(step=partial.step, total_steps=partial.total_steps)
+        return _sse(payload["type"], payload)
 
     def _completed_event(self, result: GenerationResult, index: int, image: Any) -> str:
         tokens = result.prompt_tokens

@@ -12,19 +12,28 @@ an `api-key` header.
 The answer's `data[]` items carry `b64_json` or a `url` (downloaded and re-hosted by us: upstream
 links expire); `revised_prompt` comes from the first item, the upstream's request id from its
 `x-request-id` header.
+
+A client's streamed request with `partial_images` is streamed upstream too when the upstream model
+is a GPT image model (the only ones OpenAI streams): `stream` and `partial_images` are added, the
+upstream's `*.partial_image` events go to the request's listener as they arrive, and its
+`*.completed` events are the result. An `error` event is a failure like an error in a 200 answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from ..generation import GeneratedImage, ProviderResult
-from .upstream_http import SAFETY_WORDS, UpstreamCall
+from ..generation import GeneratedImage, PartialImage, ProviderResult
+from .upstream_http import SAFETY_WORDS, UpstreamCall, UpstreamFailure
+
+log = logging.getLogger(__name__)
 
 GPT_IMAGE_PREFIXES = ("gpt-image", "chatgpt-image")
 REQUEST_ID_HEADERS = ("x-request-id", "apim-request-id", "request-id")
@@ -48,17 +57,27 @@ async def generate(call: UpstreamCall) -> ProviderResult:
         fields["background"] = req.background
     if req.user:
         fields["user"] = req.user
+    partials = call.progress.partial_images if call.progress and gpt_image else 0
 
+    body_kw: dict[str, Any]
     if req.references:
+        path = "images/edits"
         if fields.get("quality") == "hd":
             del fields["quality"]  # edits take no `hd`
-        files = _image_parts(req.references, req.mask)
         data = {k: str(v) for k, v in fields.items()}
-        body, headers = await post(call, "images/edits", data=data, files=files)
+        if partials:
+            data.update(stream="true", partial_images=str(partials))
+        body_kw = {"data": data, "files": _image_parts(req.references, req.mask)}
     else:
+        path = "images/generations"
         if req.style:
             fields["style"] = req.style
-        body, headers = await post(call, "images/generations", json_body=fields)
+        if partials:
+            fields.update(stream=True, partial_images=partials)
+        body_kw = {"json_body": fields}
+    if partials:
+        return await _streamed(call, path, partials, body_kw)
+    body, headers = await post(call, path, **body_kw)
     return await _result(call, body, headers)
 
 
@@ -96,11 +115,14 @@ async def post(call: UpstreamCall, path: str, *, json_body: Any = None,
     url, params = endpoint(call, path)
     body = await call.request_json("POST", url, headers=auth_headers(call), json_body=json_body,
                                    params=params, data=data, files=files)
-    headers = call.last_headers or httpx.Headers()
+    check_body(call, body)
+    return body, call.last_headers or httpx.Headers()
+
+
+def check_body(call: UpstreamCall, body: dict[str, Any]) -> None:
     error = body.get("error")
     if error and not body.get("data") and not body.get("choices"):
         raise body_error(call, error)
-    return body, headers
 
 
 def body_error(call: UpstreamCall, error: Any) -> Exception:
@@ -165,6 +187,61 @@ def openai_mask(mask: Any, size: tuple[int, int]) -> Any:
     return mask
 
 
+async def _streamed(call: UpstreamCall, path: str, partials: int,
+                    body_kw: dict[str, Any]) -> ProviderResult:
+    """The upstream's event stream: previews to the listener as they come, completed events
+    collected as the result."""
+    url, params = endpoint(call, path)
+    n = max(1, call.request.n)
+    images: list[GeneratedImage] = []
+    tokens, revised = 0, None
+    events = call.request_events("POST", url, headers=auth_headers(call), params=params,
+                                 images_per_result=partials + 1, **body_kw)
+    async with contextlib.aclosing(events):
+        async for name, payload in events:
+            if name == "json":  # the upstream ignored `stream`: an ordinary answer
+                check_body(call, payload)
+                return await _result(call, payload, call.last_headers or httpx.Headers())
+            kind = str(payload.get("type") or name)
+            if "error" in (name, kind) or payload.get("error"):
+                raise body_error(call, payload.get("error") or payload)
+            if kind.endswith(".partial_image"):
+                # OpenAI's events say nothing of which image they belong to (imagegate's
+                # `image_index` does): a preview is taken to belong to the next image due.
+                index = payload.get("image_index")
+                await _relay_partial(call, payload, index if isinstance(index, int)
+                                     else min(len(images), n - 1))
+            elif kind.endswith(".completed"):
+                images.append(call.image_from_base64(payload.get("b64_json")))
+                tokens = tokens or _prompt_tokens(payload.get("usage"))
+                text = payload.get("revised_prompt")
+                revised = revised or (text if isinstance(text, str) and text else None)
+                if len(images) == n:
+                    break  # all there: nothing more is needed from the stream
+    if not images:
+        raise call.fail("bad_response", "ended its event stream without an image.")
+    return ProviderResult(images=images, revised_prompt=revised, prompt_tokens=tokens,
+                          provider_request_id=request_id(call.last_headers or {}))
+
+
+async def _relay_partial(call: UpstreamCall, payload: dict[str, Any], image_index: int) -> None:
+    """One upstream preview to the listener. A broken preview is skipped, not fatal: the job
+    goes on upstream, and only the final image is what the client pays for."""
+    assert call.progress is not None
+    try:
+        image = await asyncio.to_thread(call.image_from_base64, payload.get("b64_json"),
+                                        "partial image")
+    except UpstreamFailure as failure:
+        log.warning("skipped a preview: %s", failure.message)
+        return
+    index = payload.get("partial_image_index")
+    req = call.request
+    # No step counts: the upstream does not say how far along its previews are.
+    call.progress.partial(PartialImage(
+        image_index=image_index, partial_index=index if isinstance(index, int) else 0,
+        image=image.image, width=req.width, height=req.height))
+
+
 async def _result(call: UpstreamCall, body: dict[str, Any],
                   headers: Mapping[str, str]) -> ProviderResult:
     items = body.get("data")
@@ -182,16 +259,18 @@ async def _result(call: UpstreamCall, body: dict[str, Any],
             raise call.fail("bad_response", "sent an image entry without an image.")
     images = list(await asyncio.gather(*jobs))
     revised = items[0].get("revised_prompt") if isinstance(items[0], dict) else None
-    usage = body.get("usage")
-    tokens = 0
-    if isinstance(usage, dict):
-        details = usage.get("input_tokens_details")
-        value = details.get("text_tokens") if isinstance(details, dict) else None
-        tokens = value if isinstance(value, int) else 0
     return ProviderResult(images=images,
                           revised_prompt=revised if isinstance(revised, str) and revised
                           else None,
-                          prompt_tokens=tokens, provider_request_id=request_id(headers))
+                          prompt_tokens=_prompt_tokens(body.get("usage")),
+                          provider_request_id=request_id(headers))
+
+
+def _prompt_tokens(usage: Any) -> int:
+    """The prompt's text tokens from an `ImagesUsage` (input tokens also count input images)."""
+    details = usage.get("input_tokens_details") if isinstance(usage, dict) else None
+    value = details.get("text_tokens") if isinstance(details, dict) else None
+    return value if isinstance(value, int) else 0
 
 
 async def _decoded(call: UpstreamCall, data: Any) -> GeneratedImage:

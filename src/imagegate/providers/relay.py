@@ -130,7 +130,7 @@ class UpstreamRouter:
             index, deployment = chosen
             tried.add(index)
             try:
-                return await self._attempt(spec, deployment, request, deadline)
+                return await self._attempt(spec, deployment, request, deadline, progress)
             except UpstreamFailure as failure:
                 last = failure
                 if failure.kind != "retryable" or time.monotonic() >= deadline:
@@ -143,12 +143,13 @@ class UpstreamRouter:
                                "after failures; retry shortly.", headers={"retry-after": "5"})
 
     async def _attempt(self, spec: ModelSpec, deployment: Deployment,
-                       request: ResolvedRequest, deadline: float) -> ProviderResult:
+                       request: ResolvedRequest, deadline: float,
+                       progress: ProgressListener | None = None) -> ProviderResult:
         state = self._state(spec, deployment)
         label = deployment.label(spec.name)
         call = UpstreamCall(deployment=deployment, spec=spec, request=request,
                             client=self._client, max_image_bytes=self.policy.max_image_bytes,
-                            provider_label=f"`{label}`")
+                            provider_label=f"`{label}`", progress=progress)
         if self._adapters is None:
             self._adapters = adapters()
         adapter = self._adapters.get(deployment.provider)

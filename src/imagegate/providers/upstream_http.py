@@ -8,7 +8,7 @@ Failures are classified here, once, because routing depends on the class:
     timeout      the upstream took the request and went quiet: it may be generating (and
                  billing), so it is never retried (new-api's rule)
     bad_response it answered, but not with what its format promises (malformed JSON, truncated
-                 base64, no image, an image over the cap)
+                 base64, no image, an image over the cap, an event stream that breaks off)
     refused      a safety block or refusal: the client's 400 content_policy_violation
     rejected     another 4xx: the request or our configuration is wrong; retrying won't help
 
@@ -25,14 +25,14 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import httpx
 
 from ..catalog import Deployment, ModelSpec
 from ..errors import APIError
-from ..generation import GeneratedImage, ResolvedRequest
+from ..generation import GeneratedImage, ProgressListener, ResolvedRequest
 
 T = TypeVar("T")
 
@@ -69,6 +69,8 @@ class UpstreamCall:
     max_image_bytes: int
     provider_label: str
     extra: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressListener | None = None
+    """The streamed request's listener, for adapters whose upstream sends previews."""
     last_headers: httpx.Headers | None = field(default=None, init=False, repr=False)
     """Headers of the last answer (the upstream's request id is usually there)."""
 
@@ -93,26 +95,78 @@ class UpstreamCall:
                            timeout: float | None = None) -> dict[str, Any]:
         """One HTTP exchange (JSON, or multipart with `files`), classified. The response body
         is capped while it is read."""
-        limit = self.max_image_bytes * max(1, self.request.n) * 2 + 1_000_000
-        body_kw: dict[str, Any] = ({"data": data or {}, "files": files} if files
-                                   else {"json": json_body})
         try:
-            async with self.client.stream(
-                method, url, headers={**self.deployment.headers, **headers}, params=params,
-                timeout=timeout or self.deployment.timeout_seconds, **body_kw,
-            ) as response:
+            async with self._open(method, url, headers, json_body, params, data, files,
+                                  timeout) as response:
                 self.last_headers = response.headers
-                body = await _read_capped(response, limit)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
-            raise self.fail("retryable", "could not be reached.") from None
-        except httpx.TimeoutException:
-            raise self.fail("timeout", "did not answer in time.") from None
-        except _TooLarge:
-            raise self.fail("bad_response", "sent a response larger than allowed.") from None
-        except httpx.HTTPError:
-            raise self.fail("retryable", "closed the connection.") from None
+                body = await _read_capped(response, self._limit())
+        except (httpx.HTTPError, _TooLarge) as exc:
+            raise self._transport_failure(exc) from None
         if response.status_code >= 400:
             raise self._status_failure(response, body)
+        return self._parsed(body)
+
+    async def request_events(self, method: str, url: str, *, headers: dict[str, str],
+                             json_body: Any = None, params: dict[str, str] | None = None,
+                             data: dict[str, str] | None = None,
+                             files: list[Any] | None = None, images_per_result: int = 1,
+                             ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """One exchange answered with server-sent events: yields (event name, JSON payload)
+        as each event arrives. Failures before the answer starts are classified as in
+        `request_json`; once events flow the upstream has taken the job, so a dropped stream
+        is a bad response, never retryable (another deployment would bill again). The total
+        read is capped, `images_per_result` (previews + final) times the usual cap. An answer
+        that is not an event stream (an upstream that ignores `stream`) is yielded whole, as
+        one event named "json". Use under `contextlib.aclosing`: leaving early closes it."""
+        streaming = False
+        try:
+            async with self._open(method, url, headers, json_body, params, data, files,
+                                  None) as response:
+                self.last_headers = response.headers
+                limit = self._limit(images_per_result)
+                content_type = response.headers.get("content-type", "")
+                if response.status_code >= 400 or \
+                        not content_type.startswith("text/event-stream"):
+                    body = await _read_capped(response, limit)
+                else:
+                    streaming = True
+                    async for event, text in _sse_events(response, limit):
+                        if text.strip() == "[DONE]":
+                            return
+                        yield event, self._parsed(text)
+                    return
+        except (httpx.HTTPError, _TooLarge) as exc:
+            raise self._transport_failure(exc, streaming) from None
+        if response.status_code >= 400:
+            raise self._status_failure(response, body)
+        yield "json", self._parsed(body)
+
+    def _open(self, method: str, url: str, headers: dict[str, str], json_body: Any,
+              params: dict[str, str] | None, data: dict[str, str] | None,
+              files: list[Any] | None, timeout: float | None) -> Any:
+        body_kw: dict[str, Any] = ({"data": data or {}, "files": files} if files
+                                   else {"json": json_body})
+        return self.client.stream(
+            method, url, headers={**self.deployment.headers, **headers}, params=params,
+            timeout=timeout or self.deployment.timeout_seconds, **body_kw)
+
+    def _limit(self, images_per_result: int = 1) -> int:
+        """Bytes we read at most: each image in base64 (4/3 of the cap, rounded up to 2x)."""
+        return (self.max_image_bytes * max(1, self.request.n) * max(1, images_per_result) * 2
+                + 1_000_000)
+
+    def _transport_failure(self, exc: Exception, streaming: bool = False) -> UpstreamFailure:
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+            return self.fail("retryable", "could not be reached.")
+        if isinstance(exc, httpx.TimeoutException):
+            return self.fail("timeout", "did not answer in time.")
+        if isinstance(exc, _TooLarge):
+            return self.fail("bad_response", "sent a response larger than allowed.")
+        if streaming:
+            return self.fail("bad_response", "closed its event stream before the end.")
+        return self.fail("retryable", "closed the connection.")
+
+    def _parsed(self, body: bytes | str) -> dict[str, Any]:
         try:
             parsed = json.loads(body)
         except ValueError:
@@ -222,6 +276,35 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
             raise _TooLarge()
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _sse_events(response: httpx.Response, limit: int
+                      ) -> AsyncIterator[tuple[str, str]]:
+    """(event name, data) per server-sent event as it arrives: `:` comments (keep-alives) are
+    skipped, several `data:` lines are joined with newlines, a blank line ends an event (one
+    cut off by the end of the stream is dropped, as the SDKs do). The bytes read in all are
+    capped at `limit`."""
+    buffer, size = bytearray(), 0
+    event, data = "", []
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        buffer += chunk
+        while (end := buffer.find(b"\n")) >= 0:
+            line = bytes(buffer[:end]).rstrip(b"\r").decode("utf-8", "replace")
+            del buffer[: end + 1]
+            if not line:
+                if data:
+                    yield event or "message", "\n".join(data)
+                event, data = "", []
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "event":
+                    event = value
+                elif name == "data":
+                    data.append(value)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
