@@ -52,6 +52,22 @@ class Server:
 ServerFactory = Callable[..., Server]
 
 
+def _inherited_env() -> dict[str, str]:
+    """This process's environment minus imagegate's own settings: a server's settings are
+    exactly what its test passes. (In-process tests set IMAGEGATE_* variables for a moment,
+    through monkeypatch or typer's CliRunner, while other servers start in background threads;
+    those must not leak into them.) Other variables, such as upstream keys named by
+    `api_key_env`, are inherited."""
+    from imagegate.settings import Settings
+
+    ours = {f"IMAGEGATE_{name.upper()}" for name in Settings.model_fields} | {"IMAGEGATE_CONFIG"}
+    while True:
+        try:
+            return {k: v for k, v in os.environ.items() if k not in ours}
+        except RuntimeError:  # changed by another thread while we copied: copy again
+            continue
+
+
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory,
                  tiny_models_dir: Path) -> Iterator[ServerFactory]:
@@ -64,7 +80,7 @@ def start_server(tmp_path_factory: pytest.TempPathFactory,
         """`data_dir`: reuse one (a restart on the same files); default a new, empty one."""
         data_dir = data_dir or tmp_path_factory.mktemp("data")
         port = free_port()
-        env = {**os.environ,
+        env = {**_inherited_env(),
                "IMAGEGATE_DATA_DIR": str(data_dir),
                "IMAGEGATE_MODELS_DIR": str(tiny_models_dir),
                "IMAGEGATE_LOG_LEVEL": "warning",
