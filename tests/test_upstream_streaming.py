@@ -236,6 +236,8 @@ def test_generation_relays_the_upstreams_partial_images(gateway: Gateway, fake: 
     for j, partial in enumerate(events[:2]):
         assert partial.partial_image_index == j
         assert np.array_equal(_pixels(partial.b64_json), _pixels(PARTIALS[j]))
+        # Already what the client asked for (PNG at its size): passed on, not re-encoded.
+        assert partial.b64_json == _b64(PARTIALS[j])
         assert partial.size == "1024x1024" and partial.output_format == "png"
         assert "step" not in partial.model_extra  # the upstream does not say
     completed = events[2]

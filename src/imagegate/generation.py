@@ -68,6 +68,10 @@ class PartialImage:
     step: int | None = None
     total_steps: int | None = None
     """How far denoising had got; None for an upstream's previews, which don't say."""
+    data: bytes | None = None
+    format: str | None = None
+    """An upstream's preview as it was encoded (png, jpeg or webp), passed on when it already
+    is what the client asked for."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from ..accounts.keys import Caller
@@ -40,13 +40,10 @@ from ..protocol.chat import (
 from ..service import ImageService
 from . import deps
 from .errors import describe_validation_error
+from .sse import HEAD_START_SECONDS, KEEPALIVE, KEEPALIVE_SECONDS, sse_response
 
 router = APIRouter(tags=["chat"])
 
-# A stream whose images are not ready within this long starts anyway (so proxies and clients see
-# bytes), and keeps the connection alive with SSE comments until they are.
-STREAM_HEAD_START_SECONDS = 2.0
-KEEPALIVE_SECONDS = 10.0
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
@@ -70,11 +67,11 @@ async def create_chat_completion(
 
     # Streaming: errors that come quickly (validation, 402, 404) still get their own status.
     task = asyncio.ensure_future(produce())
-    done, _ = await asyncio.wait({task}, timeout=STREAM_HEAD_START_SECONDS)
+    done, _ = await asyncio.wait({task}, timeout=HEAD_START_SECONDS)
     if done:
         answer = task.result()  # raises the APIError, rendered with its status
-        return _sse(_stream_whole(answer, body))
-    return _sse(_stream_when_ready(task, body, gen.model, request_id))
+        return sse_response(_stream_whole(answer, body))
+    return sse_response(_stream_when_ready(task, body, gen.model, request_id))
 
 
 def to_generation_request(body: ChatCompletionRequest, *, default_model: str
@@ -197,11 +194,6 @@ def _completion_id(request_id: str) -> str:
 # --- streaming --------------------------------------------------------------------------------
 
 
-def _sse(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
-
-
 def _chunk(completion_id: str, created: int, model: str, delta: dict[str, Any],
            finish_reason: str | None = None, usage: dict[str, Any] | None = None) -> str:
     payload: dict[str, Any] = {
@@ -246,7 +238,7 @@ async def _stream_when_ready(task: asyncio.Future, body: ChatCompletionRequest, 
             done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
             if done:
                 break
-            yield ": keep-alive\n\n"
+            yield KEEPALIVE
         try:
             answer = task.result()
         except APIError as exc:

@@ -38,12 +38,11 @@ from ..generation import GenerationRequest, GenerationResult, PartialImage, Prog
 from ..imaging import encode
 from ..service import ImageService
 from . import deps
+from .sse import HEAD_START_SECONDS, KEEPALIVE, KEEPALIVE_SECONDS, sse_response
 
 log = logging.getLogger(__name__)
 
 MAX_PARTIAL_IMAGES = 3  # OpenAI's limit
-HEAD_START_SECONDS = 2.0
-KEEPALIVE_SECONDS = 10.0
 
 _DONE = object()  # queued when the generation has finished, well or not
 
@@ -84,8 +83,7 @@ async def stream_images(request: Request, service: ImageService, caller: Caller,
     if first is _DONE:
         task.result()  # a failure this early keeps its own status (rendered by the handlers)
     stream = _Stream(gen, event_prefix, deps.public_base_url(request))
-    return StreamingResponse(stream.events(first, queue, task), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    return sse_response(stream.events(first, queue, task))
 
 
 async def _first_event(request: Request, queue: asyncio.Queue, task: asyncio.Future) -> Any:
@@ -122,7 +120,7 @@ class _Stream:
         try:
             while item is not _DONE:
                 if item is None:
-                    yield ": keep-alive\n\n"
+                    yield KEEPALIVE
                 else:
                     yield await asyncio.to_thread(self._partial_event, item)
                 try:
@@ -151,8 +149,11 @@ class _Stream:
         from PIL import Image
 
         size = (partial.width, partial.height)
-        image = partial.image.resize(size, Image.Resampling.BILINEAR)
-        data = encode(image, self.gen.output_format, self.gen.output_compression)
+        data = partial.data
+        if (data is None or partial.format != self.gen.output_format
+                or partial.image.size != size or self.gen.output_compression is not None):
+            image = partial.image.resize(size, Image.Resampling.BILINEAR)
+            data = encode(image, self.gen.output_format, self.gen.output_compression)
         payload: dict[str, Any] = {
             "type": f"{self.prefix}.partial_image",
             "b64_json": base64.b64encode(data).decode("ascii"),

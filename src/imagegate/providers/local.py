@@ -22,12 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def local_engine_installed() -> bool:
-    try:
-        import diffusers  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether torch and diffusers are installed, found without importing them (seconds)."""
+    return all(importlib.util.find_spec(name) for name in ("torch", "diffusers"))
 
 
 class LocalProvider:
@@ -108,7 +104,7 @@ class LocalProvider:
             if spec.backend != "local":
                 raise ValueError(f"preload names `{name}`, which is not a local model "
                                  f"(backend {spec.backend!r}); only local models load")
-            if not all(importlib.util.find_spec(m) for m in ("torch", "diffusers")):
+            if not local_engine_installed():
                 raise ValueError(f"preload names `{name}`, but the local engine is not "
                                  "installed (install imagegate[local])")
             if not self._settings.allow_downloads and not locate(spec, self._models_dir).usable:

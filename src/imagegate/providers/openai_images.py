@@ -239,7 +239,8 @@ async def _relay_partial(call: UpstreamCall, payload: dict[str, Any], image_inde
     # No step counts: the upstream does not say how far along its previews are.
     call.progress.partial(PartialImage(
         image_index=image_index, partial_index=index if isinstance(index, int) else 0,
-        image=image.image, width=req.width, height=req.height))
+        image=image.image, width=req.width, height=req.height, data=image.data,
+        format=image.format))
 
 
 async def _result(call: UpstreamCall, body: dict[str, Any],
