@@ -170,3 +170,51 @@ def in_background(start: Callable[..., Any], *args: Any) -> Iterator[Future]:
         yield pool.submit(start, *args)
     finally:
         pool.shutdown(wait=True)
+
+
+@dataclass
+class InProcess:
+    """An app built in this process, its lifespan running, reached through ASGI (no sockets).
+    For behaviour that needs no real connection (validation, admin, billing rules): fast."""
+
+    app: Any
+    client: httpx.AsyncClient
+    admin_key: str
+    data_dir: Path
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+
+ADMIN_KEY = "sk-admin-inprocess-0123456789abcdef"
+
+
+@pytest.fixture
+async def inprocess(tmp_path: Path, tiny_models_dir: Path) -> Any:
+    """Start with `await inprocess(config=..., **settings)`; keys on, ADMIN_KEY is an admin."""
+    import contextlib
+
+    from imagegate.app import create_app
+    from imagegate.settings import Settings
+
+    stack = contextlib.AsyncExitStack()
+
+    async def start(config: str | None = None, **settings: Any) -> InProcess:
+        data_dir = tmp_path / f"data{len(stack._exit_callbacks)}"
+        data_dir.mkdir()
+        config_file = None
+        if config is not None:
+            config_file = data_dir / "imagegate.toml"
+            config_file.write_text(config)
+        values: dict[str, Any] = {"data_dir": data_dir, "models_dir": tiny_models_dir,
+                                  "auth": "on", "admin_key": ADMIN_KEY, "log_level": "warning"}
+        values.update(settings)
+        app = create_app(Settings.load(config_file, **values))
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                   base_url="http://testserver", timeout=60)
+        await stack.enter_async_context(client)
+        return InProcess(app, client, ADMIN_KEY, data_dir)
+
+    async with stack:
+        yield start
