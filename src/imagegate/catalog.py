@@ -33,6 +33,15 @@ _SIZE_TEXT = re.compile(r"^\d+x\d+$")
 EXTENSION_PARAMS = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt",
                     "strength")
 
+# Ceilings on what any model may be configured to take. The wire layer bounds requests by them
+# before a model is looked up, so no value outside them reaches the engine or the database.
+MAX_N = 100
+"""Largest `max_n` a model may have (OpenAI's models take at most 10)."""
+MAX_PROMPT_CHARS = 32_000
+"""Longest prompt any model takes: OpenAI's limit for its GPT image models."""
+MAX_STEPS = 1000
+"""Largest `max_steps` a model may have."""
+
 
 class Capabilities(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -41,8 +50,8 @@ class Capabilities(BaseModel):
     """Fixed list of allowed sizes ('auto' may appear); None means `size_rule` applies."""
     size_rule: SizeRule | None = None
     default_size: str = "1024x1024"
-    max_n: int = 10
-    max_prompt_chars: int = 4000
+    max_n: int = Field(10, ge=1, le=MAX_N)
+    max_prompt_chars: int = Field(4000, ge=1, le=MAX_PROMPT_CHARS)
     qualities: list[str] = Field(default_factory=list)
     default_quality: str | None = None
     styles: list[str] = Field(default_factory=list)
@@ -55,7 +64,7 @@ class Capabilities(BaseModel):
     """How many input images (image-to-image, edits, variations) it takes; 0: text only."""
     supports_mask: bool = False
     """Whether an edit may carry a mask (inpainting)."""
-    max_steps: int = 100
+    max_steps: int = Field(100, ge=1, le=MAX_STEPS)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Capabilities":

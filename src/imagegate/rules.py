@@ -42,12 +42,7 @@ def resolve(spec: ModelSpec, req: GenerationRequest, references: list[Any] | Non
             code="string_above_max_length",
         )
 
-    if not 1 <= req.n <= caps.max_n:
-        detail = "You must provide n=1 for this model." if caps.max_n == 1 else (
-            f"`n` must be between 1 and {caps.max_n} for `{spec.name}`."
-        )
-        raise InvalidRequest(detail, param=req.param("n"), code="invalid_n")
-
+    check_n(spec, req)
     _check_images(spec, req, references, mask)
     size = _resolve_size(spec, req, references)
     quality = _choose(spec, req, "quality", req.quality, caps.qualities, caps.default_quality)
@@ -107,6 +102,17 @@ def resolve(spec: ModelSpec, req: GenerationRequest, references: list[Any] | Non
         mask=mask,
         strength=req.strength,
     )
+
+
+def check_n(spec: ModelSpec, req: GenerationRequest) -> None:
+    """`n` within the model's maximum. The endpoints call this as soon as the model is known,
+    before the request is recorded anywhere."""
+    max_n = spec.capabilities.max_n
+    if not 1 <= req.n <= max_n:
+        detail = "You must provide n=1 for this model." if max_n == 1 else (
+            f"`n` must be between 1 and {max_n} for `{spec.name}`."
+        )
+        raise InvalidRequest(detail, param=req.param("n"), code="invalid_n")
 
 
 def _choose(spec: ModelSpec, req: GenerationRequest, name: str, value: str | None,

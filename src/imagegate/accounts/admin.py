@@ -10,19 +10,34 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import APIError, InvalidRequest, NotFound
 from .keys import hash_key, mint_key
 from .ledger import Ledger, utcnow
 from .tables import Account, ApiKey, LedgerEntry, Reservation, UsageRecord
 
-MAX_ID = 2**63 - 1
+MAX_ID = 2**31 - 1
+"""Account and key ids are 32-bit columns (PostgreSQL `integer`)."""
 MAX_MULTIPLIER = 1000
 MAX_MONEY_MICROS = 10**15
 """The largest single top-up: a billion currency units; far from 64-bit overflow."""
+MAX_NAME_CHARS = 200
+MAX_MULTIPLIER_CHARS = 32
+MAX_NOTE_CHARS = 1000
+MAX_ALLOW_LIST = 1000
+"""Entries in a key's model or IP allow-list."""
+MAX_RPM = 1_000_000_000
+MAX_CONCURRENCY = 1_000_000
 LOCAL_ACCOUNT = "local"
 ADMIN_ACCOUNT = "admin"
+
+
+class LastAdminKey(APIError):
+    """409: the change would leave no enabled admin key, and nobody could administer again."""
+
+    status = 409
+    code = "last_admin_key"
 
 
 @dataclass
@@ -68,6 +83,8 @@ class Admin:
     async def account(self, ref: str | int) -> dict[str, Any]:
         """An account by id or name, with its balance and what is held right now."""
         text = str(ref)
+        if len(text) > MAX_NAME_CHARS:  # longer than any name or id: no such account
+            raise NotFound(f"No account {text[:40]!r}...", param="account")
         if text.isascii() and text.isdigit():
             if int(text) > MAX_ID:
                 raise NotFound(f"No account {ref!r}.", param="account")
@@ -162,6 +179,8 @@ class Admin:
         if not 0 < key_id <= MAX_ID:
             raise NotFound(f"No API key {key_id}.", param="key")
         async with self.engine.begin() as conn:
+            if not enabled:
+                await _keep_an_admin(conn, key_id, "disable")
             changed = await conn.execute(update(ApiKey).where(ApiKey.id == key_id)
                                          .values(enabled=enabled))
         if changed.rowcount != 1:
@@ -172,6 +191,7 @@ class Admin:
         if not 0 < key_id <= MAX_ID:
             raise NotFound(f"No API key {key_id}.", param="key")
         async with self.engine.begin() as conn:
+            await _keep_an_admin(conn, key_id, "delete")
             deleted = await conn.execute(delete(ApiKey).where(ApiKey.id == key_id))
         if deleted.rowcount != 1:
             raise NotFound(f"No API key {key_id}.", param="key")
@@ -212,6 +232,22 @@ class Admin:
 USAGE_COLUMNS = ("created_at", "request_id", "key_id", "account_id", "endpoint", "model",
                  "deployment", "upstream_request_id", "n", "size", "quality",
                  "images_delivered", "cost_micros", "status", "error_code", "latency_ms")
+
+
+async def _keep_an_admin(conn: AsyncConnection, key_id: int, action: str) -> None:
+    """Refuse to disable or delete the last enabled, unexpired admin key. The admin keys' rows
+    are locked (PostgreSQL; SQLite transactions here are IMMEDIATE, so writers queue anyway)
+    so that two admins removing each other's keys at once cannot both succeed."""
+    rows = (await conn.execute(
+        select(ApiKey.id, ApiKey.expires_at)
+        .where(ApiKey.is_admin.is_(True), ApiKey.enabled.is_(True))
+        .with_for_update())).all()
+    now = datetime.now(timezone.utc)
+    usable = {row.id for row in rows if row.expires_at is None or as_utc(row.expires_at) > now}
+    if usable == {key_id}:
+        raise LastAdminKey(
+            f"Key {key_id} is the last enabled admin key; {action} it and nobody could use the "
+            "admin API again. Create another admin key first.", param="key")
 
 
 def _key_info(row: Any) -> dict[str, Any]:

@@ -4,19 +4,53 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic_core import PydanticCustomError
 
-from ..accounts.admin import USAGE_COLUMNS, Admin
+from ..accounts.admin import (
+    MAX_ALLOW_LIST,
+    MAX_CONCURRENCY,
+    MAX_ID,
+    MAX_MONEY_MICROS,
+    MAX_MULTIPLIER_CHARS,
+    MAX_NAME_CHARS,
+    MAX_NOTE_CHARS,
+    MAX_RPM,
+    USAGE_COLUMNS,
+    Admin,
+)
 from ..errors import InvalidRequest
 from ..pricing import parse_money
+from ..protocol.wire import (
+    MAX_MODEL_CHARS,
+    MAX_WORD_CHARS,
+    Instant,
+    ModelName,
+    WireModel,
+    check_text,
+    either,
+)
 from . import deps
+from .errors import error_responses
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(deps.admin)])
+
+async def _valid_parameters(request: Request) -> None:
+    """Path and query values are text for the database too: no NUL (or lone surrogate)."""
+    for where, values in (("path", request.path_params), ("query", request.query_params)):
+        for name, value in values.items():
+            try:
+                check_text(value, name)
+            except PydanticCustomError as exc:
+                raise InvalidRequest(exc.message(), param=name) from None
+
+
+router = APIRouter(prefix="/admin", tags=["admin"],
+                   dependencies=[Depends(deps.admin), Depends(_valid_parameters)],
+                   responses=error_responses(401, 403, 404))
 
 
 def _admin(request: Request) -> Admin:
@@ -27,35 +61,52 @@ def _forget_cached_keys(request: Request) -> None:
     request.app.state.service.accounts.authenticator.forget()
 
 
-class AccountIn(BaseModel):
+AccountName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Multiplier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_MULTIPLIER_CHARS)]
+
+
+class AccountIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    unlimited: bool = False
-    price_multiplier: str = "1"
+    name: AccountName
+    unlimited: StrictBool = False
+    price_multiplier: Multiplier = "1"
 
 
-class TopUpIn(BaseModel):
+def _amount_type(value: Any) -> Any:
+    """A decimal string or a JSON number; `true` is not 1."""
+    if value is None or isinstance(value, str) or (
+            isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise PydanticCustomError("string_type", "Input should be a valid string")
+
+
+class TopUpIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount: str | int | float | None = None
+    amount: Annotated[str | int | float | None, BeforeValidator(_amount_type)] = None
     """In currency units, as an exact decimal string ('12.50'); or use amount_micros."""
-    amount_micros: int | None = None
-    note: str | None = None
+    amount_micros: Annotated[StrictInt, Field(ge=-MAX_MONEY_MICROS, le=MAX_MONEY_MICROS)] | None \
+        = None
+    note: Annotated[StrictStr, Field(max_length=MAX_NOTE_CHARS)] | None = None
 
 
-class KeyIn(BaseModel):
+class KeyIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    account: str | int
-    name: str = Field(min_length=1, max_length=200)
-    is_admin: bool = False
-    expires_at: datetime | None = None
-    allowed_models: list[str] | None = None
-    allowed_ips: list[str] | None = None
-    rpm_limit: int | None = None
-    concurrency_limit: int | None = None
-    price_multiplier: str | None = None
+    account: either(  # type: ignore[valid-type]
+        AccountName, Annotated[StrictInt, Field(ge=1, le=MAX_ID)])
+    """The paying account's name, or its id as a number (a string of digits is looked up as
+    an id too)."""
+    name: AccountName
+    is_admin: StrictBool = False
+    expires_at: Instant | None = None
+    allowed_models: Annotated[list[ModelName], Field(max_length=MAX_ALLOW_LIST)] | None = None
+    allowed_ips: Annotated[list[Annotated[StrictStr, Field(max_length=MAX_WORD_CHARS)]],
+                           Field(max_length=MAX_ALLOW_LIST)] | None = None
+    rpm_limit: Annotated[StrictInt, Field(ge=1, le=MAX_RPM)] | None = None
+    concurrency_limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY)] | None = None
+    price_multiplier: Multiplier | None = None
 
 
 @router.post("/accounts", status_code=201)
@@ -92,11 +143,13 @@ async def create_key(body: KeyIn, request: Request) -> dict[str, Any]:
 
 
 @router.get("/keys")
-async def list_keys(request: Request, account: str | None = None) -> dict[str, Any]:
+async def list_keys(request: Request,
+                    account: str | None = Query(None, max_length=MAX_NAME_CHARS)
+                    ) -> dict[str, Any]:
     return {"object": "list", "data": await _admin(request).keys(account)}
 
 
-@router.post("/keys/{key_id}/disable")
+@router.post("/keys/{key_id}/disable", responses=error_responses(409))
 async def disable_key(key_id: int, request: Request) -> dict[str, Any]:
     info = await _admin(request).set_key_enabled(key_id, False)
     _forget_cached_keys(request)
@@ -110,16 +163,21 @@ async def enable_key(key_id: int, request: Request) -> dict[str, Any]:
     return info
 
 
-@router.delete("/keys/{key_id}")
+@router.delete("/keys/{key_id}", responses=error_responses(409))
 async def delete_key(key_id: int, request: Request) -> dict[str, Any]:
     await _admin(request).delete_key(key_id)
     _forget_cached_keys(request)
     return {"id": key_id, "deleted": True}
 
 
-@router.get("/usage", response_model=None)
-async def usage(request: Request, key: int | None = None, model: str | None = None,
-                account: str | None = None, since: datetime | None = None,
+@router.get("/usage", response_model=None, responses={200: {
+    "description": "Usage records, oldest first: JSON, or CSV with `format=csv`.",
+    "content": {"application/json": {"schema": {"type": "object"}},
+                "text/csv": {"schema": {"type": "string"}}}}})
+async def usage(request: Request, key: int | None = Query(None, ge=1, le=MAX_ID),
+                model: str | None = Query(None, max_length=MAX_MODEL_CHARS),
+                account: str | None = Query(None, max_length=MAX_NAME_CHARS),
+                since: Instant | None = None,
                 format: str = Query("json", pattern="^(json|csv)$"),
                 limit: int = Query(10_000, ge=1, le=100_000)) -> Any:
     await request.app.state.service.accounts.usage.flush()  # include what is still queued

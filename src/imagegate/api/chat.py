@@ -29,24 +29,27 @@ from ..errors import APIError, InvalidRequest
 from ..generation import GenerationRequest, GenerationResult
 from ..protocol.chat import (
     AssistantMessage,
-    ImageConfig,
     ChatCompletion,
     ChatCompletionRequest,
     ChatUsage,
     Choice,
+    ImageConfig,
     ImagePart,
     ImageURL,
+    ImageURLObject,
 )
 from ..service import ImageService
 from . import deps
-from .errors import describe_validation_error
+from .errors import EVENT_STREAM, GENERATION_STATUSES, describe_validation_error, error_responses
+from .images import check_n
 from .sse import HEAD_START_SECONDS, KEEPALIVE, KEEPALIVE_SECONDS, sse_response
 
 router = APIRouter(tags=["chat"])
 
 
 
-@router.post("/chat/completions", response_model=ChatCompletion)
+@router.post("/chat/completions", response_model=ChatCompletion,
+             responses={**EVENT_STREAM, **error_responses(*GENERATION_STATUSES)})
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
@@ -54,6 +57,7 @@ async def create_chat_completion(
     service: ImageService = Depends(deps.service),
 ) -> Any:
     gen = to_generation_request(body, default_model=deps.settings(request).default_model)
+    check_n(service, gen)
     request_id = deps.request_id(request)
     base_url = deps.public_base_url(request)
 
@@ -128,19 +132,18 @@ def _prompt_and_references(body: ChatCompletionRequest
         images: list[tuple[str | bytes, str]] = []
         for j, part in enumerate(message.content):
             where = f"messages[{i}].content[{j}]"
-            kind = part.get("type")
-            if kind == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif kind == "image_url":
-                url = part.get("image_url")
-                url = url.get("url") if isinstance(url, dict) else url
-                if not isinstance(url, str):
+            if part.type == "text" and part.text is not None:
+                texts.append(part.text)
+            elif part.type == "image_url":
+                url = part.image_url
+                url = url.url if isinstance(url, ImageURLObject) else url
+                if url is None:
                     raise InvalidRequest("An image_url part needs image_url.url.",
                                          param=f"{where}.image_url")
                 images.append((url, f"{where}.image_url"))
             else:
-                raise InvalidRequest(f"Unsupported content part type {kind!r}: use text or "
-                                     "image_url.", param=f"{where}.type")
+                raise InvalidRequest(f"Unsupported content part type {part.type!r}: use text "
+                                     "or image_url.", param=f"{where}.type")
         return "\n".join(texts), images
     raise InvalidRequest("The messages hold no user turn to take the prompt from.",
                          param="messages")

@@ -11,55 +11,68 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import re
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from ..accounts.keys import Caller
 from ..errors import InvalidRequest
 from ..generation import GenerationRequest
+from ..protocol.images import ImageEditFields, ImageEditJSON, ImagesResponse
+from ..protocol.wire import MAX_INPUT_IMAGES
 from ..service import ImageService
 from . import deps
+from .errors import (
+    EVENT_STREAM,
+    GENERATION_STATUSES,
+    describe_validation_error,
+    document_models,
+    error_responses,
+)
 from .image_stream import check_partial_images, stream_images
-from .errors import describe_validation_error
+from .images import check_n, parse_size, to_images_response
 from .middleware import BodyTooLarge
-from .images import parse_size, to_images_response
 
 router = APIRouter(tags=["images"])
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
-MAX_IMAGES = 16
+MAX_IMAGES = MAX_INPUT_IMAGES
 VARIATION_STRENGTH = 0.75  # a variation keeps the composition and changes the details
 
-
-class EditFields(BaseModel):
-    """The text fields of an edit or variation. Lax types: multipart values are strings."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str | None = None
-    model: str | None = None
-    n: int | None = None
-    size: str | None = None
-    quality: str | None = None
-    response_format: str | None = None
-    output_format: str | None = None
-    output_compression: int | None = None
-    background: str | None = None
-    user: str | None = None
-    stream: bool | None = None
-    partial_images: int | None = None
-    input_fidelity: str | None = None
-    seed: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    negative_prompt: str | None = None
-    strength: float | None = None
+# Multipart values are strings; these are converted to the JSON type their field has, so that
+# both forms are checked by the same strict model.
+_INT_FIELDS = frozenset({"n", "output_compression", "partial_images", "seed",
+                         "num_inference_steps"})
+_FLOAT_FIELDS = frozenset({"guidance_scale", "strength"})
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}
+_INT_TEXT = re.compile(r"[+-]?\d{1,40}", re.ASCII)
+_FLOAT_TEXT = re.compile(r"[+-]?(\d{1,40}(\.\d{0,40})?|\.\d{1,40})([eE][+-]?\d{1,4})?", re.ASCII)
 
 
-@router.post("/images/edits")
+def _request_body(json_allowed: bool) -> dict[str, Any]:
+    """What the handlers parse themselves, for the OpenAPI document: multipart (the SDKs'
+    form) and, for edits, OpenAI's JSON form."""
+    binary = {"type": "string", "format": "binary"}
+    fields = ImageEditFields.model_json_schema()["properties"]
+    form = {"type": "object", "required": ["image"], "properties": {
+        "image": binary, "image[]": {"type": "array", "items": binary, "maxItems": MAX_IMAGES},
+        "mask": binary, **fields}}
+    content: dict[str, Any] = {"multipart/form-data": {"schema": form}}
+    if json_allowed:
+        content["application/json"] = {"schema": {"$ref": "#/components/schemas/ImageEditJSON"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+document_models(ImageEditJSON)
+
+
+@router.post("/images/edits", response_model=ImagesResponse, openapi_extra=_request_body(True),
+             responses={**EVENT_STREAM, **error_responses(*GENERATION_STATUSES)})
 async def create_edit(request: Request, caller: Caller = Depends(deps.caller),
                       service: ImageService = Depends(deps.service)) -> Response:
     fields, images, mask = await _read_inputs(request, json_allowed=True)
@@ -67,6 +80,7 @@ async def create_edit(request: Request, caller: Caller = Depends(deps.caller),
         raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt",
                              code="missing_required_parameter")
     gen = _generation_request(request, fields, images, mask, prompt=fields.prompt)
+    check_n(service, gen)
     partial_images = check_partial_images(fields.partial_images)
     if fields.stream:
         return await stream_images(request, service, caller, gen, endpoint="images.edits",
@@ -74,7 +88,9 @@ async def create_edit(request: Request, caller: Caller = Depends(deps.caller),
     return await _respond(request, caller, service, gen, "images.edits")
 
 
-@router.post("/images/variations")
+@router.post("/images/variations", response_model=ImagesResponse,
+             openapi_extra=_request_body(False),
+             responses=error_responses(*GENERATION_STATUSES))
 async def create_variation(request: Request, caller: Caller = Depends(deps.caller),
                            service: ImageService = Depends(deps.service)) -> JSONResponse:
     fields, images, mask = await _read_inputs(request, json_allowed=False)
@@ -87,6 +103,7 @@ async def create_variation(request: Request, caller: Caller = Depends(deps.calle
         raise InvalidRequest("Variations take no mask.", param="mask")
     gen = _generation_request(request, fields, images, None, prompt=fields.prompt or "")
     gen.prompt_optional = True
+    check_n(service, gen)
     if gen.strength is None:
         gen.strength = VARIATION_STRENGTH
     return await _respond(request, caller, service, gen, "images.variations")
@@ -103,7 +120,7 @@ async def _respond(request: Request, caller: Caller, service: ImageService,
     return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
 
 
-def _generation_request(request: Request, fields: EditFields,
+def _generation_request(request: Request, fields: ImageEditFields,
                         images: list[tuple[str | bytes, str]],
                         mask: tuple[str | bytes, str] | None, *, prompt: str
                         ) -> GenerationRequest:
@@ -140,7 +157,7 @@ def _generation_request(request: Request, fields: EditFields,
 
 
 async def _read_inputs(request: Request, *, json_allowed: bool
-                       ) -> tuple[EditFields, list[tuple[str | bytes, str]],
+                       ) -> tuple[ImageEditFields, list[tuple[str | bytes, str]],
                                   tuple[str | bytes, str] | None]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
@@ -152,7 +169,7 @@ async def _read_inputs(request: Request, *, json_allowed: bool
                          f"{expected}.", code="unsupported_content_type")
 
 
-async def _read_multipart(request: Request) -> tuple[EditFields, list, Any]:
+async def _read_multipart(request: Request) -> tuple[ImageEditFields, list, Any]:
     try:
         form = await request.form(max_files=MAX_IMAGES + 1, max_fields=64)
     except BodyTooLarge:
@@ -177,7 +194,7 @@ async def _read_multipart(request: Request) -> tuple[EditFields, list, Any]:
         "images": [hashlib.sha256(src if isinstance(src, bytes) else src.encode()).hexdigest()
                    for src, _ in images + ([mask] if mask else [])],
     }).encode()
-    return _fields(text), images, mask
+    return _validate(ImageEditFields, _form_values(text)), images, mask
 
 
 async def _part_bytes(part: Any, where: str) -> str | bytes:
@@ -188,7 +205,7 @@ async def _part_bytes(part: Any, where: str) -> str | bytes:
     raise InvalidRequest(f"`{where}` must be a file.", param=where)
 
 
-async def _read_json(request: Request) -> tuple[EditFields, list, Any]:
+async def _read_json(request: Request) -> tuple[ImageEditFields, list, Any]:
     try:
         body = json.loads(await request.body())
     except ValueError:
@@ -196,25 +213,39 @@ async def _read_json(request: Request) -> tuple[EditFields, list, Any]:
                              code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    parsed = _validate(ImageEditJSON, body)
     images = []
-    for i, item in enumerate(body.get("images") or []):
-        url = item.get("image_url") if isinstance(item, dict) else None
-        if not isinstance(url, str):
+    for i, item in enumerate(parsed.images or []):
+        if item.image_url is None:
             raise InvalidRequest("Each image needs an `image_url` (file ids are not "
                                  "supported).", param=f"images[{i}].image_url")
-        images.append((url, f"images[{i}].image_url"))
+        images.append((item.image_url, f"images[{i}].image_url"))
     mask = None
-    if body.get("mask") is not None:
-        if not (isinstance(body["mask"], dict) and isinstance(body["mask"].get("image_url"), str)):
+    if parsed.mask is not None:
+        if parsed.mask.image_url is None:
             raise InvalidRequest("The mask needs an `image_url` (file ids are not supported).",
                                  param="mask.image_url")
-        mask = (body["mask"]["image_url"], "mask.image_url")
-    return _fields({k: v for k, v in body.items() if k not in ("images", "mask")}), images, mask
+        mask = (parsed.mask.image_url, "mask.image_url")
+    return parsed, images, mask
 
 
-def _fields(values: dict[str, Any]) -> EditFields:
+def _form_values(text: dict[str, str]) -> dict[str, Any]:
+    """A form's strings as the JSON values they stand for; anything else stays a string, for
+    the model to refuse with the field's name."""
+    values: dict[str, Any] = dict(text)
+    for name, value in text.items():
+        if name in _INT_FIELDS and _INT_TEXT.fullmatch(value):
+            values[name] = int(value)
+        elif name in _FLOAT_FIELDS and _FLOAT_TEXT.fullmatch(value):
+            values[name] = float(value)
+        elif name == "stream" and value.lower() in _BOOLS:
+            values[name] = _BOOLS[value.lower()]
+    return values
+
+
+def _validate(model: type[ModelT], values: dict[str, Any]) -> ModelT:
     try:
-        return EditFields.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as exc:
         message, param, code = describe_validation_error(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])

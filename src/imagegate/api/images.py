@@ -7,8 +7,9 @@ import base64
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from .. import rules
 from ..accounts.keys import Caller
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, ModelNotFound
 from ..generation import GenerationRequest, GenerationResult, Size
 from ..protocol.images import (
     ImageData,
@@ -19,13 +20,15 @@ from ..protocol.images import (
 )
 from ..service import ImageService
 from . import deps
+from .errors import EVENT_STREAM, GENERATION_STATUSES, error_responses
 from .image_stream import check_partial_images, stream_images
 
 router = APIRouter(tags=["images"])
 
 
 @router.post("/images/generations", response_model=ImagesResponse,
-             response_model_exclude_none=True)
+             response_model_exclude_none=True,
+             responses={**EVENT_STREAM, **error_responses(*GENERATION_STATUSES)})
 async def create_image(
     body: ImageGenerationRequest,
     request: Request,
@@ -33,6 +36,7 @@ async def create_image(
     service: ImageService = Depends(deps.service),
 ) -> Response:
     gen = to_generation_request(body, default_model=deps.settings(request).default_model)
+    check_n(service, gen)
     partial_images = check_partial_images(body.partial_images)
     if body.stream:
         return await stream_images(request, service, caller, gen, endpoint="images.generations",
@@ -45,6 +49,16 @@ async def create_image(
         return answer.model_dump(exclude_none=True)
 
     return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
+
+
+def check_n(service: ImageService, gen: GenerationRequest) -> None:
+    """`n` against the model's own maximum at the wire, before the service records the request
+    (an unknown model is the service's 404 to give)."""
+    try:
+        spec = service.catalog.get(gen.model)
+    except ModelNotFound:
+        return
+    rules.check_n(spec, gen)
 
 
 def parse_size(value: str | None, param: str = "size") -> Size | None:

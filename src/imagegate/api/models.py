@@ -11,11 +11,13 @@ from ..catalog import ModelSpec
 from ..protocol.models import ModelCard, ModelList
 from ..service import ImageService
 from . import deps
+from .errors import error_responses
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=ModelList, dependencies=[Depends(deps.caller)])
+@router.get("/models", response_model=ModelList, dependencies=[Depends(deps.caller)],
+            responses=error_responses(401, 403))
 async def list_models(request: Request,
                       service: ImageService = Depends(deps.service)) -> ModelList:
     created = request.app.state.started_at
@@ -26,7 +28,7 @@ async def list_models(request: Request,
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard,
-            dependencies=[Depends(deps.caller)])
+            dependencies=[Depends(deps.caller)], responses=error_responses(401, 403, 404))
 async def get_model(model_id: str, request: Request,
                     service: ImageService = Depends(deps.service)) -> ModelCard:
     spec = service.catalog.get(model_id)

@@ -8,48 +8,88 @@ for `extra_body={"google": ...}`), and a literal `extra_body` key (seed 002's cu
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
+
+from .wire import (
+    MAX_CONTENT_PARTS,
+    MAX_INPUT_IMAGES,
+    MAX_LIST_ITEMS,
+    MAX_MESSAGES,
+    Count,
+    Flag,
+    ModelName,
+    Number,
+    Prompt,
+    Seed,
+    Steps,
+    UserId,
+    WireModel,
+    Word,
+    either,
+)
+from .wire import (
+    ImageURL as URLText,
+)
 
 
 class ImageConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    aspect_ratio: StrictStr | None = None
-    image_size: StrictStr | None = None
-    output_format: StrictStr | None = None
+    aspect_ratio: Word | None = None
+    image_size: Word | None = None
+    output_format: Word | None = None
     """`url` or `b64_json` (seed 000); also png / jpeg / webp for the encoding."""
-    reference_images: list[StrictStr] | None = None
+    reference_images: Annotated[list[URLText], Field(max_length=MAX_INPUT_IMAGES)] | None = None
     """Input images as URLs or data URLs, besides `image_url` parts of the messages."""
+
+
+class ImageURLObject(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    url: URLText | None = None
+    detail: Word | None = None
+
+
+class ContentPart(BaseModel):
+    """`{"type": "text", "text": ...}` or `{"type": "image_url", "image_url": {"url": ...}}`
+    (a bare string `image_url` is accepted too)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Word | None = None
+    text: Prompt | None = None
+    image_url: either(URLText, ImageURLObject) | None = None  # type: ignore[valid-type]
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: StrictStr
-    content: StrictStr | list[dict[str, Any]] | None = None
+    role: Word
+    content: either(  # type: ignore[valid-type]
+        Prompt, Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)]) | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(WireModel):
     model_config = ConfigDict(extra="allow")
 
-    model: StrictStr | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
-    modalities: list[StrictStr] | None = None
+    model: ModelName | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    modalities: Annotated[list[Word], Field(max_length=MAX_LIST_ITEMS)] | None = None
     image_config: ImageConfig | None = None
     google: dict[str, Any] | None = None
     extra_body: dict[str, Any] | None = None
-    stream: StrictBool | None = None
+    stream: Flag | None = None
     stream_options: dict[str, Any] | None = None
-    n: StrictInt | None = None
-    user: StrictStr | None = None
+    n: Count | None = None
+    user: UserId | None = None
     # Extensions for local diffusion models, as in the Images API.
-    seed: StrictInt | None = None
-    num_inference_steps: StrictInt | None = None
-    guidance_scale: float | None = None
-    negative_prompt: StrictStr | None = None
-    strength: float | None = None
+    seed: Seed | None = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: Number | None = None
+    negative_prompt: Prompt | None = None
+    strength: Number | None = None
 
 
 class ImageURL(BaseModel):

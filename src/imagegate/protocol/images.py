@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from .wire import (
+    MAX_INPUT_IMAGES,
+    Compression,
+    Count,
+    Flag,
+    ImageURL,
+    ModelName,
+    Number,
+    PartialImages,
+    Prompt,
+    Seed,
+    Steps,
+    UserId,
+    WireModel,
+    Word,
+)
 
 
-class ImageGenerationRequest(BaseModel):
+class ImageGenerationRequest(WireModel):
     """`POST /v1/images/generations`. `null` anywhere means "the default".
 
     Unknown keys are ignored rather than rejected: clients built for other vendors send extras
@@ -16,25 +33,69 @@ class ImageGenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: StrictStr
-    model: StrictStr | None = None
-    n: StrictInt | None = None
-    size: StrictStr | None = None
-    quality: StrictStr | None = None
-    style: StrictStr | None = None
+    prompt: Prompt
+    model: ModelName | None = None
+    n: Count | None = None
+    size: Word | None = None
+    quality: Word | None = None
+    style: Word | None = None
     response_format: Literal["url", "b64_json"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
-    output_compression: StrictInt | None = None
-    background: StrictStr | None = None
+    output_compression: Compression | None = None
+    background: Word | None = None
     moderation: Literal["low", "auto"] | None = None
-    user: StrictStr | None = None
-    stream: StrictBool | None = None
-    partial_images: StrictInt | None = None
+    user: UserId | None = None
+    stream: Flag | None = None
+    partial_images: PartialImages | None = None
     # Extensions for local diffusion models.
-    seed: StrictInt | None = None
-    num_inference_steps: StrictInt | None = None
-    guidance_scale: StrictFloat | None = None
-    negative_prompt: StrictStr | None = None
+    seed: Seed | None = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: Number | None = None
+    negative_prompt: Prompt | None = None
+
+
+class ImageEditFields(WireModel):
+    """The fields of an edit or variation besides its images. A multipart form's values are all
+    strings (`"2"`, `"true"`): api/edits.py converts them to JSON types first, so both forms are
+    held to the same strict types and limits."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: Prompt | None = None
+    model: ModelName | None = None
+    n: Count | None = None
+    size: Word | None = None
+    quality: Word | None = None
+    response_format: Word | None = None
+    output_format: Word | None = None
+    output_compression: Compression | None = None
+    background: Word | None = None
+    moderation: Word | None = None
+    user: UserId | None = None
+    stream: Flag | None = None
+    partial_images: PartialImages | None = None
+    input_fidelity: Word | None = None
+    seed: Seed | None = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: Number | None = None
+    negative_prompt: Prompt | None = None
+    strength: Number | None = None
+
+
+class ImageReference(BaseModel):
+    """`{"image_url": ...}` or `{"file_id": ...}` (file ids are refused: there is no Files API)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    image_url: ImageURL | None = None
+    file_id: Annotated[StrictStr, Field(max_length=256)] | None = None
+
+
+class ImageEditJSON(ImageEditFields):
+    """`POST /v1/images/edits` with `Content-Type: application/json` (OpenAI's JSON form)."""
+
+    images: Annotated[list[ImageReference], Field(max_length=MAX_INPUT_IMAGES)] | None = None
+    mask: ImageReference | None = None
 
 
 class ImageData(BaseModel):
