@@ -19,6 +19,7 @@ path of the money code; the rest of the prompt is free (tests make bodies unique
     slow:S      sleeps S seconds (asynchronously), then succeeds
     slowfail:S  sleeps S seconds, then raises GenerationFailed (an error after a stream began)
     hang        sleeps 600 seconds (for kill / disconnect tests)
+    gate:NAME   waits until the file DATA_DIR/NAME exists, then succeeds (a test opens the gate)
     anything    returns n small solid-colour images at once
 
 Every call to generate() appends one line, "<pid>\t<n>\t<prompt>", to DATA_DIR/fake-calls.log
@@ -57,6 +58,7 @@ class FakeProvider:
 
     def __init__(self, settings: Any) -> None:
         self._log = Path(settings.data_dir) / CALL_LOG
+        self._data_dir = Path(settings.data_dir)
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
         return {"fake": True}
@@ -87,6 +89,10 @@ class FakeProvider:
             raise RuntimeError("the fake provider crashed on purpose")
         if word == "hang":
             await asyncio.sleep(600)
+        elif word.startswith("gate:"):
+            gate = self._data_dir / word.split(":", 1)[1]
+            while not gate.exists():
+                await asyncio.sleep(0.05)
         elif word.startswith("slow:"):
             await asyncio.sleep(float(word.split(":", 1)[1]))
         elif word == "partial":

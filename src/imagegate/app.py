@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from . import __version__
 from .accounts.system import AccountSystem
-from .api import admin, chat, edits, health, images, media, metrics, models
+from .api import admin, chat, edits, health, images, media, metrics, models, usage_rejects
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .catalog import BUILTIN_BACKENDS, Catalog
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(admin.router)
+    app.include_router(usage_rejects.router)
     return app
 
 

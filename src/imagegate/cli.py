@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import uuid
 import warnings
@@ -44,12 +45,66 @@ def serve(
 
     settings = _settings(config, host=host, port=port)
     _configure_logging(settings.log_level)
+    # The port first: a second server on a busy port stops here, before its start-up touches
+    # the database (where it would otherwise take part in releasing reservations).
+    sockets = _listen(settings.host, settings.port)
+    _check_node_id_free(settings)
     try:
         application = create_app(settings)
     except ValueError as exc:  # a configuration it cannot serve (model tables, preload): no trace
         _fail(str(exc))
-    uvicorn.run(application, host=settings.host, port=settings.port,
-                log_level=settings.log_level, proxy_headers=False)
+    server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port,
+                                           log_level=settings.log_level, proxy_headers=False))
+    console.print(f"imagegate listening on http://{_shown_address(settings.host, settings.port)}"
+                  " (press CTRL+C to quit)")
+    server.run(sockets=sockets)
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Bind and listen on every address `host` names (as uvicorn would), or exit saying why."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)  # listening makes the port ours alone, even with SO_REUSEADDR
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        _fail(f"cannot listen on {_shown_address(host, port)}: {exc.strerror or exc} "
+              "(is another server running there?); nothing was started")
+    return sockets
+
+
+def _shown_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_node_id_free(settings: Settings) -> None:
+    """Refuse to start beside a live server with the same node id, before start-up begins.
+    (Start-up checks again, closing the race with a server starting at the same moment.)"""
+    from .accounts.database import create_engine, migrate
+    from .accounts.incarnation import Incarnations, NodeIdInUse
+
+    async def check() -> None:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await migrate(engine)
+            await Incarnations(engine, node_id=settings.resolved_node_id,
+                               lease_seconds=settings.reservation_lease_seconds).check_node_free()
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(check())
+    except NodeIdInUse as exc:
+        _fail(f"not starting: {exc}")
 
 
 def _configure_logging(level: str) -> None:

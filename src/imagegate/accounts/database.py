@@ -2,26 +2,57 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+"""Files SQLite keeps beside the database; they hold the same data."""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases and in-memory ones."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            keep_private(path)
         engine = create_async_engine(url, pool_size=8, max_overflow=8)
         _tune_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
+def keep_private(path: Path) -> None:
+    """The database holds key hashes, balances and usage: readable by its owner only (0600),
+    like the URL secret. Created so before SQLite opens it (SQLite gives its -wal and -shm
+    files the database's mode); an existing one, and its companions, are tightened."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError:
+        return  # read-only or missing folder: SQLite will say so on first use
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS)):
+        try:
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+        except OSError:  # absent, or not ours to change
+            pass
+
+
+def _tune_sqlite(engine: AsyncEngine, *, foreign_keys: bool = True) -> None:
     """WAL for concurrent readers; IMMEDIATE transactions so that two writers queue on the
     busy timeout instead of failing when one upgrades a read lock to a write lock."""
 
@@ -32,7 +63,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -41,9 +72,25 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest Alembic revision."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    """Bring the schema to the newest Alembic revision.
+
+    SQLite runs it on a connection of its own with foreign keys off: a migration that rebuilds
+    a table drops the old one, which with foreign keys on would cascade into every table that
+    refers to it. The references are checked before the migration commits."""
+    if sqlite_path(str(engine.url)) is None:  # PostgreSQL, or an empty in-memory database
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+        return
+    migrator = create_async_engine(engine.url, poolclass=NullPool)
+    _tune_sqlite(migrator, foreign_keys=False)
+    try:
+        async with migrator.begin() as conn:
+            await conn.run_sync(_upgrade)
+            broken = (await conn.execute(text("PRAGMA foreign_key_check"))).first()
+            if broken is not None:
+                raise RuntimeError(f"migration left a broken reference: {tuple(broken)}")
+    finally:
+        await migrator.dispose()
 
 
 def _upgrade(sync_connection) -> None:  # type: ignore[no-untyped-def]

@@ -12,6 +12,9 @@ no second effect.
 
 Invariant, for every account at every moment:
     balance = sum(ledger entries) - sum(amounts of held reservations)
+
+A reservation names the server process that holds it (`incarnation`, see incarnation.py); only
+reservations of processes that are provably gone are released by `release_stale`.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from typing import Any
 
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import APIError
 from ..pricing import format_money
 from .tables import Account, LedgerEntry, Reservation, UsageRecord
+from .usage_rows import record_reject, safe_usage
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +54,12 @@ class Settlement:
 
 class Ledger:
     def __init__(self, engine: AsyncEngine, *, node_id: str, lease_seconds: int,
-                 currency: str = "USD") -> None:
+                 currency: str = "USD", incarnation: str | None = None) -> None:
         self.engine = engine
         self.currency = currency
         self.node_id = node_id
+        self.incarnation = incarnation
+        """This server process (incarnation.py); None for tools that reserve nothing."""
         self.lease = timedelta(seconds=lease_seconds)
 
     async def reserve(self, account_id: int, request_id: str, amount: int) -> None:
@@ -72,7 +79,7 @@ class Ledger:
             await conn.execute(insert(Reservation).values(
                 request_id=request_id, account_id=account_id, amount_micros=amount,
                 status="held", charged_micros=0, node_id=self.node_id,
-                created_at=now, expires_at=now + self.lease))
+                incarnation=self.incarnation, created_at=now, expires_at=now + self.lease))
 
     async def settle(self, request_id: str, charge: int,
                      usage: dict[str, Any] | None = None) -> Settlement | None:
@@ -127,15 +134,19 @@ class Ledger:
                                         .where(Account.id == account_id))
         return int(balance)
 
-    async def release_stale(self, *, this_node_restarted: bool = False) -> int:
-        """Release reservations nobody will settle: another node's past their lease (that node
-        died and did not come back), or, at start-up, everything this node's previous run left
-        held, which can no longer be generating anything. This node's own live requests are
-        never swept from under it, however long they run."""
+    async def release_stale(self, dead: list[str] | tuple[str, ...] = (), *,
+                            this_node_restarted: bool = False) -> int:
+        """Release the reservations nobody will settle: those of the server processes in `dead`
+        (incarnation.py says which: they ended, or their lock is free). Reservations from before
+        incarnations (migration 0003) keep the old rule: at start-up this node's, in the sweep
+        other nodes' past their lease. A live process's reservations are never released."""
         if this_node_restarted:
-            condition = Reservation.node_id == self.node_id
+            legacy = Reservation.node_id == self.node_id
         else:
-            condition = (Reservation.expires_at < utcnow()) & (Reservation.node_id != self.node_id)
+            legacy = (Reservation.expires_at < utcnow()) & (Reservation.node_id != self.node_id)
+        condition: ColumnElement[bool] = Reservation.incarnation.is_(None) & legacy
+        if dead:
+            condition = condition | Reservation.incarnation.in_(list(dead))
         async with self.engine.connect() as conn:
             stale = (await conn.execute(
                 select(Reservation.request_id)
@@ -143,9 +154,22 @@ class Ledger:
         for request_id in stale:
             await self.release(request_id)
         if stale:
-            log.warning("released %d stale reservations", len(stale))
+            log.warning("released %d reservations of server processes that are gone",
+                        len(stale))
         return len(stale)
 
 
 async def _record_usage(conn: AsyncConnection, usage: dict[str, Any]) -> None:
-    await conn.execute(insert(UsageRecord).values(created_at=utcnow(), **usage))
+    """Write the usage row in a savepoint of the settle's transaction: a row the database
+    refuses rolls back only itself (it goes to usage_rejects), never the charge."""
+    row = safe_usage({"created_at": utcnow(), **usage})
+    try:
+        async with conn.begin_nested():
+            await conn.execute(insert(UsageRecord).values(**row))
+    except Exception as exc:
+        try:
+            async with conn.begin_nested():
+                await record_reject(conn, row, exc)
+        except Exception:
+            log.exception("could not set aside the usage row of request %s",
+                          ascii(row.get("request_id")))

@@ -11,7 +11,8 @@ from ..settings import Settings
 from ..storage import LocalImageStore
 from .admin import ADMIN_ACCOUNT, LOCAL_ACCOUNT, Admin
 from .database import create_engine, migrate
-from .idempotency import Idempotency, forget_old
+from .idempotency import Idempotency, forget_old, release_claims
+from .incarnation import Incarnations, NodeIdInUse
 from .keys import Authenticator, Caller
 from .ledger import Ledger
 from .limits import KeyLimits
@@ -25,23 +26,28 @@ class AccountSystem:
                  engine: AsyncEngine | None = None) -> None:
         self.settings = settings
         self.engine = engine or create_engine(settings.resolved_database_url)
+        self.incarnation = Incarnations(self.engine, node_id=settings.resolved_node_id,
+                                        lease_seconds=settings.reservation_lease_seconds)
         self.ledger = Ledger(self.engine, node_id=settings.resolved_node_id,
                              lease_seconds=settings.reservation_lease_seconds,
-                             currency=settings.currency)
+                             currency=settings.currency, incarnation=self.incarnation.id)
         self.admin = Admin(self.engine, self.ledger, settings.currency)
         self.authenticator = Authenticator(self.engine, settings.auth_cache_seconds)
         self.limits = KeyLimits()
         self.usage = UsageWriter(self.engine)
         self.idempotency = Idempotency(self.engine, store,
-                                       wait_seconds=settings.reservation_lease_seconds)
+                                       wait_seconds=settings.reservation_lease_seconds,
+                                       holder=self.incarnation.id)
         self.auth_enabled = settings.auth == "on"
         self.local_caller: Caller | None = None
 
     async def start(self) -> str | None:
-        """Migrate, release what a previous run of this node left held, and make sure someone
-        can administer the server. Returns a newly created admin key, to be shown once."""
+        """Migrate, register this process (NodeIdInUse if a live one has its node id), release
+        what processes that are gone left held or claimed, and make sure someone can administer
+        the server. Returns a newly created admin key, to be shown once."""
         await migrate(self.engine)
-        await self.ledger.release_stale(this_node_restarted=True)
+        await self.incarnation.begin()
+        await self.release_what_the_dead_held(this_node_restarted=True)
         if not self.auth_enabled:
             account_id = await self.admin.ensure_account(LOCAL_ACCOUNT, unlimited=True)
             self.local_caller = Caller(key_id=None, account_id=account_id, is_admin=True,
@@ -65,18 +71,34 @@ class AccountSystem:
     def background_tasks(self) -> list:
         return [self.sweep_forever(), self.usage.run_forever()]
 
+    async def release_what_the_dead_held(self, *, this_node_restarted: bool = False) -> None:
+        dead = await self.incarnation.dead()
+        await self.ledger.release_stale(dead, this_node_restarted=this_node_restarted)
+        claims = await release_claims(self.engine, dead)
+        if claims:
+            log.warning("removed %d Idempotency-Key claims of server processes that are gone",
+                        claims)
+
     async def sweep_forever(self) -> None:
-        """Release reservations whose lease ran out (a node that died and never came back) and
-        forget idempotent answers whose image links have expired."""
+        """Beat this process's heartbeat, release what processes that are gone held (and
+        reservations from before incarnations past their lease), and forget idempotent answers
+        whose image links have expired."""
         while True:
             await asyncio.sleep(self.settings.ledger_sweep_seconds)
             try:
-                await self.ledger.release_stale()
+                await self.incarnation.heartbeat()
+                await self.release_what_the_dead_held()
                 await forget_old(self.engine, done_seconds=self.settings.url_ttl_seconds,
                                  running_seconds=self.settings.reservation_lease_seconds)
             except Exception:
                 log.exception("accounts sweep failed")
 
     async def close(self) -> None:
-        await self.usage.flush()
-        await self.engine.dispose()
+        try:
+            await self.usage.flush()
+        finally:
+            await self.incarnation.end()
+            await self.engine.dispose()
+
+
+__all__ = ["AccountSystem", "NodeIdInUse"]

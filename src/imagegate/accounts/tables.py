@@ -22,8 +22,14 @@ class Base(DeclarativeBase):
     pass
 
 
+# Ids that other rows, the CLI or an operator's records refer to are never reused: SQLite's
+# AUTOINCREMENT (PostgreSQL's sequences never reuse anyway). Migration 0003 converts old databases.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Account(Base):
     __tablename__ = "accounts"
+    __table_args__ = dict(NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -38,6 +44,7 @@ class Account(Base):
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
+    __table_args__ = dict(NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
@@ -67,7 +74,10 @@ class Reservation(Base):
     status: Mapped[str] = mapped_column(String(16), default="held")  # held | settled | released
     charged_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     node_id: Mapped[str] = mapped_column(String(200))
-    """The server process that holds it: on restart, that node releases what it left held."""
+    """The name (`node_id` setting) of the server that holds it."""
+    incarnation: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    """The server process that holds it (`incarnations.id`): released once that process is
+    provably gone, never while it runs. Empty on rows from before migration 0003."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -78,6 +88,7 @@ class LedgerEntry(Base):
     """Every movement of money that is not a reservation: top-ups, charges, adjustments."""
 
     __tablename__ = "ledger_entries"
+    __table_args__ = dict(NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
@@ -93,6 +104,7 @@ class UsageRecord(Base):
     """One row per request: what was asked, what was delivered, what it cost. Never image bytes."""
 
     __tablename__ = "usage"
+    __table_args__ = dict(NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -115,15 +127,53 @@ class UsageRecord(Base):
 
 
 class IdempotencyRecord(Base):
-    """The first outcome of a request sent with an `Idempotency-Key`, replayed on retries."""
+    """The first outcome of a request sent with an `Idempotency-Key`, replayed on retries.
+    A key is scoped to its account, its API key and its endpoint."""
 
     __tablename__ = "idempotency"
 
     account_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """The API key that sent it; 0 with IMAGEGATE_AUTH=off."""
+    endpoint: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     body_hash: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))  # running | done
+    holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """The server process running it (`incarnations.id`): a claim of a process that is gone
+    is removed at once, so a retry runs again."""
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     response: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     """The response body with any base64 image replaced by a reference to the stored file."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Incarnation(Base):
+    """One run of a server process. It holds a lock for as long as it lives (a PostgreSQL
+    advisory lock, or a file lock beside the SQLite database): what it reserved or claimed is
+    released only once the lock is free (the process is gone) or, where the lock cannot be
+    seen, its heartbeat is older than `reservation_lease_seconds`."""
+
+    __tablename__ = "incarnations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(200), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UsageReject(Base):
+    """A usage row the database refused even after it was made safe (accounts/usage.py): kept
+    here, as ASCII JSON, for the operator (`GET /admin/usage/rejects`)."""
+
+    __tablename__ = "usage_rejects"
+    __table_args__ = dict(NEVER_REUSE_IDS)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    row: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)

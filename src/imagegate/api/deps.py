@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
+from ..accounts.idempotency import Scope as IdempotencyScope
 from ..accounts.keys import Caller, PermissionDenied
 from ..service import ImageService
 from ..settings import Settings
@@ -60,15 +61,25 @@ async def once_per_idempotency_key(request: Request, who: Caller,
                                    produce: Callable[[], Awaitable[dict[str, Any]]]
                                    ) -> dict[str, Any]:
     """Run `produce`, or replay its first answer when the client retries with the same
-    `Idempotency-Key` (charged once). Either way, stop if the client goes away."""
+    `Idempotency-Key` (charged once). Either way, stop if the client goes away. A key is the
+    caller's (account and API key) for this endpoint only: the same key elsewhere is another
+    request, so an answer is never replayed in another endpoint's shape."""
     key = request.headers.get("idempotency-key")
     if key is None:
         return await until_disconnected(request, produce())
     idempotency = request.app.state.service.accounts.idempotency
     # Multipart endpoints leave a fingerprint of what they parsed (their body was streamed).
     body = getattr(request.state, "fingerprint", None) or await request.body()
-    return await until_disconnected(
-        request, idempotency.run(who.account_id, key, body, produce))
+    scope = IdempotencyScope(account_id=who.account_id, key_id=who.key_id,
+                             endpoint=_endpoint_name(request))
+    return await until_disconnected(request, idempotency.run(scope, key, body, produce))
+
+
+def _endpoint_name(request: Request) -> str:
+    """The route's path without the /v1 prefix: /v1/images/edits and /images/edits are one."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None) or request.url.path
+    return path.removeprefix("/v1")
 
 
 class ClientDisconnected(Exception):
