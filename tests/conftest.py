@@ -137,7 +137,9 @@ def pg_url() -> Iterator[str]:
     """
     base = os.environ.get("IMAGEGATE_TEST_DATABASE_URL")
     if not base:
-        pytest.skip("IMAGEGATE_TEST_DATABASE_URL is not set: no PostgreSQL to test against")
+        pytest.skip("no PostgreSQL to test against: set IMAGEGATE_TEST_DATABASE_URL="
+                    "postgresql://USER@HOST:PORT/DB (a server where tests may create and drop "
+                    "databases; see README.md)")
     import asyncio
     import uuid
 

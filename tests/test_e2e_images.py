@@ -539,9 +539,12 @@ def test_concurrent_requests_match_solo_results(server) -> None:
         futures = {seed: pool.submit(_seeded, client, seed, prompt=prompt) for seed in seeds}
         together = {seed: _pixels(f.result()[0]) for seed, f in futures.items()}
 
+    # How the six requests are grouped into pipeline calls depends on when each one arrives, and
+    # docs/models.md allows a batched image to differ from its solo run by one level per value.
     for seed in seeds:
         assert together[seed].shape == (64, 64, 3)
-        assert np.array_equal(together[seed], solo[seed]), f"seed {seed} changed under load"
+        diff = np.abs(together[seed] - solo[seed]).max()
+        assert diff <= 1, f"seed {seed} changed under load: a value differs by {diff}"
     assert len({solo[s].tobytes() for s in seeds}) == len(seeds)
 
 
