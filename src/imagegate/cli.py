@@ -45,14 +45,14 @@ def serve(
 
     settings = _settings(config, host=host, port=port)
     _configure_logging(settings.log_level)
-    # The port first: a second server on a busy port stops here, before its start-up touches
+    try:
+        application = create_app(settings)  # builds the parts; touches no database row yet
+    except ValueError as exc:  # a configuration it cannot serve (model tables, preload): no trace
+        _fail(str(exc))
+    # The port before start-up: a second server on a busy port stops here, before it touches
     # the database (where it would otherwise take part in releasing reservations).
     sockets = _listen(settings.host, settings.port)
     _check_node_id_free(settings)
-    try:
-        application = create_app(settings)
-    except ValueError as exc:  # a configuration it cannot serve (model tables, preload): no trace
-        _fail(str(exc))
     server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port,
                                            log_level=settings.log_level, proxy_headers=False))
     console.print(f"imagegate listening on http://{_shown_address(settings.host, settings.port)}"

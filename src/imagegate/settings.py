@@ -90,13 +90,13 @@ class Settings(BaseSettings):
     When unset and the database has no admin key, `serve` creates one and prints it once."""
     currency: str = "USD"
     node_id: str | None = None
-    """This server's name in reservations; on start-up it releases what its previous run left
-    held. Default: hostname:port. Give each replica its own."""
+    """This server's name. Default: hostname:port. Give each replica its own: `serve` refuses to
+    start while a live server runs under the same name. Reservations belong to the server
+    process (accounts/incarnation.py), never to the name."""
     reservation_lease_seconds: int = Field(900, ge=10)
-    """Fixed when a reservation is made: past it, another node's sweep releases the reservation
-    (its node died and did not come back). A node never sweeps its own live requests. Keep it
-    longer than the longest generation. Also how long a retry waits on an unfinished
-    Idempotency-Key."""
+    """How long a server process may go without a heartbeat before others count it gone, where
+    its lock cannot be seen. Also how long a retry waits on an unfinished Idempotency-Key, and
+    the expiry of reservations made before migration 0003."""
     ledger_sweep_seconds: float = Field(30.0, gt=0)
     auth_cache_seconds: float = Field(5.0, ge=0)
     """How long a verified key is trusted without a database read. Disabling a key through this
