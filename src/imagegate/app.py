@@ -41,6 +41,7 @@ def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageSer
     references = ReferenceLoader(FetchPolicy(
         max_bytes=settings.fetch_max_bytes, timeout_seconds=settings.fetch_timeout_seconds,
         max_pixels=settings.fetch_max_pixels, max_redirects=settings.fetch_max_redirects,
+        max_pixels_in_flight=settings.fetch_max_pixels_in_flight,
         allow_private=settings.fetch_allow_private,
         allowed_hosts=frozenset(settings.fetch_allowed_hosts)))
     return ImageService(catalog, providers, store, signer, references, accounts,
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for task in tasks:
                 task.cancel()
+            await service.drain()  # jobs finishing for clients that left: stored and charged
             for provider in service.providers.values():
                 await provider.aclose()
             await service.references.aclose()

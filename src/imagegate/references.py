@@ -26,6 +26,12 @@ credentials). The defences, in the order a fetch meets them:
   before reading); compressed transfer encodings are refused rather than inflated; the image's
   declared pixel count is checked before any pixel is decoded (decompression bombs); decoding
   runs in a worker thread so the event loop never stalls on a large image.
+* Bounded memory: a small file can hold a huge image (a 35 KB PNG of 6000x6000 decodes to
+  100 MB), so decoded pixels are budgeted. An image larger than the model works at is reduced
+  to that size as it is decoded (JPEG decodes at 1/2, 1/4 or 1/8 scale; others are shrunk right
+  after decoding, and the full-size copy is dropped at once), and the pixels being decoded across
+  the whole server are capped (`max_pixels_in_flight`): past the cap a request is refused with
+  429 `server_busy` and a Retry-After, rather than allocated.
 * No state between fetches: no cookies are kept and no connection is reused, so one client's
   fetch can never carry another's session or ride a TLS connection verified for another name.
 
@@ -38,10 +44,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import ipaddress
+import math
 import re
 import socket
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -50,10 +60,12 @@ from urllib.parse import unquote
 import httpx
 from PIL import Image, ImageOps
 
+from .engine.worker import ServerBusy
 from .errors import InvalidRequest
 
 __all__ = [
     "FetchPolicy",
+    "PixelBudget",
     "ReferenceImage",
     "ReferenceLoader",
     "Resolver",
@@ -99,7 +111,10 @@ class FetchPolicy:
     max_bytes: int = 20 * _MIB  # per image, also for uploads and data URLs
     timeout_seconds: float = 15.0  # the whole fetch, redirects and DNS included
     max_redirects: int = 3
-    max_pixels: int = 40_000_000  # width * height, checked before decoding
+    max_pixels: int = 25_000_000  # width * height, checked before decoding
+    # Pixels being decoded at once across every request using this policy; None: no cap. Never
+    # below max_pixels (an image that is allowed alone must fit).
+    max_pixels_in_flight: int | None = None
     allow_private: bool = False  # for operators whose images live on a trusted internal network
     # Host names (or IP addresses) always allowed, matched exactly, e.g. an internal CDN.
     allowed_hosts: frozenset[str] = frozenset()
@@ -117,11 +132,42 @@ def _refuse(message: str, param: str, code: str) -> InvalidRequest:
     return InvalidRequest(message, param=param, code=code)
 
 
+class PixelBudget:
+    """Pixels being decoded right now, server-wide, under a cap. Thread-safe: decoding runs in
+    worker threads. A decode that would pass the cap is refused (429), never queued: the client
+    retries after Retry-After, estimated from how long decodes have been taking."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self.seconds = 0.0
+        """Running average of one budgeted decode (seconds)."""
+        self._lock = threading.Lock()
+
+    def take(self, pixels: int) -> None:
+        with self._lock:
+            if self.limit is not None and self.used + pixels > self.limit:
+                wait = max(1, math.ceil(self.seconds))
+                raise ServerBusy("The server is decoding too many large input images; retry in "
+                                 f"about {wait} s.", headers={"retry-after": str(wait)})
+            self.used += pixels
+
+    def give_back(self, pixels: int, seconds: float) -> None:
+        with self._lock:
+            self.used -= pixels
+            self.seconds = seconds if not self.seconds else 0.2 * seconds + 0.8 * self.seconds
+
+
 # --- decoding ---------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, *, param: str, max_pixels: int) -> ReferenceImage:
+def decode_image(data: bytes, *, param: str, max_pixels: int, max_edge: int | None = None,
+                 budget: PixelBudget | None = None) -> ReferenceImage:
     """Decode untrusted bytes into an RGB/RGBA image, refusing bombs before allocating pixels.
+
+    With `max_edge`, an image whose longer edge is longer comes back reduced to it (aspect kept;
+    the size depends only on the original's, so an image and its mask stay alike). With
+    `budget`, the pixels decoded are counted against it while decoding runs (429 when full).
 
     Blocking (CPU-bound); call it through `asyncio.to_thread` from the event loop.
     """
@@ -143,13 +189,54 @@ def decode_image(data: bytes, *, param: str, max_pixels: int) -> ReferenceImage:
         raise _refuse(f"The image in `{param}` is {width}x{height} pixels; at most {max_pixels} "
                       "pixels are allowed.", param, "image_too_many_pixels")
     detected = "JPEG" if image.format == "MPO" else str(image.format)  # MPO: a camera's JPEG
+    target = _working_size(width, height, max_edge)
+    if target != (width, height):
+        # JPEG only: decode at the smallest 1/2^k scale still at least twice the target
+        with contextlib.suppress(Exception):
+            image.draft(None, (target[0] * 2, target[1] * 2))
+    pixels = image.width * image.height
+    if budget is not None:
+        budget.take(pixels)
+    started = time.monotonic()
     try:
         image.load()  # animated images: the first frame, where open() leaves them
+        image = _reduced(image, target)
         image = _upright(image)
         image = _to_rgb_or_rgba(image)
     except Exception:
         raise _not_an_image(param) from None
+    finally:
+        if budget is not None:
+            budget.give_back(pixels, time.monotonic() - started)
     return ReferenceImage(image=image, width=image.width, height=image.height, format=detected)
+
+
+def _working_size(width: int, height: int, max_edge: int | None) -> tuple[int, int]:
+    """(width, height) scaled so that the longer edge is at most `max_edge`."""
+    longest = max(width, height)
+    if max_edge is None or longest <= max_edge:
+        return width, height
+    scale = max_edge / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+_RESAMPLED_MODES = ("L", "LA", "RGB", "RGBA")
+
+
+def _reduced(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """`image` at `target` size, the full-size pixels dropped as soon as they are read. Modes
+    that cannot be filtered (palette, 1-bit, 16-bit) are first shrunk to twice the target by
+    picking pixels and converted to RGB(A) there, on a small image."""
+    if image.size == target:
+        return image
+    if image.mode in _RESAMPLED_MODES:
+        small = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    else:
+        twice = (min(image.width, target[0] * 2), min(image.height, target[1] * 2))
+        coarse = _to_rgb_or_rgba(image.resize(twice, Image.Resampling.NEAREST))
+        small = coarse.resize(target, Image.Resampling.LANCZOS)
+    image.close()  # (resize and convert carry `info`, EXIF orientation included)
+    return small
 
 
 def _not_an_image(param: str) -> InvalidRequest:
@@ -344,6 +431,8 @@ class ReferenceLoader:
     def __init__(self, policy: FetchPolicy, *, resolver: Resolver | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.policy = policy
+        limit = policy.max_pixels_in_flight
+        self.budget = PixelBudget(None if limit is None else max(limit, policy.max_pixels))
         self._resolve = resolver or _system_resolver
         self._allowed_hosts = frozenset(_normalise_host(h) for h in policy.allowed_hosts)
         if transport is None:
@@ -363,10 +452,14 @@ class ReferenceLoader:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def load(self, source: str | bytes, *, param: str) -> ReferenceImage:
+    async def load(self, source: str | bytes, *, param: str,
+                   max_edge: int | None = None) -> ReferenceImage:
+        """The image, decoded within the pixel budget and, with `max_edge`, reduced so that
+        its longer edge is at most that (the model's working size)."""
         data = await self._read(source, param)
         return await asyncio.to_thread(
-            decode_image, data, param=param, max_pixels=self.policy.max_pixels)
+            decode_image, data, param=param, max_pixels=self.policy.max_pixels,
+            max_edge=max_edge, budget=self.budget)
 
     async def _read(self, source: str | bytes, param: str) -> bytes:
         if isinstance(source, (bytes, bytearray, memoryview)):

@@ -1,13 +1,21 @@
 """The request path every endpoint shares, written once and free of HTTP.
 
     limits -> catalog -> key's model allow-list -> input images -> rules -> moderation
-      -> provider choice -> price -> reserve -> generate -> encode -> store + sign
-      -> settle (+ usage) -> result
+      -> provider choice -> admission (429) -> price -> reserve (402) -> generate -> encode
+      -> store + sign -> settle (+ usage) -> result
+
+Admission before money: the job takes its place in the backend's bounded queue first, so a
+request refused because the server is busy never holds any balance, even for a moment.
 
 Money: the full price of n images is reserved before the provider is called; afterwards exactly
 the delivered images are charged and the rest released, whatever happened in between
 (errors, partial results, a client that went away). Every request that got past authentication
 leaves one usage record.
+
+A client that leaves: work not yet handed off (a local job, which stops at its next step; an
+upstream request not yet sent) is cancelled and free. Work handed to an upstream is paid for by
+the operator whatever happens, so it is finished in the background: its images are stored and
+charged, and the usage row says 499 `client_disconnected` with what was delivered.
 
 Endpoints translate their wire format into a `GenerationRequest` and the `GenerationResult` back;
 everything in between happens here, in this order.
@@ -16,6 +24,8 @@ everything in between happens here, in this order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from typing import Any
 
@@ -29,14 +39,22 @@ from .generation import (
     GenerationResult,
     ProgressListener,
     ProviderResult,
+    ResolvedRequest,
+    Size,
 )
 from .imaging import encode
-from .pricing import unit_price_micros
-from .providers.base import Provider
 from .moderation import Moderator
+from .pricing import unit_price_micros
+from .providers.base import Provider, admission, run_with_ticket
 from .references import ReferenceLoader
 from .rules import check_inputs, resolve
 from .storage import LocalImageStore, URLSigner
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+"""How long shutdown waits for jobs finishing for clients that left (then they are cancelled
+and, like any cancelled job, charged only for what was delivered: nothing)."""
 
 
 class ImageService:
@@ -52,6 +70,8 @@ class ImageService:
         self.signer = signer
         self.accounts = accounts
         """None only for in-process use without billing (the `generate` CLI)."""
+        self._detached: set[asyncio.Task] = set()
+        """Jobs finishing in the background for clients that left."""
 
     def provider_for(self, spec: ModelSpec) -> Provider:
         provider = self.providers.get(spec.backend)
@@ -80,8 +100,22 @@ class ImageService:
             billing.failed(500, "internal_error")
             raise
         finally:
-            # Shielded: a cancelled request must still give its reservation back.
-            await asyncio.shield(billing.finish())
+            if not billing.detached:  # (a detached job settles when it ends)
+                # Shielded: a cancelled request must still give its reservation back.
+                await asyncio.shield(billing.finish())
+
+    async def drain(self, timeout: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """At shutdown: let the jobs finishing for clients that left end (stored, charged),
+        for up to `timeout` seconds; cancel the rest (they settle what was delivered)."""
+        if not self._detached:
+            return
+        log.info("waiting for %d upstream jobs whose clients left", len(self._detached))
+        _done, pending = await asyncio.wait(set(self._detached), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("cancelled %d upstream jobs at shutdown", len(pending))
+            await asyncio.wait(pending)
 
     async def _generate(self, req: GenerationRequest, request_id: str,
                         progress: ProgressListener | None,
@@ -92,7 +126,7 @@ class ImageService:
         check_inputs(spec, req)
         if req.references:
             resolve(spec, req)  # the cheap checks first: nothing is fetched for a bad request
-        references, mask = await self._load_inputs(req)
+        references, mask = await self._load_inputs(req, working_edge(spec))
         resolved = resolve(spec, req, references, mask)
         if self.moderator is not None and self.moderator.active:
             # before any provider is called or money reserved
@@ -102,19 +136,26 @@ class ImageService:
         if billing is not None:
             billing.usage.update(size=str(resolved.size), quality=resolved.quality,
                                  deployment=provider.name)
-            unit = unit_price_micros(spec, resolved, billing.caller.price_multiplier)
-            await billing.reserve(unit, resolved.n)
-        produced = await provider.generate(spec, resolved, progress)
-        if not produced.images:
-            raise GenerationFailed(f"`{spec.name}` returned no image.")
-        if billing is not None and produced.deployment:
-            billing.usage.update(deployment=produced.deployment,
-                                 upstream_request_id=(produced.provider_request_id or "")[:200]
-                                 or None)
-        del produced.images[resolved.n:]  # never deliver (or charge) more than was asked
-        images = await asyncio.to_thread(self._deliver, produced, req, resolved.background)
-        if billing is not None:
-            billing.delivered = len(images)
+        place = contextlib.AsyncExitStack()
+        async with place:
+            ticket = await place.enter_async_context(admission(provider, spec, resolved))
+            if billing is not None:  # only now: a job without a place never holds money
+                unit = unit_price_micros(spec, resolved, billing.caller.price_multiplier)
+                await billing.reserve(unit, resolved.n)
+            work = asyncio.ensure_future(run_with_ticket(
+                ticket, lambda: self._produce(provider, spec, resolved, req, progress, billing)))
+            try:
+                produced, images = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                if billing is not None and ticket.handed_off:
+                    self._detach(work, place.pop_all(), billing)
+                else:
+                    work.cancel()  # not handed off: it stops here, free
+                    with contextlib.suppress(BaseException):
+                        await work
+                    if billing is not None:
+                        billing.delivered = 0  # (even if it had just finished)
+                raise
         return GenerationResult(
             request_id=request_id,
             model=spec.name,
@@ -131,12 +172,64 @@ class ImageService:
             text=produced.text,
         )
 
-    async def _load_inputs(self, req: GenerationRequest) -> tuple[list[Any], Any]:
-        """Fetch and decode input images, all at once; any refusal is a 400 naming its param."""
+    async def _produce(self, provider: Provider, spec: ModelSpec, resolved: ResolvedRequest,
+                       req: GenerationRequest, progress: ProgressListener | None,
+                       billing: "_Billing | None") -> tuple[ProviderResult, list[DeliveredImage]]:
+        """Generate, then encode and store: the part of a job that may outlive its client."""
+        produced = await provider.generate(spec, resolved, progress)
+        if not produced.images:
+            raise GenerationFailed(f"`{spec.name}` returned no image.")
+        if billing is not None and produced.deployment:
+            billing.usage.update(deployment=produced.deployment,
+                                 upstream_request_id=(produced.provider_request_id or "")[:200]
+                                 or None)
+        del produced.images[resolved.n:]  # never deliver (or charge) more than was asked
+        images = await asyncio.to_thread(self._deliver, produced, req, resolved.background)
+        if billing is not None:
+            billing.delivered = len(images)
+        return produced, images
+
+    def _detach(self, work: asyncio.Future, place: contextlib.AsyncExitStack,
+                billing: "_Billing") -> None:
+        """The client left after the job went upstream: finish it without them."""
+        billing.failed(499, "client_disconnected")
+        billing.detached = True
+        task = asyncio.ensure_future(self._finish_detached(work, place, billing))
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+
+    async def _finish_detached(self, work: asyncio.Future, place: contextlib.AsyncExitStack,
+                               billing: "_Billing") -> None:
+        """Await the job, keep its images (stored even when the client wanted them inline:
+        nobody else will ever receive them), free its place, settle what was delivered."""
+        try:
+            _produced, images = await work
+            inline = [image for image in images if image.url is None]
+            if inline:
+                await asyncio.to_thread(
+                    lambda: [self.store.put(i.data, i.output_format) for i in inline])
+        except asyncio.CancelledError:
+            log.warning("request %s: cancelled at shutdown while finishing for a client that "
+                        "left", billing.request_id)
+        except Exception:
+            log.warning("request %s: the job of a client that left failed", billing.request_id,
+                        exc_info=True)
+        finally:
+            try:
+                await place.aclose()
+            finally:
+                await billing.finish()
+
+    async def _load_inputs(self, req: GenerationRequest,
+                           max_edge: int | None) -> tuple[list[Any], Any]:
+        """Fetch and decode input images, all at once, each reduced to at most `max_edge` on
+        its longer side; any refusal is a 400 naming its param (429 when the server is
+        decoding too much already)."""
         if not req.references:
             return [], None
         sources = list(req.references) + ([req.mask] if req.mask is not None else [])
-        tasks = [asyncio.ensure_future(self.references.load(src, param=param))
+        tasks = [asyncio.ensure_future(self.references.load(src, param=param,
+                                                            max_edge=max_edge))
                  for src, param in sources]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -169,6 +262,17 @@ class ImageService:
         return delivered
 
 
+def working_edge(spec: ModelSpec) -> int | None:
+    """The longest edge `spec` makes: input images larger than that are reduced to it as soon
+    as they are decoded (an edit of a 6000x6000 photo runs at the model's size anyway)."""
+    caps = spec.capabilities
+    if caps.sizes is not None:
+        edges = [max(size.width, size.height)
+                 for size in (Size.parse(text) for text in caps.sizes) if size is not None]
+        return max(edges, default=None)
+    return caps.size_rule.max_edge if caps.size_rule is not None else None
+
+
 class _Billing:
     """One request's money and usage row: reserve up front, then settle exactly what was
     delivered."""
@@ -181,6 +285,8 @@ class _Billing:
         self.unit = 0
         self.reserved = False
         self.delivered = 0
+        self.detached = False
+        """The client left after the job was handed off: the job settles when it ends."""
         self.started = time.monotonic()
         self.usage: dict[str, Any] = {
             "request_id": request_id, "key_id": caller.key_id, "account_id": caller.account_id,

@@ -104,8 +104,14 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     """Largest input image accepted, whether uploaded, inline (data URL) or fetched by URL."""
     fetch_timeout_seconds: float = Field(15.0, gt=0)
-    fetch_max_pixels: int = Field(40_000_000, ge=4096)
-    """Largest input image in pixels (decompression bombs are refused before decoding)."""
+    fetch_max_pixels: int = Field(25_000_000, ge=4096)
+    """Largest input image in pixels (decompression bombs are refused before decoding). 25 M
+    takes the largest common camera photos (24 MP, 6000x4000); decoded, such an image is up to
+    100 MB, and no model works at more than a few megapixels."""
+    fetch_max_pixels_in_flight: int = Field(64_000_000, ge=4096)
+    """Input-image pixels being decoded at once, server-wide (never below fetch_max_pixels).
+    Past it: 429 `server_busy` with a Retry-After instead of more memory. Images larger than
+    the model works at are reduced as they are decoded, so only decoding needs the room."""
     fetch_max_redirects: int = Field(3, ge=0)
     fetch_allow_private: bool = False
     """Let input-image URLs reach loopback and private addresses. Off: the server refuses them
@@ -120,6 +126,10 @@ class Settings(BaseSettings):
     upstream_cooldown_seconds: float = Field(30.0, ge=0)
     """How long a deployment that failed three times in a row is skipped."""
     upstream_max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    upstream_max_in_flight: int = Field(64, ge=0)
+    """Requests relayed to one upstream model at once (all its deployments together). Past it:
+    429 `server_busy` at once, with a Retry-After from the upstream's measured latency. Each
+    holds its upstream's answer while in flight (a few MB per 1024x1024 image). 0: unbounded."""
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     """`[moderation]`: word and pattern lists per language, and an optional OpenAI-compatible
     moderation endpoint ([moderation.endpoint]). Empty: no moderation."""

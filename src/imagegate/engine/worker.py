@@ -6,8 +6,10 @@ pipeline runs there, one at a time, in arrival order. The event loop only enqueu
 
 The queue in front of it is bounded: when it is full a new request is refused at once (429 with
 a Retry-After estimated from how long jobs have been taking) instead of waiting without end. A
-job whose caller went away is skipped if it has not started, and told to stop (`JobContext`) if
-it has.
+place can be taken before the job exists (`admit()`), so that the request path can reserve
+money only for a job that has a place; the place becomes the job's entry in the queue when it is
+submitted. A job whose caller went away is skipped if it has not started, and told to stop
+(`JobContext`) if it has.
 
 Micro-batching: a job may say which others it can share a pipeline call with (`Batch.key`).
 When the worker takes such a job it also takes the waiting jobs with the same key, up to
@@ -106,6 +108,8 @@ class PipelineWorker:
         self.last_used: float | None = None
         """Wall-clock time of the last load or finished job."""
         self._queue: deque = deque()
+        self._admitted = 0
+        """Places taken by `admit()` whose jobs are not submitted yet: they count as waiting."""
         self._ready = threading.Condition()
         self.max_queue = max_queue
         """Jobs allowed to wait (besides the running one); 0: unbounded."""
@@ -121,11 +125,12 @@ class PipelineWorker:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Jobs waiting, counting the places admitted jobs hold before they are submitted."""
+        return len(self._queue) + self._admitted
 
     @property
     def idle(self) -> bool:
-        return not self.stats.running and not self._queue
+        return not self.stats.running and not self._queue and not self._admitted
 
     def load(self) -> Future:
         """Load the pipeline now, without a request (preloading). The future ends with the load:
@@ -136,7 +141,7 @@ class PipelineWorker:
         """Drop the pipeline once the jobs ahead are done; the next job loads it again. With
         `if_idle`, keep it when requests are waiting by then. Result: whether it was dropped."""
         def drop() -> bool:
-            if self._pipe is None or (if_idle and self._queue):
+            if self._pipe is None or (if_idle and (self._queue or self._admitted)):
                 return False
             self._pipe = None
             self.memory_bytes = 0
@@ -157,14 +162,36 @@ class PipelineWorker:
         per_job = self.stats.job_seconds or 1.0
         return max(1, math.ceil((self.pending + 1) * per_job))
 
-    async def submit(self, fn: Callable[[Any, JobContext], T], batch: Batch | None = None) -> T:
-        """Run fn(pipeline, context) on the worker thread (or, batched, batch.run with others),
-        loading the pipeline first if needed; 429 at once when the queue is full."""
+    def admit(self) -> QueuePlace:
+        """A place in the queue for a job to be submitted later (429 at once when full). Give
+        it to `submit`, or `release()` it if the job will not run."""
+        with self._ready:
+            self._check_room()
+            self._admitted += 1
+        return QueuePlace(self)
+
+    def _check_room(self) -> None:
+        """Raise 429 when the queue is full (called holding `_ready`)."""
         if self.max_queue and self.pending >= self.max_queue:
             self.stats.rejected += 1
             wait = self.retry_after()
             raise ServerBusy(f"`{self.name}` is busy: {self.pending} requests are waiting. "
                              f"Retry in about {wait} s.", headers={"retry-after": str(wait)})
+
+    def _free_place(self, place: QueuePlace) -> bool:
+        """Give up `place` (once); True when it was still held."""
+        with self._ready:
+            if not place.held:
+                return False
+            place.held = False
+            self._admitted -= 1
+            return True
+
+    async def submit(self, fn: Callable[[Any, JobContext], T], batch: Batch | None = None,
+                     place: QueuePlace | None = None) -> T:
+        """Run fn(pipeline, context) on the worker thread (or, batched, batch.run with others),
+        loading the pipeline first if needed. With an admitted `place` the job takes it; without
+        one, 429 at once when the queue is full."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
@@ -174,7 +201,15 @@ class PipelineWorker:
             except RuntimeError:  # the loop has closed: nobody is waiting any more
                 pass
 
-        self._put(_Job(fn, notify, future.cancelled, batch))
+        job = _Job(fn, notify, future.cancelled, batch)
+        with self._ready:
+            if place is None or place.worker is not self or not place.held:
+                self._check_room()
+            else:  # the admitted place becomes this job's entry in the queue
+                place.held = False
+                self._admitted -= 1
+            self._queue.append(job)
+            self._ready.notify()
         return await future
 
     def close(self, timeout: float = 5.0) -> None:
@@ -290,6 +325,20 @@ class PipelineWorker:
         stats = self.stats
         stats.step_seconds = seconds if not stats.step_seconds else (
             _EWMA * seconds + (1 - _EWMA) * stats.step_seconds)
+
+
+class QueuePlace:
+    """A place in a worker's queue, taken by `PipelineWorker.admit()`."""
+
+    __slots__ = ("worker", "held")
+
+    def __init__(self, worker: PipelineWorker) -> None:
+        self.worker = worker
+        self.held = True
+
+    def release(self) -> None:
+        """Free the place if no job took it (idempotent)."""
+        self.worker._free_place(self)
 
 
 class _Control:

@@ -1,11 +1,26 @@
-"""The one interface every backend implements."""
+"""The one interface every backend implements, and how a job is admitted to it.
+
+Admission comes before money: `admission(provider, spec, request)` takes the job's place in the
+backend's bounded queue (the engine's waiting line, the relay's in-flight bound) or refuses it
+with 429 `server_busy`, and only then does the service reserve the price. The place is held
+until the job ends, so a refusal never touches a balance, even for a moment.
+
+A backend with a queue gives itself an `admit(spec, request)` method: an async context manager
+that yields a `Ticket` (raising `ServerBusy` when full) and frees the place on exit. A custom
+provider without one is admitted at once.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, Protocol, TypeVar
 
 from ..catalog import ModelSpec
 from ..generation import ProgressListener, ProviderResult, ResolvedRequest
+
+T = TypeVar("T")
 
 
 class Provider(Protocol):
@@ -21,6 +36,54 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class Ticket:
+    """One admitted job, from admission until it ends.
+
+    `handed_off` turns true when the work went to someone who bills for it whatever happens
+    next (the request to an upstream went out): from then on a client that leaves does not stop
+    the job; it is finished in the background, stored and charged. Before that, leaving is free.
+    """
+
+    handed_off: bool = False
+
+    def hand_off(self) -> None:
+        self.handed_off = True
+
+
+_current: ContextVar[Ticket | None] = ContextVar("imagegate_ticket", default=None)
+
+
+def current_ticket() -> Ticket | None:
+    """The ticket of the job this task runs (inside `run_with_ticket`), else None."""
+    return _current.get()
+
+
+def hand_off() -> None:
+    """Say that the current job's work went out to a billing upstream (see `Ticket`)."""
+    ticket = _current.get()
+    if ticket is not None:
+        ticket.hand_off()
+
+
+async def run_with_ticket(ticket: Ticket, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` with `ticket` as the current one. Meant as a task of its own: the ticket is
+    set in the task's own copy of the context and never leaks into the caller's."""
+    _current.set(ticket)
+    return await work()
+
+
+@contextlib.asynccontextmanager
+async def admission(provider: Any, spec: ModelSpec,
+                    request: ResolvedRequest) -> AsyncIterator[Ticket]:
+    """The job's place at `provider` for the duration of the block (429 when there is none)."""
+    admit = getattr(provider, "admit", None)
+    if admit is None:
+        yield Ticket()
+        return
+    async with admit(spec, request) as ticket:
+        yield ticket
 
 
 def load_provider_class(target: str) -> type:

@@ -5,9 +5,11 @@ exceeded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as WaitTimeout
 from pathlib import Path
@@ -17,6 +19,7 @@ from ..catalog import Catalog, ModelSpec
 from ..errors import APIError, GenerationFailed, ModelUnavailable
 from ..generation import ProgressListener, ProviderResult, ResolvedRequest
 from ..settings import Settings
+from .base import Ticket, current_ticket
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +201,31 @@ class LocalProvider:
             log.warning("loading %s failed: %s", spec.name, exc)
             raise ModelUnavailable(f"`{spec.name}` could not be loaded on this server.") from exc
 
+    async def _available_worker(self, spec: ModelSpec) -> Any:
+        worker = self._workers.get(spec.name)
+        if worker is None or not worker.loaded:  # (a loaded model is plainly available)
+            await asyncio.to_thread(self._check_available, spec)
+        return self._worker(spec)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, spec: ModelSpec, request: ResolvedRequest) -> AsyncIterator[Ticket]:
+        """A place in the model's queue (503 when the model cannot run here, 429 when the queue
+        is full), held until the job is submitted or the request ends without it."""
+        worker = await self._available_worker(spec)
+        ticket = _EngineTicket(worker.admit())
+        try:
+            yield ticket
+        finally:
+            ticket.place.release()  # (a no-op once the job took it)
+
     async def generate(self, spec: ModelSpec, request: ResolvedRequest,
                        progress: ProgressListener | None = None) -> ProviderResult:
         from ..engine.pipelines import batch_key, generate, generate_batch
         from ..engine.worker import Batch
 
-        worker = self._workers.get(spec.name)
-        if worker is None or not worker.loaded:  # (a loaded model is plainly available)
-            await asyncio.to_thread(self._check_available, spec)
-        worker = self._worker(spec)
+        worker = await self._available_worker(spec)
+        ticket = current_ticket()
+        place = ticket.place if isinstance(ticket, _EngineTicket) else None
         try:
             key = batch_key(spec, request)
             batch = None if key is None else Batch(
@@ -215,7 +234,8 @@ class LocalProvider:
                     pipe, spec, [req for req, _ in jobs], context,
                     [listener for _, listener in jobs]))
             return await worker.submit(
-                lambda pipe, context: generate(pipe, spec, request, progress, context), batch)
+                lambda pipe, context: generate(pipe, spec, request, progress, context), batch,
+                place)
         except APIError:
             raise
         except Exception as exc:
@@ -226,3 +246,11 @@ class LocalProvider:
         workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
             await asyncio.to_thread(worker.close)
+
+
+class _EngineTicket(Ticket):
+    """A local job's ticket: its place in the worker's queue. Local work is never handed off:
+    a client that leaves stops it at the next step, free."""
+
+    def __init__(self, place: Any) -> None:
+        self.place = place

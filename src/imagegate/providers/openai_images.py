@@ -212,7 +212,8 @@ async def _streamed(call: UpstreamCall, path: str, partials: int,
                 await _relay_partial(call, payload, index if isinstance(index, int)
                                      else min(len(images), n - 1))
             elif kind.endswith(".completed"):
-                images.append(call.image_from_base64(payload.get("b64_json")))
+                images.append(await asyncio.to_thread(call.image_from_base64,
+                                                      payload.pop("b64_json", None)))
                 tokens = tokens or _prompt_tokens(payload.get("usage"))
                 text = payload.get("revised_prompt")
                 revised = revised or (text if isinstance(text, str) and text else None)
@@ -253,7 +254,8 @@ async def _result(call: UpstreamCall, body: dict[str, Any],
         if not isinstance(item, dict):
             raise call.fail("bad_response", "sent a malformed response.")
         if item.get("b64_json"):
-            jobs.append(_decoded(call, item["b64_json"]))
+            # Taken out of the body: once decoded, the base64 text is not kept beside the bytes.
+            jobs.append(_decoded(call, item.pop("b64_json")))
         elif item.get("url"):
             jobs.append(_downloaded(call, item["url"]))
         else:
@@ -275,7 +277,7 @@ def _prompt_tokens(usage: Any) -> int:
 
 
 async def _decoded(call: UpstreamCall, data: Any) -> GeneratedImage:
-    return call.image_from_base64(data)
+    return await asyncio.to_thread(call.image_from_base64, data)
 
 
 async def _downloaded(call: UpstreamCall, url: Any) -> GeneratedImage:

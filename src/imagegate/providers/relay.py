@@ -6,24 +6,33 @@ job (429, 5xx, no connection), on another deployment where there is one, within 
 of attempts and a total deadline; a `Retry-After` cools that deployment for as long as it asks.
 Never after a timeout: the upstream may be generating, and a second attempt is a second bill. A
 deployment that keeps failing is cooled down for a while, then tried again.
+
+Admission: each model takes at most `upstream_max_in_flight` relayed requests at once (before
+any money is reserved; see base.py); past it a request is refused at once with 429 `server_busy`
+and a Retry-After from the upstream's measured latency, instead of piling up connections, bodies
+and decoded images. A deployment's own `max_concurrency` then queues within that bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from ..catalog import Deployment, ModelSpec
+from ..engine.worker import ServerBusy
 from ..errors import ModelUnavailable
 from ..generation import ProgressListener, ProviderResult, ResolvedRequest
 from ..settings import Settings
+from .base import Ticket
 from .upstream_http import UpstreamCall, UpstreamFailure
 
 log = logging.getLogger(__name__)
@@ -31,6 +40,8 @@ log = logging.getLogger(__name__)
 Adapter = Callable[[UpstreamCall], Awaitable[ProviderResult]]
 
 FAILURES_BEFORE_COOLDOWN = 3
+DEFAULT_MAX_IN_FLIGHT = 64
+_EWMA = 0.2  # weight of the newest latency sample
 
 
 def adapters() -> dict[str, Adapter]:
@@ -58,11 +69,34 @@ class _Health:
 
 
 @dataclass
+class _Flights:
+    """One model's relayed requests in flight: when each began, and how long jobs take."""
+
+    started: dict[Ticket, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    """Running average of a successful job's duration (0 until one finished)."""
+    rejected: int = 0
+
+    def record(self, seconds: float) -> None:
+        self.seconds = seconds if not self.seconds else (
+            _EWMA * seconds + (1 - _EWMA) * self.seconds)
+
+    def retry_after(self, now: float) -> int:
+        """Seconds until the oldest job in flight likely ends (at least 1)."""
+        if not self.seconds or not self.started:
+            return 1
+        oldest = min(self.started.values())
+        return max(1, math.ceil(self.seconds - (now - oldest)))
+
+
+@dataclass
 class RoutePolicy:
     max_attempts: int = 3
     total_deadline_seconds: float = 300.0
     cooldown_seconds: float = 30.0
     max_image_bytes: int = 25 * 1024 * 1024
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    """Relayed requests per model at once; 0: unbounded."""
 
 
 class UpstreamRouter:
@@ -75,19 +109,47 @@ class UpstreamRouter:
             total_deadline_seconds=settings.upstream_deadline_seconds if settings else 300.0,
             cooldown_seconds=settings.upstream_cooldown_seconds if settings else 30.0,
             max_image_bytes=settings.upstream_max_image_bytes if settings else 25 * 2**20,
+            max_in_flight=(settings.upstream_max_in_flight if settings
+                           else DEFAULT_MAX_IN_FLIGHT),
         )
         self._adapters = adapter_table  # loaded on first use
         self._health: dict[str, _Health] = {}
+        self._flights: dict[str, _Flights] = {}
         self._client = httpx.AsyncClient(
             follow_redirects=False, trust_env=False,
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
         now = time.monotonic()
+        flights = self._flights.get(spec.name) or _Flights()
         return {"deployments": [
             {"name": d.label(spec.name), "provider": d.provider, "priority": d.priority,
              "weight": d.weight, "cooling_down": self._state(spec, d).cooling(now)}
-            for d in spec.deployments]}
+            for d in spec.deployments],
+            "in_flight": {"running": len(flights.started),
+                          "max": self.policy.max_in_flight or None,
+                          "rejected": flights.rejected,
+                          "job_seconds": round(flights.seconds, 4)}}
+
+    @contextlib.asynccontextmanager
+    async def admit(self, spec: ModelSpec, request: ResolvedRequest) -> AsyncIterator[Ticket]:
+        """A place among the model's relayed requests in flight, held until the job ends
+        (also while it finishes for a client that left); 429 at once when all are taken."""
+        flights = self._flights.setdefault(spec.name, _Flights())
+        limit = self.policy.max_in_flight
+        now = time.monotonic()
+        if limit and len(flights.started) >= limit:
+            flights.rejected += 1
+            wait = flights.retry_after(now)
+            raise ServerBusy(f"`{spec.name}` is busy: {len(flights.started)} requests are in "
+                             f"flight upstream. Retry in about {wait} s.",
+                             headers={"retry-after": str(wait)})
+        ticket = Ticket()
+        flights.started[ticket] = now
+        try:
+            yield ticket
+        finally:
+            del flights.started[ticket]
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -164,8 +226,9 @@ class UpstreamRouter:
                                        timeout=max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 raise call.fail("timeout", "was busy until the deadline.") from None
+        started = time.monotonic()
         try:
-            remaining = max(1.0, deadline - time.monotonic())
+            remaining = max(1.0, deadline - started)
             result = await asyncio.wait_for(adapter(call), timeout=remaining)
         except asyncio.TimeoutError:
             self._failed(state, None)
@@ -178,6 +241,7 @@ class UpstreamRouter:
             if slots is not None:
                 slots.release()
         state.failures, state.cool_until = 0, 0.0
+        self._flights.setdefault(spec.name, _Flights()).record(time.monotonic() - started)
         result.deployment = label
         return result
 

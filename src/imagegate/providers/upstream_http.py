@@ -13,6 +13,14 @@ Failures are classified here, once, because routing depends on the class:
     rejected     another 4xx: the request or our configuration is wrong; retrying won't help
 
 Messages name the provider and never its URL, key or address.
+
+Sending a request hands the job off (`providers.base.hand_off`): the upstream may bill from
+then on, so the service finishes the job even if its client leaves.
+
+Memory per request stays small: a body is read once into one buffer and parsed from it; base64
+is decoded straight into the bytes that are kept (its text is dropped by the adapters as soon as
+it is decoded), and an image's pixels are decoded only to check it, then dropped: what travels on
+is the upstream's encoded bytes, decoded again only if they must be re-encoded.
 """
 
 from __future__ import annotations
@@ -24,8 +32,8 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -33,6 +41,7 @@ import httpx
 from ..catalog import Deployment, ModelSpec
 from ..errors import APIError
 from ..generation import GeneratedImage, ProgressListener, ResolvedRequest
+from .base import hand_off
 
 T = TypeVar("T")
 
@@ -146,6 +155,7 @@ class UpstreamCall:
               files: list[Any] | None, timeout: float | None) -> Any:
         body_kw: dict[str, Any] = ({"data": data or {}, "files": files} if files
                                    else {"json": json_body})
+        hand_off()  # the request goes out now: from here on the upstream may bill for it
         return self.client.stream(
             method, url, headers={**self.deployment.headers, **headers}, params=params,
             timeout=timeout or self.deployment.timeout_seconds, **body_kw)
@@ -166,7 +176,7 @@ class UpstreamCall:
             return self.fail("bad_response", "closed its event stream before the end.")
         return self.fail("retryable", "closed the connection.")
 
-    def _parsed(self, body: bytes | str) -> dict[str, Any]:
+    def _parsed(self, body: bytes | bytearray | str) -> dict[str, Any]:
         try:
             parsed = json.loads(body)
         except ValueError:
@@ -175,7 +185,8 @@ class UpstreamCall:
             raise self.fail("bad_response", "sent a malformed response.")
         return parsed
 
-    def _status_failure(self, response: httpx.Response, body: bytes) -> UpstreamFailure:
+    def _status_failure(self, response: httpx.Response, body: bytes | bytearray
+                        ) -> UpstreamFailure:
         status = response.status_code
         message = _error_message(body)
         if status == 429 or status >= 500:
@@ -187,6 +198,8 @@ class UpstreamCall:
         return self.fail("rejected", f"rejected the request (HTTP {status}).", status=status)
 
     def image_from_base64(self, data: Any, where: str = "image") -> GeneratedImage:
+        """Decode and check one base64 image. CPU-bound for large images: adapters call it
+        through `asyncio.to_thread`, and drop their reference to `data` first."""
         if not isinstance(data, str) or not data:
             raise self.fail("bad_response", f"sent an empty {where}.")
         if data.startswith("data:"):
@@ -197,6 +210,7 @@ class UpstreamCall:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise self.fail("bad_response", f"sent a {where} that is not valid base64.") from None
+        del data  # (the caller's copy is its own to drop)
         return self.image_from_bytes(raw)
 
     def image_from_bytes(self, raw: bytes) -> GeneratedImage:
@@ -211,7 +225,12 @@ class UpstreamCall:
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             raise self.fail("bad_response", "sent data that is not a readable image.") from None
         fmt = {"png": "png", "jpeg": "jpeg", "webp": "webp"}.get(fmt)
-        return GeneratedImage(image=image, data=raw if fmt else None, format=fmt)
+        if fmt is None:
+            return GeneratedImage(image=image)  # re-encoded later: keep the pixels
+        # Checked: keep the encoded bytes only. The image is opened again lazily (its header
+        # now, its pixels only if it has to be re-encoded), so no decoded copy waits in memory.
+        image.close()
+        return GeneratedImage(image=Image.open(io.BytesIO(raw)), data=raw, format=fmt)
 
     async def image_from_url(self, url: Any) -> GeneratedImage:
         """Download an upstream's image (its links expire; ours replace them), capped, with the
@@ -265,17 +284,17 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+async def _read_capped(response: httpx.Response, limit: int) -> bytearray:
+    """The whole body in one buffer (no list of chunks joined into a second copy)."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _TooLarge()
-    chunks, size = [], 0
+    body = bytearray()
     async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise _TooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
 async def _sse_events(response: httpx.Response, limit: int
@@ -317,7 +336,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     return None
 
 
-def _error_message(body: bytes) -> str:
+def _error_message(body: bytes | bytearray) -> str:
     """The upstream's own error text, for classification only (never shown to the client)."""
     try:
         parsed = json.loads(body)
