@@ -36,6 +36,7 @@ ADMIN_ROUTES = [
     ("POST", "/admin/keys/{key}/enable", None),
     ("DELETE", "/admin/keys/{key}", None),
     ("GET", "/admin/usage", None),
+    ("GET", "/admin/usage/rejects", None),
 ]
 
 

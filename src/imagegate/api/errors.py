@@ -102,11 +102,15 @@ def openapi(app: FastAPI) -> dict[str, Any]:
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(model_schema.pop("$defs", {}))
         schemas[model.__name__] = model_schema
-    for operations in schema.get("paths", {}).values():
+    for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             wanted = [400, 413] if "requestBody" in operation else [400]
+            if path.startswith("/admin"):  # every admin route checks the key first
+                wanted += [401, 403]
+            elif path.startswith("/v1/"):
+                wanted += [401]
             for status in wanted:
                 responses.setdefault(str(status), {
                     "description": _STATUS_TEXT[status],
