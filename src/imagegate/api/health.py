@@ -29,7 +29,18 @@ async def health(service: ImageService = Depends(deps.service)) -> dict[str, Any
     return body
 
 
-@router.get("/health/ready")
+_READINESS = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "string", "enum": ["ready", "loading", "failed"]},
+    "loading": {"type": "array", "items": {"type": "string"}},
+    "failed": {"type": "object", "additionalProperties": {"type": "string"}}}}
+"""The body of both answers: a readiness probe's, not an error envelope."""
+
+
+@router.get("/health/ready", responses={
+    200: {"description": "Every model named in `preload` is loaded.",
+          "content": {"application/json": {"schema": _READINESS}}},
+    503: {"description": "A preloaded model is still loading, or failed to load.",
+          "content": {"application/json": {"schema": _READINESS}}}})
 async def ready(service: ImageService = Depends(deps.service)) -> JSONResponse:
     """200 once every preloaded model has loaded; 503 while one is loading or if one failed,
     so a load balancer or Kubernetes sends no traffic to a server that is still warming up."""
