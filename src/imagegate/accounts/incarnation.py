@@ -7,7 +7,7 @@ it dies (`kill -9` included):
 
     PostgreSQL  a session advisory lock on a connection kept open for the process's life;
                 any replica sees it in `pg_locks`
-    SQLite      an flock() on DATABASE-incarnations/ID.lock beside the database file (SQLite
+    SQLite      an flock() on .DATABASE.locks/ID.lock beside the database file (SQLite
                 is one machine's database, so every process using it can see the lock)
 
 An incarnation is dead when it ended cleanly (`ended_at`), when its lock is free, or, where the
@@ -205,7 +205,7 @@ def locks_for(engine: AsyncEngine) -> Locks:
     path = sqlite_path(str(engine.url))
     if path is None or fcntl is None:
         return NoLocks()
-    return FileLocks(path.with_name(path.name + "-incarnations"))
+    return FileLocks(path.with_name(f".{path.name}.locks"))  # hidden: not a database file
 
 
 class Incarnations:
