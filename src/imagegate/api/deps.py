@@ -87,8 +87,9 @@ class ClientDisconnected(Exception):
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first: a cancelled generation is
-    not charged (service.py releases its reservation) and a queued one never runs."""
+    """Await `work`, cancelling it if the client disconnects first: a queued local job never
+    runs and a running one stops, not charged (service.py releases its reservation); a job
+    already sent to an upstream is finished in the background and charged (service.py)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request))
     try:

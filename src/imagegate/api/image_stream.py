@@ -15,7 +15,8 @@ The HTTP status is chosen as late as is useful: an error that comes before the f
 within a short head start (validation, 401/402, a full queue's 429) is an ordinary JSON error
 response, because the SDKs check the status before reading events. After the 200 has gone out,
 an error is an `error` event, which the SDKs raise as `APIError`. A client that leaves cancels
-its generation, which then is not charged.
+its generation: a local one stops and is not charged; one already sent to an upstream is
+finished, stored and charged (service.py).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class _Stream:
             for index, image in enumerate(result.images):
                 yield self._completed_event(result, index, image)
         finally:
-            if not task.done():  # the client went away: cancel, which releases the money
+            if not task.done():  # the client went away: cancel (service.py decides the money)
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
