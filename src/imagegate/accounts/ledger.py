@@ -1,6 +1,6 @@
 """The only code that moves money.
 
-    reserve   balance -= amount, a `held` reservation row      (one conditional UPDATE: 402 if short)
+    reserve   balance -= amount, a `held` reservation row  (one conditional UPDATE: 402 if short)
     settle    reservation held -> settled; balance += amount - charge; a `charge` ledger entry
     release   settle with a charge of zero
 
