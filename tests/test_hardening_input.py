@@ -467,7 +467,9 @@ async def test_openapi_documents_400_envelopes_and_no_422(srv) -> None:
             assert "422" not in responses, (method, path)
             assert "400" in responses, (method, path)
             for status, documented in responses.items():
-                if status.startswith(("4", "5")):
+                # (/health/ready's 503 is its own readiness body, documented as such.)
+                if status == "400" or (status.startswith(("4", "5"))
+                                       and path.startswith(("/v1/", "/admin"))):
                     ref = documented["content"]["application/json"]["schema"]["$ref"]
                     assert ref == "#/components/schemas/ErrorResponse", (method, path, status)
     generation = schema["paths"]["/v1/images/generations"]["post"]["responses"]
@@ -478,3 +480,23 @@ async def test_openapi_documents_400_envelopes_and_no_422(srv) -> None:
     assert edits["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] \
         .endswith("/ImagesResponse")
     assert "409" in schema["paths"]["/admin/keys/{key_id}"]["delete"]["responses"]
+
+
+async def test_the_cli_shares_the_admin_rules(srv) -> None:
+    """`imagegate keys ...` and `imagegate usage` call the same Admin as the API."""
+    from imagegate.accounts.admin import LastAdminKey
+    from imagegate.errors import InvalidRequest
+
+    admin = srv.app.state.service.accounts.admin
+    only = _key_id(await admin.keys(), "configured admin key")
+    with pytest.raises(LastAdminKey):
+        await admin.delete_key(only)
+    with pytest.raises(LastAdminKey):
+        await admin.set_key_enabled(only, False)
+    with pytest.raises(InvalidRequest) as bad_key:
+        await admin.usage(key_id=2**63)
+    assert bad_key.value.param == "key"
+    account = await _account(srv)
+    with pytest.raises(InvalidRequest) as bad_rpm:
+        await admin.create_key(account["id"], "k", rpm_limit=10**20)
+    assert bad_rpm.value.param == "rpm_limit"

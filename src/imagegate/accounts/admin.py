@@ -141,9 +141,10 @@ class Admin:
                                      param="allowed_ips") from None
         if price_multiplier is not None:
             _check_multiplier(price_multiplier)
-        for field, limit in (("rpm_limit", rpm_limit), ("concurrency_limit", concurrency_limit)):
-            if limit is not None and limit < 1:
-                raise InvalidRequest(f"`{field}` must be at least 1.", param=field)
+        for field, limit, most in (("rpm_limit", rpm_limit, MAX_RPM),
+                                   ("concurrency_limit", concurrency_limit, MAX_CONCURRENCY)):
+            if limit is not None and not 1 <= limit <= most:
+                raise InvalidRequest(f"`{field}` must be between 1 and {most}.", param=field)
         if key is None:
             key, prefix, digest = mint_key()
         else:  # a configured key: show at most half of it
@@ -214,6 +215,8 @@ class Admin:
     async def usage(self, *, key_id: int | None = None, model: str | None = None,
                     account: str | int | None = None, since: datetime | None = None,
                     limit: int = 10_000) -> list[dict[str, Any]]:
+        if key_id is not None and not 0 < key_id <= MAX_ID:
+            raise InvalidRequest(f"`key` must be between 1 and {MAX_ID}.", param="key")
         query = select(UsageRecord).order_by(UsageRecord.id.desc()).limit(limit)  # newest
         if key_id is not None:
             query = query.where(UsageRecord.key_id == key_id)
