@@ -373,6 +373,12 @@ async def test_admin_bodies_reject_bad_text_huge_ints_and_loose_types(srv) -> No
     assert [k["name"] for k in keys] == ["configured admin key"], keys
 
 
+async def test_admin_query_and_path_values_are_bounded_on_postgresql(inprocess,
+                                                                    pg_url) -> None:
+    """PostgreSQL refuses NUL in text and ids beyond 32 bits: none of it may get that far."""
+    await test_admin_query_and_path_values_are_bounded(await inprocess(database_url=pg_url))
+
+
 async def test_admin_query_and_path_values_are_bounded(srv) -> None:
     cases = [
         ("/admin/usage?key=9223372036854775808", "key"),
@@ -413,6 +419,15 @@ def _key_id(keys: list[dict], name: str) -> int:
 
 
 async def test_the_last_enabled_admin_key_cannot_be_removed(srv) -> None:
+    await _last_admin_key_is_kept(srv)
+
+
+async def test_the_last_enabled_admin_key_cannot_be_removed_on_postgresql(inprocess,
+                                                                          pg_url) -> None:
+    await _last_admin_key_is_kept(await inprocess(database_url=pg_url))
+
+
+async def _last_admin_key_is_kept(srv) -> None:
     keys = (await srv.client.get("/admin/keys", headers=srv.auth())).json()["data"]
     first = _key_id(keys, "configured admin key")
     # Alone: it may neither disable nor delete itself.
