@@ -29,6 +29,7 @@ from PIL import Image
 from imagegate.catalog import Deployment, ModelSpec
 from imagegate.errors import APIError
 from imagegate.generation import GeneratedImage, ProviderResult, ResolvedRequest
+from imagegate.providers import relay
 from imagegate.providers.relay import RoutePolicy, UpstreamRouter
 from imagegate.providers.upstream_http import UpstreamCall
 from upstream_server import serve_app, wait_until
@@ -131,8 +132,32 @@ class Routed:
         return None if chosen is None else chosen[1].name
 
 
+class RouterClock:
+    """The router's `time`: real time plus what a test skipped ahead, so that a cool-down ends
+    when the test says so, not when a busy machine gets round to the next line."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.skipped
+
+    def skip(self, seconds: float) -> None:
+        self.skipped += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
 @pytest.fixture
-async def routed() -> Any:
+def router_clock(monkeypatch: pytest.MonkeyPatch) -> RouterClock:
+    clock = RouterClock()
+    monkeypatch.setattr(relay, "time", clock)
+    return clock
+
+
+@pytest.fixture
+async def routed(router_clock: RouterClock) -> Any:
     made: list[Routed] = []
 
     def make(script: Script, **policy: Any) -> Routed:
@@ -178,9 +203,9 @@ async def test_lower_priority_number_always_wins_while_healthy(routed) -> None:
     assert "backup" not in r.script.calls
 
 
-async def test_second_tier_only_while_the_first_is_cooling(routed) -> None:
+async def test_second_tier_only_while_the_first_is_cooling(routed, router_clock) -> None:
     script = Script(main="503", backup="ok")
-    r = routed(script, cooldown_seconds=0.4)
+    r = routed(script, cooldown_seconds=30)
     spec = _spec(_deployment("main", priority=0), _deployment("backup", priority=1))
     # Each failure of `main` falls back to `backup` within the request.
     for _ in range(3):
@@ -192,7 +217,7 @@ async def test_second_tier_only_while_the_first_is_cooling(routed) -> None:
     assert script.count("main") == 3
     # Healthy again after the cool-down: the first tier is back.
     script.set("main", "ok")
-    await asyncio.sleep(0.5)
+    router_clock.skip(31)
     assert all(r.picked(spec) == "main" for _ in range(50))
     assert (await r.generate(spec)).deployment == "main"
 
@@ -210,16 +235,17 @@ async def test_retryable_failure_falls_back_to_the_next_deployment(routed) -> No
     assert script.calls == ["first", "second"]
 
 
-async def test_retry_after_failure_falls_back_and_cools_for_that_long(routed) -> None:
-    script = Script(first="retry-after:0.5", second="ok")
-    r = routed(script, cooldown_seconds=60)
+async def test_retry_after_failure_falls_back_and_cools_for_that_long(routed,
+                                                                     router_clock) -> None:
+    script = Script(first="retry-after:20", second="ok")
+    r = routed(script, cooldown_seconds=600)
     spec = _spec(_deployment("first", priority=0), _deployment("second", priority=1))
     assert (await r.generate(spec)).deployment == "second"
-    # One failure only, but Retry-After asked for 0.5 s: cooling for that long, no longer.
+    # One failure only, but Retry-After asked for 20 s: cooling for that long, no longer.
     assert r.picked(spec) == "second"
     assert r.router.describe(spec)["deployments"][0]["cooling_down"] is True
     script.set("first", "ok")
-    await asyncio.sleep(0.6)
+    router_clock.skip(21)
     assert r.picked(spec) == "first"
     assert (await r.generate(spec)).deployment == "first"
 
@@ -240,7 +266,7 @@ async def test_no_second_attempt_after_the_adapter_overran_the_deadline(routed) 
     spec = _spec(_deployment("first", priority=0), _deployment("second", priority=1))
     started = time.monotonic()
     error = await r.error(spec)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 25  # not the adapter's 30 s
     assert (error.status, error.code) == (502, "upstream_timeout")
     assert script.calls == ["first"]
 
@@ -302,7 +328,7 @@ async def test_total_deadline_stops_a_slow_adapter(routed) -> None:
     error = await r.error(spec)
     elapsed = time.monotonic() - started
     assert (error.status, error.code) == (502, "upstream_timeout")
-    assert 1.0 <= elapsed < 4, elapsed
+    assert 1.0 <= elapsed < 25, elapsed  # the deadline, not the adapter's 30 s
 
 
 async def test_no_retry_once_the_deadline_has_passed(routed) -> None:
@@ -347,9 +373,10 @@ async def test_everything_cooling_is_503_with_retry_after(routed) -> None:
 # cool-down and recovery
 
 
-async def test_three_failures_in_a_row_cool_a_deployment_then_it_recovers(routed) -> None:
+async def test_three_failures_in_a_row_cool_a_deployment_then_it_recovers(routed,
+                                                                          router_clock) -> None:
     script = Script(flaky="503", steady="ok")
-    r = routed(script, cooldown_seconds=0.3)
+    r = routed(script, cooldown_seconds=30)
     spec = _spec(_deployment("flaky", priority=0), _deployment("steady", priority=1))
     for i in range(1, 3):
         assert (await r.generate(spec)).deployment == "steady"
@@ -357,7 +384,7 @@ async def test_three_failures_in_a_row_cool_a_deployment_then_it_recovers(routed
     assert (await r.generate(spec)).deployment == "steady"
     assert r.picked(spec) == "steady"  # third failure in a row: cooling
     assert [d["cooling_down"] for d in r.router.describe(spec)["deployments"]] == [True, False]
-    await asyncio.sleep(0.4)
+    router_clock.skip(31)
     assert r.picked(spec) == "flaky"
     assert r.router.describe(spec)["deployments"][0]["cooling_down"] is False
 
@@ -419,10 +446,8 @@ async def test_without_max_concurrency_calls_run_together(routed) -> None:
     script = Script(wide="sleep:0.3")
     r = routed(script)
     spec = _spec(_deployment("wide"))
-    started = time.monotonic()
     await asyncio.gather(*(r.generate(spec) for _ in range(5)))
-    assert script.most_active["wide"] == 5
-    assert time.monotonic() - started < 1.0
+    assert script.most_active["wide"] == 5  # all five calls were in flight at once
 
 
 async def test_max_concurrency_two(routed) -> None:
@@ -451,11 +476,12 @@ async def test_waiting_for_a_slot_counts_against_the_total_deadline(routed) -> N
         return time.monotonic() - started, outcome
 
     results = await asyncio.gather(*(timed() for _ in range(10)))
-    slowest = max(elapsed for elapsed, _ in results)
-    assert slowest < 3.0, sorted(results)
     outcomes = Counter(o for _, o in results)
-    assert outcomes["ok"] >= 3, results
+    assert outcomes["ok"] >= 1 and outcomes["upstream_timeout"] >= 1, results
     assert set(outcomes) <= {"ok", "upstream_timeout"}, results
+    # Those whose deadline passed in the queue never reached the upstream (all ten would have,
+    # one after the other, for about 5 s, if waiting did not count).
+    assert script.count("single") < 10, results
 
 
 async def test_waiting_for_a_busy_deployment_does_not_cool_it_down(routed) -> None:
@@ -572,9 +598,7 @@ def test_e2e_timeout_is_not_retried_on_the_backup(start_server, monkeypatch) -> 
     with serve_app(slow.app) as first, serve_app(backup.app) as second:
         server = start_server(_config(first, second, first_priority=0, second_priority=1,
                                       timeout=1))
-        started = time.monotonic()
-        response = _generate(server, "a slow sunrise")
-        assert time.monotonic() - started < 3.5
+        response = _generate(server, "a slow sunrise")  # no answer from `slow` for 2.5 s
         assert response.status_code == 502, response.text
         error = response.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}

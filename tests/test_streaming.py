@@ -253,11 +253,10 @@ def test_errors_before_the_stream_keep_their_status(gateway: Gateway) -> None:
 def test_an_error_after_the_stream_began_is_an_error_event(gateway: Gateway) -> None:
     key = gateway.key("stream-late")
     client = gateway.sdk(key)
-    started = time.monotonic()
+    # The 200 goes out after the 2-second head start, before the failure at 4 s (one event loop
+    # keeps the two timers in order however busy the machine is): the SDK returns the stream.
     stream = client.images.generate(model="fake-image", prompt="slowfail:4 late",
                                     stream=True)
-    # The 200 went out after the 2-second head start, well before the failure at 4 s.
-    assert time.monotonic() - started < 3.5
     with pytest.raises(openai.APIError) as caught:
         list(stream)
     assert "failed on purpose" in caught.value.message
@@ -305,7 +304,7 @@ def test_leaving_mid_stream_stops_the_job_and_costs_nothing(gateway: Gateway) ->
         assert time.monotonic() - left < 60, "the job kept running after the client left"
         time.sleep(0.05)
     assert _metric(base, "imagegate_engine_jobs_cancelled_total") == cancelled + 1
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not gateway.usage("stream-leave") and time.monotonic() < deadline:
         time.sleep(0.1)
     [row] = gateway.usage("stream-leave")

@@ -410,16 +410,18 @@ def test_gemini_failures(gateway: Gateway, mode: str, status: int, type_: str,
 def test_gemini_429_honours_retry_after(gateway: Gateway) -> None:
     gateway.fake.reset("429")
     before = gateway.balance()
+    started = time.monotonic()
     _error(gateway, gateway.generate("gemini-2.5-flash-image"), 502, "upstream_error",
            "upstream_error")
     assert len(gateway.fake.calls) == 1
     # Retry-After: 1 cools the only deployment for a second: the next request is not sent.
     gateway.fake.reset("ok")
     response = gateway.generate("gemini-2.5-flash-image")
-    assert response.status_code == 503, response.text
-    assert response.json()["error"]["code"] == "model_unavailable"
-    assert gateway.fake.calls == []
-    assert gateway.balance() == before
+    if time.monotonic() - started < 1:  # else a busy machine let the second pass
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "model_unavailable"
+        assert gateway.fake.calls == []
+        assert gateway.balance() == before
     time.sleep(1.1)
     _images(gateway.generate("gemini-2.5-flash-image"), 1)
 
@@ -585,18 +587,22 @@ def test_bfl_failures(gateway: Gateway, mode: str, status: int, type_: str,
     assert gateway.balance() == before
     submits = gateway.fake.paths("POST")
     assert submits == ["/v1/flux-pro-1.1"]  # never submitted twice
-    if mode == "slow":
-        assert 2 <= len(gateway.fake.paths("GET")) <= 4  # 0.5 s, then backing off
+    if mode == "slow":  # polled at 0.5 s, then backing off: at most 4 polls in its 2 s (fewer
+        # on a busy machine, where a poll may come after the deadline and not be sent)
+        assert 1 <= len(gateway.fake.paths("GET")) <= 4
 
 
 def test_bfl_429_honours_retry_after(gateway: Gateway) -> None:
     gateway.fake.reset("429")
     before = gateway.balance()
+    started = time.monotonic()
     _error(gateway, gateway.generate("flux-1.1-pro"), 502, "upstream_error", "upstream_error")
     assert gateway.balance() == before
     gateway.fake.reset("ready")
-    assert gateway.generate("flux-1.1-pro").status_code == 503
-    assert gateway.fake.calls == []
+    response = gateway.generate("flux-1.1-pro")
+    if time.monotonic() - started < 1:  # else a busy machine let the second pass
+        assert response.status_code == 503, response.text
+        assert gateway.fake.calls == []
     time.sleep(1.1)
     _images(gateway.generate("flux-1.1-pro"), 1)
 
