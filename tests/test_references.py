@@ -625,3 +625,48 @@ async def test_https_uses_the_name_for_sni_and_verification(
                       "image_fetch_failed")
     finally:
         tls_server.stop()
+
+
+def test_large_images_are_reduced_to_the_working_size_as_they_are_decoded() -> None:
+    """JPEG (decoded at a reduced scale), palette PNG (shrunk before its RGB conversion), a mask
+    of the same size (same result size, so the two still match) and EXIF orientation (applied
+    to the reduced image)."""
+    from imagegate.references import PixelBudget
+
+    budget = PixelBudget(None)
+    photo = encode(Image.new("RGB", (3000, 2000), (200, 100, 50)), "JPEG")
+    ref = decode_image(photo, param="image", max_pixels=10**7, max_edge=512, budget=budget)
+    assert ref.image.size == (512, 341) and ref.image.mode == "RGB"
+    assert all(abs(a - b) <= 3 for a, b in zip(ref.image.getpixel((9, 9)), (200, 100, 50)))
+
+    palette = Image.new("P", (3000, 2000))
+    palette.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    palette.paste(1, (0, 0, 3000, 2000))
+    palette.info["transparency"] = 0
+    mask = decode_image(encode(palette, "PNG"), param="mask", max_pixels=10**7, max_edge=512)
+    assert mask.image.size == ref.image.size and mask.image.mode == "RGBA"
+    assert mask.image.getpixel((100, 100)) == (0, 255, 0, 255)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    sideways = encode(Image.new("RGB", (3000, 2000)), "JPEG", exif=exif)
+    assert decode_image(sideways, param="image", max_pixels=10**7,
+                        max_edge=512).image.size == (341, 512)
+
+    small = decode_image(PNG, param="image", max_pixels=10**6, max_edge=512)
+    assert small.image.size == (64, 48)  # smaller than the working size: untouched
+    assert budget.used == 0
+
+
+def test_pixel_budget_refuses_past_its_cap_and_counts_what_is_decoded() -> None:
+    from imagegate.engine.worker import ServerBusy
+    from imagegate.references import PixelBudget
+
+    budget = PixelBudget(64 * 48 * 2)
+    budget.take(64 * 48 + 1)  # another decode is running
+    with pytest.raises(ServerBusy) as info:
+        decode_image(PNG, param="image", max_pixels=10**6, budget=budget)
+    assert info.value.status == 429 and int(info.value.headers["retry-after"]) >= 1
+    budget.give_back(64 * 48 + 1, 0.0)
+    assert decode_image(PNG, param="image", max_pixels=10**6, budget=budget).width == 64
+    assert budget.used == 0
