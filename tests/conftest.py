@@ -220,3 +220,20 @@ async def inprocess(tmp_path: Path, tiny_models_dir: Path) -> Any:
 
     async with stack:
         yield start
+
+
+@contextmanager
+def held_open(url: str, body: dict[str, Any]) -> Iterator[None]:
+    """POST `body` as JSON to `url` and keep the connection open, unread, until the block ends;
+    then the client leaves. A local job stays in the engine for exactly that long (it stops at
+    its next step once the client has gone): tests wait on the engine's state, not on time."""
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    payload = json.dumps(body).encode()
+    head = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(head.encode() + payload)
+        yield

@@ -204,10 +204,19 @@ def test_expired_key_is_401(auth_server, admin) -> None:
 
 
 def test_key_expiring_soon_works_until_it_expires(auth_server, admin) -> None:
-    expires = datetime.now(timezone.utc) + timedelta(seconds=2)
-    key = admin.key(expires_at=expires)["key"]
-    assert _models(auth_server, _bearer(key)).status_code == 200
-    assert _generate(auth_server, _bearer(key)).status_code == 200
+    # A busy machine may spend a short life before the key is used: then a longer one.
+    for life in (2, 10, 60):
+        expires = datetime.now(timezone.utc) + timedelta(seconds=life)
+        key = admin.key(expires_at=expires)["key"]
+        answers = [_models(auth_server, _bearer(key)), _generate(auth_server, _bearer(key))]
+        if all(answer.status_code == 200 for answer in answers):
+            break
+        for answer in answers:  # refused only once expired
+            if answer.status_code != 200:
+                _invalid_key(answer)
+        assert datetime.now(timezone.utc) >= expires, [a.status_code for a in answers]
+    else:
+        pytest.fail("the key never worked before it expired")
     time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 0.3)
     _invalid_key(_models(auth_server, _bearer(key)))  # from the auth cache: still refused
     _invalid_key(_generate(auth_server, _bearer(key)))
@@ -342,23 +351,20 @@ def test_concurrency_limit(auth_server, admin) -> None:
         # Wait until the first request holds the slot. A probe for an unknown model, if it is
         # admitted, gives the slot back before the server's event loop runs anything else, so
         # probing never takes the slot away from the slow request.
-        while not first.done() and time.monotonic() - started < 30:
+        while not first.done() and time.monotonic() - started < 120:
             probe = _generate(auth_server, headers, model="no-such-model")
             if probe.status_code == 429:
                 break
             _error(probe, 404, "invalid_request_error", "model_not_found")
             time.sleep(0.02)
-        sent = time.monotonic()
         refused = _generate(auth_server, headers)
-        refused_after = time.monotonic() - sent
+        # Refused at once: while the request holding the slot is still running.
         first_was_running = not first.done()
-        first_response = first.result(timeout=120)
-        first_took = time.monotonic() - started
+        first_response = first.result(timeout=300)
     assert first_response.status_code == 200, first_response.text
-    assert first_was_running, f"the slow request took only {first_took:.2f} s: make it slower"
+    assert first_was_running, "the slow request ended first: make it slower"
     _error(refused, 429, "rate_limit_error", {"rate_limit_exceeded", "concurrency_limit_exceeded"})
     _retry_after(refused)
-    assert refused_after < min(1.0, first_took / 2), (refused_after, first_took)
     # The slot is given back, also by requests that fail.
     for _ in range(3):
         _error(_generate(auth_server, headers, model="no-such-model"), 404,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import held_open
 from imagegate.catalog import Catalog
 from imagegate.generation import GenerationRequest, Size
 from imagegate.rules import resolve
@@ -68,6 +70,18 @@ def _pixels(b64: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=int)
 
 
+def _metric(base_url: str, name: str) -> float:
+    metrics = httpx.get(base_url + "/metrics", timeout=30).text
+    return float(re.search(rf'^{name}\{{model="tiny-sd"\}} (\S+)$', metrics, re.M).group(1))
+
+
+def _wait_for_metric(base_url: str, name: str, value: float) -> None:
+    deadline = time.monotonic() + 120
+    while _metric(base_url, name) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.05)
+
+
 def test_concurrent_requests_are_batched_and_keep_their_images(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server(engine_max_batch_images="16", engine_max_wait_ms="200")
     url = server.api_url + "/images/generations"
@@ -80,11 +94,17 @@ def test_concurrent_requests_are_batched_and_keep_their_images(start_server) -> 
         return response.json()["data"][0]["b64_json"]
 
     solo = {seed: generate(seed) for seed in (1, 2, 3, 4)}
+    # A slow job holds the worker until all eight wait behind it: then they share a call,
+    # whatever order they arrived in and however busy the machine is.
+    slow = {"model": "tiny-sd", "prompt": "hold", "size": "1024x1024",
+            "num_inference_steps": 50}
     with ThreadPoolExecutor(8) as pool:
-        together = dict(zip(range(1, 9), pool.map(generate, range(1, 9))))
-    metrics = httpx.get(server.base_url + "/metrics").text
-    batches = float(re.search(r'^imagegate_engine_batches_total\{model="tiny-sd"\} (\S+)$',
-                              metrics, re.M).group(1))
-    assert batches >= 1, "eight concurrent compatible requests never shared a call"
+        with held_open(url, slow):
+            _wait_for_metric(server.base_url, "imagegate_engine_running", 1)
+            futures = [pool.submit(generate, seed) for seed in range(1, 9)]
+            _wait_for_metric(server.base_url, "imagegate_engine_waiting", 8)
+        together = dict(zip(range(1, 9), (future.result() for future in futures)))
+    assert _metric(server.base_url, "imagegate_engine_batches_total") >= 1, (
+        "eight concurrent compatible requests never shared a call")
     for seed, alone in solo.items():  # uint8 rounding may move a value by one level
         assert np.abs(_pixels(together[seed]) - _pixels(alone)).max() <= 1

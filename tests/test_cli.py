@@ -172,7 +172,8 @@ def test_generate_without_weights_explains_pull(heavy, workdir: Path) -> None:
     assert "imagegate pull sd-turbo" in result.words, result.stderr
     assert "Traceback" not in result.stderr
     assert not (workdir / "turbo.png").exists()
-    assert result.seconds < 20, f"took {result.seconds:.1f} s to report missing weights"
+    # Generous: a busy machine starts Python and imports torch slowly.
+    assert result.seconds < 90, f"took {result.seconds:.1f} s to report missing weights"
 
 
 @pytest.mark.parametrize("command, option", [("serve", "--port"), ("generate", "--seed")])

@@ -111,7 +111,7 @@ def generate(server_url: str, key: str | None) -> httpx.Response:
                       timeout=120)
 
 
-def wait_for_status(server_url: str, key: str, status: int, seconds: float = 15) -> httpx.Response:
+def wait_for_status(server_url: str, key: str, status: int, seconds: float = 60) -> httpx.Response:
     """A running server trusts a verified key for auth_cache_seconds: poll until it notices."""
     deadline = time.monotonic() + seconds
     while True:

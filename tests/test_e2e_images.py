@@ -284,8 +284,11 @@ def test_expired_link_refused(expiring_server) -> None:
     assert response.data[0].model_extra["expires_at"] == expires
 
     now = httpx.get(url, timeout=10)
-    assert now.status_code == 200
-    assert _open(now.content).size == (64, 64)
+    if now.status_code != 200:  # refused only once expired (a busy machine may take 2 s here)
+        assert time.time() >= expires, (now.status_code, now.text)
+        assert _envelope(now, 403)["code"] == "link_expired"
+    else:
+        assert _open(now.content).size == (64, 64)
 
     time.sleep(max(0.0, expires - time.time()) + 0.3)
     # The file is still on disk (the sweeper runs hourly here), so only the signature refuses it.
@@ -373,17 +376,25 @@ def test_media_path_escapes_refused(server) -> None:
 
 def test_sweeper_deletes_expired_files(sweeping_server) -> None:
     client = _client(sweeping_server)
+    started = time.time()  # the file is written after this, and swept after mtime + ttl + 1
     url, _ = _url_image(client)
     name = urlsplit(url).path.rsplit("/", 1)[1]
     files = [p for p in _stored_files(sweeping_server) if p.name == name]
-    assert len(files) == 1, "the image should be on disk right after it is made"
-    path = files[0]
-    assert _open(path.read_bytes()).size == (64, 64)
+    contents = []
+    for path in files:
+        try:
+            contents.append(path.read_bytes())
+        except FileNotFoundError:  # swept meanwhile
+            pass
+    if time.time() < started + 2 + 0.9:  # else a busy machine gave the sweeper its turn first
+        assert len(contents) == 1, "the image should be on disk right after it is made"
+        assert _open(contents[0]).size == (64, 64)
 
-    deadline = time.monotonic() + 8
-    while path.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while any(p.exists() for p in files) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not path.exists(), "the sweeper did not delete the expired image"
+    assert not any(p.exists() for p in files), "the sweeper did not delete the expired image"
+    assert not [p for p in _stored_files(sweeping_server) if p.name == name]
     gone = httpx.get(url, timeout=10)
     assert gone.status_code in (403, 404)
     assert PNG_MAGIC not in gone.content
@@ -447,15 +458,15 @@ def test_sdk_error_classes(server) -> None:
         client.images.generate(model=MODEL, prompt="a fox", size="big")
     assert garbled_size.value.param == "size"
 
-    started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as unavailable:
         client.images.generate(model="sd-turbo", prompt="a fox", size="64x64")
-    elapsed = time.monotonic() - started
     assert unavailable.value.status_code == 503
     assert unavailable.value.code == "model_unavailable"
     assert "imagegate pull sd-turbo" in unavailable.value.message
     assert str(server.data_dir) not in unavailable.value.message  # no server paths leak
-    assert elapsed < 2.0, f"a model without weights should fail fast, took {elapsed:.2f} s"
+    # Failed fast: refused before the engine tried to load it (which would leave it "failed").
+    health = httpx.get(server.base_url + "/health", timeout=30).json()["models"]["sd-turbo"]
+    assert health["state"] == "unloaded", health
 
 
 def test_body_over_limit_is_413(small_body_server) -> None:

@@ -217,7 +217,7 @@ def test_a_busy_model_is_not_unloaded(budget_server) -> None:
     slow = threading.Thread(target=lambda: results.append(
         _generate(budget_server, "tiny-a", size="768x768", num_inference_steps=100)))
     slow.start()
-    _wait_for(lambda: _health(budget_server)["models"]["tiny-a"]["queue"]["running"], 30,
+    _wait_for(lambda: _health(budget_server)["models"]["tiny-a"]["queue"]["running"], 120,
               "tiny-a to run the slow job")
     _pixels(_generate(budget_server, "tiny-b"))  # loads tiny-b while tiny-a is busy
     states = _states(budget_server)
