@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+import threading
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,7 +22,7 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import in_background
+from conftest import held_open, in_background
 from PIL import Image
 
 MODEL = "tiny-sd"
@@ -394,36 +397,57 @@ def test_raw_stream_framing(server) -> None:
     assert len(image_lines) == 1 and len(image_lines[0]) < 2000
 
 
-def test_slow_stream_starts_before_the_image_is_ready(server) -> None:
-    """Past the head start (2 s) the stream opens with the role chunk, and the image follows."""
-    import time
+def _engine(server, name: str) -> float:  # type: ignore[no-untyped-def]
+    text = httpx.get(server.base_url + "/metrics", timeout=30).text
+    match = re.search(rf'^{name}{{model="{MODEL}"}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
 
+
+def _wait(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_slow_stream_starts_before_the_image_is_ready(server) -> None:
+    """Past the head start (2 s) the stream opens with the role chunk, and the image follows.
+    The image is late for sure: another job holds the engine until the role chunk has come."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "a fox"}],
-            "modalities": ["image", "text"], "stream": True, "num_inference_steps": 6,
-            "image_config": {"aspect_ratio": "1:1", "image_size": "2K"}}
-    arrivals: list[tuple[float, str]] = []
-    with httpx.Client(timeout=120) as http:
-        started = time.monotonic()
-        with http.stream("POST", server.api_url + "/chat/completions", json=body) as response:
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/event-stream")
-            for line in response.iter_lines():
-                if line:
-                    arrivals.append((time.monotonic() - started, line))
-    events = [(t, line) for t, line in arrivals if not line.startswith(":")]
-    assert events[-1][1] == "data: [DONE]"
-    first = json.loads(events[0][1][len("data: "):])
+            "modalities": ["image", "text"], "stream": True, "num_inference_steps": 2,
+            "image_config": {"aspect_ratio": "1:1", "image_size": "0.5K"}}
+    hold = {"model": MODEL, "prompt": "hold the engine", "size": "2048x2048",
+            "num_inference_steps": 100}  # minutes of work, stopped once the test lets go
+    lines: list[str] = []
+    opened: list[httpx.Response] = []
+
+    def read() -> None:
+        with httpx.stream("POST", server.api_url + "/chat/completions", json=body,
+                          timeout=300) as response:
+            opened.append(response)
+            lines.extend(line for line in response.iter_lines() if line)
+
+    reader = threading.Thread(target=read)
+    with held_open(server.api_url + "/images/generations", hold):
+        _wait(lambda: _engine(server, "imagegate_engine_running") == 1, "the held job")
+        reader.start()
+        _wait(lambda: any(line.startswith("data: ") for line in lines), "the first chunk")
+        assert not any('"images"' in line for line in lines), lines
+        assert _engine(server, "imagegate_engine_running") == 1  # still held: no image yet
+    reader.join(300)
+    assert opened[0].status_code == 200
+    assert opened[0].headers["content-type"].startswith("text/event-stream")
+    events = [line for line in lines if not line.startswith(":")]
+    assert events[-1] == "data: [DONE]"
+    first = json.loads(events[0][len("data: "):])
     assert first["choices"][0]["delta"]["role"] == "assistant"
-    image_events = [(t, line) for t, line in events if '"images"' in line]
+    image_events = [line for line in events if '"images"' in line]
     assert len(image_events) == 1
-    if image_events[0][0] < 2.5:
-        pytest.skip("the image was ready within the head start: the late path did not run")
-    assert events[0][0] < image_events[0][0] - 0.2, arrivals[:3]
-    chunk = json.loads(image_events[0][1][len("data: "):])
+    chunk = json.loads(image_events[0][len("data: "):])
     assert chunk["id"] == first["id"]
     url = chunk["choices"][0]["delta"]["images"][0]["image_url"]["url"]
-    assert _open(httpx.get(url, timeout=30).content).size == (2048, 2048)
-    last = json.loads(events[-2][1][len("data: "):])
+    assert _open(httpx.get(url, timeout=30).content).size == (512, 512)
+    last = json.loads(events[-2][len("data: "):])
     assert last["choices"][0]["finish_reason"] == "stop"
 
 

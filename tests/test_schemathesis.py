@@ -31,7 +31,7 @@ from schemathesis.errors import FailureGroup
 
 ADMIN_KEY = "sk-admin-schemathesis-0123456789abcdef"
 MODEL = "tiny-sd"
-EXAMPLES = 40
+EXAMPLES = 60
 """Per operation and generation mode (schema-valid, schema-invalid)."""
 
 SMALL_TINY_SD = {MODEL: {
