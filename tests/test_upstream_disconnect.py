@@ -81,7 +81,8 @@ async def until(predicate: Callable[[], Any], what: str, timeout: float = 60) ->
 
 
 async def post_then_leave(app: Any, path: str, body: dict[str, Any], key: str,
-                          leave_when: Callable[[], Any]) -> list[dict[str, Any]]:
+                          leave_when: Callable[[], Any],
+                          headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """POST `body` through the app's ASGI interface as a client that disconnects once
     `leave_when` (awaited) returns; returns after the server's handler has ended, with the
     ASGI messages it sent."""
@@ -105,7 +106,8 @@ async def post_then_leave(app: Any, path: str, body: dict[str, Any], key: str,
         "root_path": "", "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
         "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),
-                    (b"authorization", f"Bearer {key}".encode())],
+                    (b"authorization", f"Bearer {key}".encode()),
+                    *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())],
     }
     handler = asyncio.ensure_future(app(scope, receive, send))
     try:
@@ -151,6 +153,36 @@ async def test_client_that_leaves_an_upstream_job_pays_for_it(inprocess, stream:
                 balance["spent_micros"]) == (4 * UNIT, 0, UNIT)
         assert len(images_stored(srv)) == 1  # kept, although the client asked for b64_json
         assert upstream.calls == 1
+
+
+@pytest.mark.parametrize("response_format", ["b64_json", "url"])
+async def test_a_retry_with_the_same_idempotency_key_gets_the_job_its_client_left(
+        inprocess, response_format: str) -> None:
+    """The job a client left is finished and charged; its retry with the same Idempotency-Key
+    replays that job's answer instead of running (and paying for) a second one, whether the
+    retry comes while the upstream still works or after."""
+    with holding_upstream() as (upstream, config):
+        srv = await inprocess(config=config)
+        key = await paid_key(srv, "leaver", 5 * UNIT)
+        body = {"model": "relayed", "prompt": "a lighthouse", "size": "1024x1024",
+                "response_format": response_format}
+        retry_headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "job-7"}
+
+        await post_then_leave(srv.app, "/v1/images/generations", body, key,
+                              lambda: upstream.until_held(1), {"Idempotency-Key": "job-7"})
+        retry = asyncio.ensure_future(srv.client.post("/v1/images/generations", json=body,
+                                                      headers=retry_headers))
+        upstream.release()
+        first = await retry
+        again = await srv.client.post("/v1/images/generations", json=body, headers=retry_headers)
+
+        assert first.status_code == again.status_code == 200, first.text
+        assert first.json()["data"] == again.json()["data"]
+        assert upstream.calls == 1
+        await until(lambda: _row_settled(srv), "the left job's usage row")
+        balance = await account(srv, "leaver")
+        assert (balance["balance_micros"], balance["held_micros"],
+                balance["spent_micros"]) == (4 * UNIT, 0, UNIT)
 
 
 async def _row_settled(srv: Any) -> bool:

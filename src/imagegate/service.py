@@ -70,8 +70,8 @@ class ImageService:
         self.signer = signer
         self.accounts = accounts
         """None only for in-process use without billing (the `generate` CLI)."""
-        self._detached: set[asyncio.Task] = set()
-        """Jobs finishing in the background for clients that left."""
+        self._orphans: set[asyncio.Future] = set()
+        """Requests whose client left, still ending (upstream jobs being finished)."""
 
     def provider_for(self, spec: ModelSpec) -> Provider:
         provider = self.providers.get(spec.backend)
@@ -100,17 +100,16 @@ class ImageService:
             billing.failed(500, "internal_error")
             raise
         finally:
-            if not billing.detached:  # (a detached job settles when it ends)
-                # Shielded: a cancelled request must still give its reservation back.
-                await asyncio.shield(billing.finish())
+            # Shielded: a cancelled request must still give its reservation back.
+            await asyncio.shield(billing.finish())
 
     async def drain(self, timeout: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """At shutdown: let the jobs finishing for clients that left end (stored, charged),
         for up to `timeout` seconds; cancel the rest (they settle what was delivered)."""
-        if not self._detached:
+        if not self._orphans:
             return
-        log.info("waiting for %d upstream jobs whose clients left", len(self._detached))
-        _done, pending = await asyncio.wait(set(self._detached), timeout=timeout)
+        log.info("waiting for %d upstream jobs whose clients left", len(self._orphans))
+        _done, pending = await asyncio.wait(set(self._orphans), timeout=timeout)
         for task in pending:
             task.cancel()
         if pending:
@@ -136,9 +135,7 @@ class ImageService:
         if billing is not None:
             billing.usage.update(size=str(resolved.size), quality=resolved.quality,
                                  deployment=provider.name)
-        place = contextlib.AsyncExitStack()
-        async with place:
-            ticket = await place.enter_async_context(admission(provider, spec, resolved))
+        async with admission(provider, spec, resolved) as ticket:
             if billing is not None:  # only now: a job without a place never holds money
                 unit = unit_price_micros(spec, resolved, billing.caller.price_multiplier)
                 await billing.reserve(unit, resolved.n)
@@ -147,15 +144,14 @@ class ImageService:
             try:
                 produced, images = await asyncio.shield(work)
             except asyncio.CancelledError:
-                if billing is not None and ticket.handed_off:
-                    self._detach(work, place.pop_all(), billing)
-                else:
+                if billing is None or not ticket.handed_off:
                     work.cancel()  # not handed off: it stops here, free
                     with contextlib.suppress(BaseException):
                         await work
                     if billing is not None:
                         billing.delivered = 0  # (even if it had just finished)
-                raise
+                    raise
+                produced, images = await self._finish_for_nobody(work, billing)
         return GenerationResult(
             request_id=request_id,
             model=spec.name,
@@ -189,36 +185,32 @@ class ImageService:
             billing.delivered = len(images)
         return produced, images
 
-    def _detach(self, work: asyncio.Future, place: contextlib.AsyncExitStack,
-                billing: "_Billing") -> None:
-        """The client left after the job went upstream: finish it without them."""
+    async def _finish_for_nobody(self, work: asyncio.Future, billing: "_Billing"
+                                 ) -> tuple[ProviderResult, list[DeliveredImage]]:
+        """The client left after the job went upstream: finish it anyway. The call returns
+        as usual, so what the endpoint does with an answer still happens (an Idempotency-Key's
+        answer is kept, and a retry with that key replays it instead of paying twice); the
+        images are stored even when the client wanted them inline, and the usage row says 499
+        with what was delivered. A second cancellation (shutdown) stops it."""
         billing.failed(499, "client_disconnected")
-        billing.detached = True
-        task = asyncio.ensure_future(self._finish_detached(work, place, billing))
-        self._detached.add(task)
-        task.add_done_callback(self._detached.discard)
+        task = asyncio.current_task()
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancel was handled
+        if uncancel is not None:
+            uncancel()
+        produced, images = await work
+        inline = [image for image in images if image.url is None]
+        if inline:
+            await asyncio.to_thread(
+                lambda: [self.store.put(i.data, i.output_format) for i in inline])
+        return produced, images
 
-    async def _finish_detached(self, work: asyncio.Future, place: contextlib.AsyncExitStack,
-                               billing: "_Billing") -> None:
-        """Await the job, keep its images (stored even when the client wanted them inline:
-        nobody else will ever receive them), free its place, settle what was delivered."""
-        try:
-            _produced, images = await work
-            inline = [image for image in images if image.url is None]
-            if inline:
-                await asyncio.to_thread(
-                    lambda: [self.store.put(i.data, i.output_format) for i in inline])
-        except asyncio.CancelledError:
-            log.warning("request %s: cancelled at shutdown while finishing for a client that "
-                        "left", billing.request_id)
-        except Exception:
-            log.warning("request %s: the job of a client that left failed", billing.request_id,
-                        exc_info=True)
-        finally:
-            try:
-                await place.aclose()
-            finally:
-                await billing.finish()
+    def let_go(self, task: asyncio.Future) -> None:
+        """`task` (running `generate`, maybe inside an endpoint's answer) lost its client:
+        cancel it without waiting. Work not yet handed off stops, free; work an upstream has
+        finishes (see `_finish_for_nobody`). Kept until it ends, for `drain`."""
+        task.cancel()
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     async def _load_inputs(self, req: GenerationRequest,
                            max_edge: int | None) -> tuple[list[Any], Any]:
@@ -285,8 +277,6 @@ class _Billing:
         self.unit = 0
         self.reserved = False
         self.delivered = 0
-        self.detached = False
-        """The client left after the job was handed off: the job settles when it ends."""
         self.started = time.monotonic()
         self.usage: dict[str, Any] = {
             "request_id": request_id, "key_id": caller.key_id, "account_id": caller.account_id,

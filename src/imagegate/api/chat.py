@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -75,7 +74,7 @@ async def create_chat_completion(
     if done:
         answer = task.result()  # raises the APIError, rendered with its status
         return sse_response(_stream_whole(answer, body))
-    return sse_response(_stream_when_ready(task, body, gen.model, request_id))
+    return sse_response(_stream_when_ready(task, body, gen.model, request_id, service.let_go))
 
 
 def to_generation_request(body: ChatCompletionRequest, *, default_model: str
@@ -231,7 +230,8 @@ def _image_chunks(answer: dict[str, Any], body: ChatCompletionRequest) -> list[s
 
 
 async def _stream_when_ready(task: asyncio.Future, body: ChatCompletionRequest, model: str,
-                             request_id: str) -> AsyncIterator[str]:
+                             request_id: str, let_go: Callable[[asyncio.Future], None]
+                             ) -> AsyncIterator[str]:
     """Start the stream before the images exist, keep it alive, then send them; an error that
     comes after the 200 went out is sent as an error event, as OpenAI does mid-stream."""
     cid, created = _completion_id(request_id), int(time.time())
@@ -252,7 +252,5 @@ async def _stream_when_ready(task: asyncio.Future, body: ChatCompletionRequest, 
         for line in _image_chunks(answer, body):
             yield line
     finally:
-        if not task.done():  # the client went away: cancel, which releases the reservation
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        if not task.done():  # the client went away (service.py decides the money)
+            let_go(task)

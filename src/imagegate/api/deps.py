@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -87,9 +86,10 @@ class ClientDisconnected(Exception):
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first: a queued local job never
+    """Await `work`, letting it go if the client disconnects first: a queued local job never
     runs and a running one stops, not charged (service.py releases its reservation); a job
-    already sent to an upstream is finished in the background and charged (service.py)."""
+    already sent to an upstream is finished without the client and charged, and `work` (an
+    Idempotency-Key's answer included) completes (service.py)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request))
     try:
@@ -97,9 +97,7 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     finally:
         watcher.cancel()
     if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        service(request).let_go(task)
         raise ClientDisconnected()
     return task.result()
 

@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
@@ -83,7 +83,7 @@ async def stream_images(request: Request, service: ImageService, caller: Caller,
     first = await _first_event(request, queue, task)
     if first is _DONE:
         task.result()  # a failure this early keeps its own status (rendered by the handlers)
-    stream = _Stream(gen, event_prefix, deps.public_base_url(request))
+    stream = _Stream(gen, event_prefix, deps.public_base_url(request), service.let_go)
     return sse_response(stream.events(first, queue, task))
 
 
@@ -101,16 +101,16 @@ async def _first_event(request: Request, queue: asyncio.Queue, task: asyncio.Fut
         return getter.result()
     getter.cancel()
     if watcher.done() and not watcher.cancelled():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        deps.service(request).let_go(task)
         raise deps.ClientDisconnected()
     return None
 
 
 class _Stream:
-    def __init__(self, gen: GenerationRequest, event_prefix: str, base_url: str) -> None:
+    def __init__(self, gen: GenerationRequest, event_prefix: str, base_url: str,
+                 let_go: Callable[[asyncio.Future], None]) -> None:
         self.gen = gen
+        self.let_go = let_go
         self.prefix = event_prefix
         self.base_url = base_url
         self.created = int(time.time())
@@ -141,10 +141,8 @@ class _Stream:
             for index, image in enumerate(result.images):
                 yield self._completed_event(result, index, image)
         finally:
-            if not task.done():  # the client went away: cancel (service.py decides the money)
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            if not task.done():  # the client went away (service.py decides the money)
+                self.let_go(task)
 
     def _partial_event(self, partial: PartialImage) -> str:
         from PIL import Image
