@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_port, in_background
+from conftest import free_port, held_open, in_background
 
 SMALL = {"size": "64x64", "response_format": "b64_json", "seed": 1234}
 
@@ -213,17 +212,17 @@ def test_budget_unloads_the_least_recently_used(budget_server) -> None:
 
 def test_a_busy_model_is_not_unloaded(budget_server) -> None:
     _pixels(_generate(budget_server, "tiny-a"))  # tiny-a loaded, tiny-b not
-    results: list[httpx.Response] = []
-    slow = threading.Thread(target=lambda: results.append(
-        _generate(budget_server, "tiny-a", size="768x768", num_inference_steps=100)))
-    slow.start()
-    _wait_for(lambda: _health(budget_server)["models"]["tiny-a"]["queue"]["running"], 120,
-              "tiny-a to run the slow job")
-    _pixels(_generate(budget_server, "tiny-b"))  # loads tiny-b while tiny-a is busy
-    states = _states(budget_server)
+    slow = {"model": "tiny-a", "prompt": "a lighthouse", "size": "768x768",
+            "num_inference_steps": 100}
+    with held_open(budget_server.api_url + "/images/generations", slow):  # busy till we leave
+        _wait_for(lambda: _health(budget_server)["models"]["tiny-a"]["queue"]["running"], 120,
+                  "tiny-a to run the slow job")
+        _pixels(_generate(budget_server, "tiny-b"))  # loads tiny-b while tiny-a is busy
+        states = _states(budget_server)
+        assert _health(budget_server)["models"]["tiny-a"]["queue"]["running"]  # still busy
     assert (states["tiny-a"], states["tiny-b"]) == ("loaded", "loaded"), states
-    slow.join(120)
-    assert results and results[0].status_code == 200
+    _wait_for(lambda: not _health(budget_server)["models"]["tiny-a"]["queue"]["running"], 120,
+              "tiny-a to stop the job its client left")
     log = (budget_server.data_dir / "server.log").read_text()
     assert "over engine_memory_budget_mb" in log, log[-2000:]
 
