@@ -333,14 +333,12 @@ async def test_decompression_bomb_is_refused_before_decoding(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_pixels)
     loader = make_loader(transport=NoNetwork())
-    started = time.perf_counter()
     await refused(loader.load(real_bomb, param="image"), "image_too_many_pixels")
     await refused(loader.load(data_url(real_bomb), param="image"), "image_too_many_pixels")
     # Below PIL's own guard (89M pixels) only our cap stands between the bytes and 64M pixels.
     error = await refused(loader.load(bomb_png(8000, 8000, complete=False), param="image"),
                           "image_too_many_pixels")
-    assert "8000x8000" in error.message
-    assert time.perf_counter() - started < 1.0
+    assert "8000x8000" in error.message  # (and `load` was never called: no pixel decoded)
 
 
 def test_pixel_cap_is_configurable() -> None:
@@ -542,10 +540,8 @@ async def test_fetch_failures(make_loader: Any, server: LocalServer) -> None:
 @pytest.mark.parametrize("path", ["/huge", "/huge-unsized"])
 async def test_body_over_max_bytes(make_loader: Any, server: LocalServer, path: str) -> None:
     loader = make_loader(allow_private=True, max_bytes=2**20)
-    started = time.perf_counter()
     await refused(loader.load(f"http://127.0.0.1:{server.port}{path}", param="image"),
                   "image_too_large")
-    assert time.perf_counter() - started < 2
 
 
 async def test_whole_fetch_is_bounded_by_the_timeout(make_loader: Any, server: LocalServer) -> None:
@@ -553,8 +549,11 @@ async def test_whole_fetch_is_bounded_by_the_timeout(make_loader: Any, server: L
     started = time.perf_counter()
     error = await refused(loader.load(f"http://127.0.0.1:{server.port}/slow", param="image"),
                           "image_fetch_failed")
+    # The body would take 5 s and then fall short of its Content-Length: "timed out" means the
+    # 1 s bound on the whole fetch ended it (never before the bound; how long after it, a busy
+    # machine decides).
     assert "timed out" in error.message
-    assert 0.9 < time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started >= 0.9
 
 
 async def test_no_cookies_are_kept(make_loader: Any, server: LocalServer) -> None:
