@@ -1,0 +1,131 @@
+"""Python client libraries against a live `imagegate serve`, called as their own docs call them.
+
+Each client changes only its base URL, key and model name. Every call checks that the image it
+got back decodes and has the size asked for. The libraries and their versions are pinned in
+pyproject.toml's `dev` extra and listed in docs/api.md ("Checked clients").
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from clients.suite import API_KEY, MODEL, SIZE, b64_size, start, url_size
+from PIL import Image
+
+PROMPT = "a red fox in the snow"
+
+
+@pytest.fixture(scope="module")
+def srv(start_server):
+    return start(start_server)
+
+
+@pytest.fixture(scope="module")
+def client(srv) -> openai.OpenAI:
+    return openai.OpenAI(base_url=srv.api_url, api_key=API_KEY)
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    """An image and a mask (transparent where to paint) as files, as the docs open them."""
+    image = tmp_path / "sunlit_lounge.png"
+    Image.new("RGB", SIZE, (200, 120, 40)).save(image)
+    mask = tmp_path / "mask.png"
+    rgba = Image.new("RGBA", SIZE, (0, 0, 0, 255))
+    rgba.paste((0, 0, 0, 0), (16, 16, 48, 48))
+    rgba.save(mask)
+    return image, mask
+
+
+# --------------------------------------------------------------------------------------------
+# openai-python
+
+
+def test_openai_generate_url(client):
+    """The DALL-E way: `response_format="url"`, the image fetched from its link."""
+    result = client.images.generate(model=MODEL, prompt=PROMPT, size="64x64",
+                                    response_format="url", n=1)
+    assert url_size(result.data[0].url) == SIZE
+
+
+def test_openai_generate_b64_json_asked(client):
+    result = client.images.generate(model=MODEL, prompt=PROMPT, size="64x64",
+                                    response_format="b64_json")
+    assert b64_size(result.data[0].b64_json) == SIZE
+
+
+def test_openai_edit_with_mask(client, pictures):
+    image, mask = pictures
+    with open(image, "rb") as img, open(mask, "rb") as msk:
+        result = client.images.edit(model=MODEL, image=img, mask=msk,
+                                    prompt="a sunlit indoor lounge area with a pool",
+                                    size="64x64", response_format="url")
+    assert url_size(result.data[0].url) == SIZE
+
+
+def test_openai_variation(client, pictures):
+    image, _ = pictures
+    with open(image, "rb") as img:
+        result = client.images.create_variation(model=MODEL, image=img, n=1, size="64x64")
+    assert url_size(result.data[0].url) == SIZE
+
+
+def test_openai_streamed_generation_with_partial_images(client):
+    stream = client.images.generate(model=MODEL, prompt=PROMPT, size="64x64", quality="high",
+                                    stream=True, partial_images=2)
+    partial, completed = [], []
+    for event in stream:
+        if event.type == "image_generation.partial_image":
+            partial.append((event.partial_image_index, b64_size(event.b64_json)))
+        elif event.type == "image_generation.completed":
+            completed.append(b64_size(event.b64_json))
+    assert partial == [(0, SIZE), (1, SIZE)]
+    assert completed == [SIZE]
+
+
+def test_openai_streamed_edit(client, pictures):
+    image, mask = pictures
+    with open(image, "rb") as img, open(mask, "rb") as msk:
+        stream = client.images.edit(model=MODEL, image=img, mask=msk, prompt="a pool",
+                                    size="64x64", quality="high", stream=True,
+                                    partial_images=1)
+        types = [(event.type, b64_size(event.b64_json)) for event in stream]
+    assert types == [("image_edit.partial_image", SIZE), ("image_edit.completed", SIZE)]
+
+
+def test_openai_chat_image(client):
+    """OpenRouter's documented Python call: the images ride on the assistant message."""
+    response = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}],
+        extra_body={"modalities": ["image", "text"]})
+    images = response.choices[0].message.model_extra["images"]
+    assert len(images) == 1
+    assert url_size(images[0]["image_url"]["url"]) == SIZE
+
+
+# --------------------------------------------------------------------------------------------
+# LiteLLM as a library, OpenAI-compatible provider
+
+
+def test_litellm_image_generation(srv, monkeypatch):
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost map from the network
+    import litellm
+
+    response = litellm.image_generation(model=f"openai/{MODEL}", prompt=PROMPT, size="64x64",
+                                        api_base=srv.api_url, api_key=API_KEY)
+    item = response.data[0]
+    assert url_size(item.url) == SIZE
+
+
+# --------------------------------------------------------------------------------------------
+# LangChain's DallEAPIWrapper (langchain-community)
+
+
+def test_langchain_dalle_wrapper(srv):
+    from langchain_community.utilities.dalle_image_generator import DallEAPIWrapper
+
+    wrapper = DallEAPIWrapper(model=MODEL, size="64x64", api_key=API_KEY,
+                              base_url=srv.api_url)
+    url = wrapper.run(PROMPT)
+    assert url_size(url) == SIZE
+
