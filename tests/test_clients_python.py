@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from clients.suite import API_KEY, MODEL, SIZE, b64_size, start, url_size
+from clients.suite import API_KEY, MODEL, SIZE, b64_size, data_url_size, start, url_size
 from PIL import Image
 
 PROMPT = "a red fox in the snow"
@@ -100,7 +100,8 @@ def test_openai_chat_image(client):
         extra_body={"modalities": ["image", "text"]})
     images = response.choices[0].message.model_extra["images"]
     assert len(images) == 1
-    assert url_size(images[0]["image_url"]["url"]) == SIZE
+    url = images[0]["image_url"]["url"]
+    assert (data_url_size(url) if url.startswith("data:") else url_size(url)) == SIZE
 
 
 # --------------------------------------------------------------------------------------------
