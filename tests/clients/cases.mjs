@@ -2,8 +2,8 @@
 //
 //   node cases.mjs CASE
 //
-// Environment: IMAGEGATE_API_URL (".../v1"), IMAGEGATE_API_KEY, IMAGEGATE_MODEL, and
-// IMAGEGATE_PICTURES (a folder holding image.png and mask.png for edits and variations).
+// Environment: IMAGEGATE_API_URL (".../v1"), IMAGEGATE_API_KEY, IMAGEGATE_MODEL,
+// IMAGEGATE_GPT_IMAGE_MODEL (for calls written for gpt-image-1), and IMAGEGATE_PICTURES (a folder holding image.png and mask.png for edits and variations).
 // Prints one JSON line: {"images": [base64 of each image file the client handed back], ...}.
 // tests/test_clients_node.py decodes every image and checks its size; a client's own error
 // exits non-zero with its message on stderr.
@@ -14,6 +14,7 @@ import path from "node:path";
 const API_URL = process.env.IMAGEGATE_API_URL;
 const API_KEY = process.env.IMAGEGATE_API_KEY;
 const MODEL = process.env.IMAGEGATE_MODEL;
+const GPT_IMAGE_MODEL = process.env.IMAGEGATE_GPT_IMAGE_MODEL;
 const PICTURES = process.env.IMAGEGATE_PICTURES;
 const PROMPT = "a red fox in the snow";
 const SIZE = "64x64";
@@ -49,7 +50,7 @@ function openaiCases(pkg) {
     // OpenAI's documented gpt-image-1 call: no response_format, base64 read without asking.
     async "generate-b64"() {
       const result = await (await client()).images.generate({
-        model: MODEL, prompt: PROMPT, size: SIZE,
+        model: GPT_IMAGE_MODEL, prompt: PROMPT, size: SIZE,
       });
       return { images: [result.data[0].b64_json] };
     },
@@ -67,7 +68,7 @@ function openaiCases(pkg) {
     // The documented gpt-image-1 edit: toFile images, base64 read without asking.
     async "edit-mask-b64"() {
       const result = await (await client()).images.edit({
-        model: MODEL,
+        model: GPT_IMAGE_MODEL,
         image: await toFile(fs.createReadStream(picture("image.png")), null,
           { type: "image/png" }),
         mask: await toFile(fs.createReadStream(picture("mask.png")), null,
@@ -109,6 +110,38 @@ function openaiCases(pkg) {
       }
       return { images, types };
     },
+    // The Responses API with the image_generation tool, as OpenAI's image generation guide.
+    async responses() {
+      const response = await (await client()).responses.create({
+        model: MODEL,
+        input: "Generate an image of gray tabby cat hugging an otter with an orange scarf",
+        tools: [{ type: "image_generation" }],
+      });
+      const images = response.output
+        .filter((output) => output.type === "image_generation_call")
+        .map((output) => output.result);
+      return { images };
+    },
+    async "responses-stream"() {
+      const stream = await (await client()).responses.create({
+        model: MODEL,
+        input: "Draw a gorgeous image of a river made of white owl feathers",
+        stream: true,
+        tools: [{ type: "image_generation", partial_images: 2, quality: "high" }],
+      });
+      const images = [], types = [];
+      for await (const event of stream) {
+        if (event.type === "response.image_generation_call.partial_image") {
+          types.push(event.type);
+          images.push(event.partial_image_b64);
+        } else if (event.type === "response.output_item.done"
+                   && event.item.type === "image_generation_call") {
+          types.push(event.type);
+          images.push(event.item.result);
+        }
+      }
+      return { images, types };
+    },
     // Chat with images, OpenRouter's shape: `message.images[].image_url.url`.
     async chat() {
       const completion = await (await client()).chat.completions.create({
@@ -140,6 +173,15 @@ function aiSdkCases(aiPkg, openaiPkg) {
       });
       return { images: [fromBytes(image.uint8Array)] };
     },
+    // For `gpt-image-*` names the AI SDK sends no response_format and reads b64_json.
+    async "generate-gpt-image"() {
+      const { generateImage } = await import(aiPkg);
+      const { image } = await generateImage({
+        model: (await provider()).image(GPT_IMAGE_MODEL), prompt: PROMPT, size: SIZE,
+      });
+      return { images: [fromBytes(image.uint8Array)] };
+    },
+    // Edits: the AI SDK reads b64_json whatever the model.
     async edit() {
       const { generateImage } = await import(aiPkg);
       const { images } = await generateImage({
@@ -152,6 +194,20 @@ function aiSdkCases(aiPkg, openaiPkg) {
         size: SIZE,
       });
       return { images: images.map((image) => fromBytes(image.uint8Array)) };
+    },
+    // `openai(model)` is the Responses API; the image comes back as the tool's result.
+    async "text-responses"() {
+      const { generateText } = await import(aiPkg);
+      const openai = await provider();
+      const result = await generateText({
+        model: openai(MODEL),
+        prompt: "Generate an image of a cat wearing a hat.",
+        tools: { image_generation: openai.tools.imageGeneration({ outputFormat: "png" }) },
+      });
+      const images = result.staticToolResults
+        .filter((toolResult) => toolResult.toolName === "image_generation")
+        .map((toolResult) => toolResult.output.result);
+      return { images };
     },
   };
 }

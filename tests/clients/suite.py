@@ -13,6 +13,8 @@ HERE = Path(__file__).parent
 CONFIG = (HERE / "imagegate.toml").read_text()
 API_KEY = "sk-ig-client-suite-admin-key-00000000000"
 MODEL = "tiny-sd"
+GPT_IMAGE_MODEL = "gpt-image-tiny"
+"""tiny-sd under a GPT image name (imagegate.toml)."""
 SIZE = (64, 64)
 
 
