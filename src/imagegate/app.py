@@ -12,7 +12,18 @@ from fastapi import FastAPI
 
 from . import __version__
 from .accounts.system import AccountSystem
-from .api import admin, chat, edits, health, images, media, metrics, models, usage_rejects
+from .api import (
+    admin,
+    chat,
+    edits,
+    health,
+    images,
+    media,
+    metrics,
+    models,
+    responses,
+    usage_rejects,
+)
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .catalog import BUILTIN_BACKENDS, Catalog
@@ -92,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
 
-    for router in (images.router, edits.router, models.router, chat.router):
+    for router in (images.router, edits.router, models.router, chat.router, responses.router):
         app.include_router(router, prefix="/v1")
         app.include_router(router, include_in_schema=False)  # /images/... as some clients call it
     app.include_router(media.router)

@@ -181,5 +181,7 @@ def _body_hash(body: bytes) -> str:
 
 
 def _has_base64(answer: dict[str, Any]) -> bool:
-    return any(isinstance(item, dict) and item.get("b64_json")
-               for item in answer.get("data", []) or [])
+    """Images API `data[].b64_json`, or Responses API `output[].result`."""
+    items = [*(answer.get("data", []) or []), *(answer.get("output", []) or [])]
+    return any(isinstance(item, dict) and (item.get("b64_json") or item.get("result"))
+               for item in items)

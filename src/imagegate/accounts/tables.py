@@ -177,3 +177,21 @@ class UsageReject(Base):
     request_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
     row: Mapped[str] = mapped_column(Text)
     error: Mapped[str] = mapped_column(Text)
+
+
+class ResponseImage(Base):
+    """An image a `/v1/responses` answer returned, so a later request can edit it through
+    `previous_response_id` (or by passing its item back). The bytes stay in the image store,
+    which keeps them for `url_ttl_seconds`; rows older than that are deleted."""
+
+    __tablename__ = "response_images"
+
+    item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The output item's id (`ig_...`)."""
+    response_id: Mapped[str] = mapped_column(String(64), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
+    output_index: Mapped[int] = mapped_column(Integer)
+    image: Mapped[str] = mapped_column(String(80))
+    """The stored file's name in the image store."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

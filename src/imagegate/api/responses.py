@@ -1,0 +1,537 @@
+"""`POST /v1/responses` for image generation: OpenAI's Responses API in, the shared path, output
+items of type `image_generation_call` out.
+
+Which model draws: the `image_generation` tool's `model`; else `model` itself when it names an
+image model (clients such as the AI SDK send any model name there); else the server's
+`default_model` (a mainline name such as `gpt-4.1` with the tool). A request that can only be
+answered with text (no tool and no image model, `tool_choice: "none"`, a JSON `text.format`) is a
+400 that says what to send instead.
+
+The prompt is the last user message's text (then `instructions`, if any). Input images, first
+found wins: the `input_image` parts of that message; else the last `image_generation_call` item
+passed back in `input` (its `result`, or its id); else the images of `previous_response_id`.
+Each answer's images are kept (accounts/response_images.py) for as long as the image store keeps
+images, so the next turn can edit them.
+
+Streaming sends OpenAI's `response.*` events, with previews as
+`response.image_generation_call.partial_image`; the status rules are those of the image stream
+(image_stream.py): an early error keeps its HTTP status, a later one is an `error` event followed
+by `response.failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..accounts.keys import Caller
+from ..accounts.response_images import KeptImage, ResponseImages
+from ..catalog import ModelSpec
+from ..errors import APIError, InvalidRequest, ModelNotFound, NotFound, error_body
+from ..generation import GenerationRequest, GenerationResult, PartialImage, ProgressListener
+from ..imaging import encode
+from ..protocol.responses import (
+    ImageGenerationCall,
+    ImageGenerationTool,
+    InputItem,
+    InputTokensDetails,
+    OutputMessage,
+    OutputText,
+    OutputTokensDetails,
+    ResponseError,
+    ResponseObject,
+    ResponseRequest,
+    ResponseUsage,
+)
+from ..service import ImageService
+from . import deps
+from .errors import EVENT_STREAM, GENERATION_STATUSES, error_responses
+from .images import parse_size
+from .sse import HEAD_START_SECONDS, KEEPALIVE, KEEPALIVE_SECONDS, sse_response
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["responses"])
+
+ENDPOINT = "responses"
+TEXT_ONLY = "text_output_not_supported"
+UNSUPPORTED_TOOL = "unsupported_tool"
+_DONE = object()  # queued when the generation has finished, well or not
+
+
+@router.post("/responses", response_model=ResponseObject,
+             responses={**EVENT_STREAM, **error_responses(*GENERATION_STATUSES)})
+async def create_response(
+    body: ResponseRequest,
+    request: Request,
+    caller: Caller = Depends(deps.caller),
+    service: ImageService = Depends(deps.service),
+) -> Response:
+    plan = translate(body, service, default_model=deps.settings(request).default_model)
+    kept = _kept_images(request, service)
+    await load_earlier_images(plan, kept, service, caller)
+    turn = _Turn(service, kept, caller, body, plan, deps.request_id(request))
+    if body.stream:
+        return await _stream(request, turn)
+    return JSONResponse(await deps.once_per_idempotency_key(request, caller, turn.answer))
+
+
+# --- request -> GenerationRequest -------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """A request translated: what to generate, and what the answer echoes."""
+
+    gen: GenerationRequest
+    model: str
+    """`model` as the client sent it (echoed), or the image model when it sent none."""
+    tool: ImageGenerationTool | None
+    tool_index: int | None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    passed_back: tuple[str, str] | None = None
+    """(item id, param) of an image_generation_call passed back without its result."""
+    previous_response_id: str | None = None
+    """Set when no input image was sent: this response's images are the input."""
+
+    @property
+    def partial_images(self) -> int:
+        return (self.tool.partial_images or 0) if self.tool is not None else 0
+
+
+def translate(body: ResponseRequest, service: ImageService, *, default_model: str) -> Plan:
+    tool, index = _image_tool(body)
+    _refuse_text_only(body, tool)
+    image_model, model_param = _image_model(body, tool, index, service, default_model)
+    prompt, images = _prompt_and_images(body)
+    passed_back, earlier = None, None
+    if not images and not (tool is not None and tool.action == "generate"):
+        passed_back, images = _passed_back(body, images)
+        if passed_back is None and not images:
+            earlier = body.previous_response_id
+    where = f"tools[{index}]" if tool is not None else "tools[0]"
+    options = tool or ImageGenerationTool(type="image_generation")
+    mask = None
+    if options.input_image_mask is not None:
+        if options.input_image_mask.image_url is None:
+            raise InvalidRequest("`input_image_mask` needs an `image_url` (https or a data URL); "
+                                 "file ids are not supported.",
+                                 param=f"{where}.input_image_mask.image_url")
+        mask = (options.input_image_mask.image_url, f"{where}.input_image_mask.image_url")
+    if body.instructions:
+        prompt = f"{prompt}\n\n{body.instructions}" if prompt else body.instructions
+    gen = GenerationRequest(
+        model=image_model,
+        prompt=prompt,
+        n=1,  # one image per call, as OpenAI's tool makes
+        size=parse_size(options.size, param=f"{where}.size"),
+        quality=options.quality,
+        response_format="b64_json",  # `result` is base64
+        output_format=options.output_format or "png",
+        output_compression=options.output_compression,
+        background=options.background,
+        moderation=options.moderation,
+        user=body.user,
+        seed=options.seed,
+        num_inference_steps=options.num_inference_steps,
+        guidance_scale=options.guidance_scale,
+        negative_prompt=options.negative_prompt,
+        strength=options.strength,
+        references=images,
+        mask=mask,
+        param_names={"prompt": "input", "model": model_param,
+                     **{name: f"{where}.{name}" for name in (
+                         "size", "quality", "output_format", "output_compression", "background",
+                         "moderation", "seed", "num_inference_steps", "guidance_scale",
+                         "negative_prompt", "strength", "n")}},
+    )
+    echoed = [t.model_dump(exclude_none=True) for t in body.tools or []
+              if isinstance(t, ImageGenerationTool)]
+    return Plan(gen=gen, model=body.model or image_model, tool=tool, tool_index=index,
+                tools=echoed, passed_back=passed_back, previous_response_id=earlier)
+
+
+def _image_tool(body: ResponseRequest) -> tuple[ImageGenerationTool | None, int | None]:
+    """The first `image_generation` tool; other tools beside it are ignored. Tools without one
+    are a request this server cannot serve."""
+    tools = body.tools or []
+    for i, tool in enumerate(tools):
+        if isinstance(tool, ImageGenerationTool):
+            return tool, i
+    if tools:
+        raise InvalidRequest(
+            f"imagegate serves only the `image_generation` tool, not `{tools[0].type}`. Send "
+            "`tools: [{\"type\": \"image_generation\"}]` (other tools may accompany it and are "
+            "ignored), or name an image model as `model` and send no tools.",
+            param="tools[0].type", code=UNSUPPORTED_TOOL)
+    return None, None
+
+
+def _refuse_text_only(body: ResponseRequest, tool: ImageGenerationTool | None) -> None:
+    fmt = body.text.format if body.text is not None else None
+    if fmt is not None and fmt.type not in (None, "text"):
+        raise InvalidRequest(
+            f"imagegate answers with images, not `{fmt.type}` text: leave out `text.format` "
+            "(or send {\"type\": \"text\"}).", param="text.format.type", code=TEXT_ONLY)
+    if body.background:
+        raise InvalidRequest(
+            "Background responses are not supported: leave out `background` (the answer comes "
+            "when the image is ready, or as it is made with `stream: true`).",
+            param="background", code="unsupported_parameter")
+    choice = body.tool_choice
+    if choice == "none":
+        raise InvalidRequest(
+            "`tool_choice: \"none\"` asks for a text answer, and imagegate only makes images: "
+            "send `auto`, `required` or {\"type\": \"image_generation\"}.",
+            param="tool_choice", code=TEXT_ONLY)
+    if isinstance(choice, dict) and choice.get("type") not in (
+            "image_generation", "allowed_tools", None):
+        raise InvalidRequest(
+            f"`tool_choice` forces the tool `{choice.get('type')}`; imagegate serves only "
+            "`image_generation`.", param="tool_choice.type", code=UNSUPPORTED_TOOL)
+
+
+def _image_model(body: ResponseRequest, tool: ImageGenerationTool | None, index: int | None,
+                 service: ImageService, default_model: str) -> tuple[str, str]:
+    """(the image model, the param it came from)."""
+    if tool is not None and tool.model:
+        return tool.model, f"tools[{index}].model"
+    if body.model and _is_image_model(service, body.model):
+        return body.model, "model"
+    if tool is not None or body.model is None:
+        return default_model, "model"
+    raise InvalidRequest(
+        f"`{body.model}` is not an image model on this server, and the request has no "
+        "`image_generation` tool, so it asks for text; imagegate only makes images. Add "
+        "`tools: [{\"type\": \"image_generation\"}]`, or name an image model (GET /v1/models) "
+        "as `model`.", param="tools", code=TEXT_ONLY)
+
+
+def _is_image_model(service: ImageService, name: str) -> bool:
+    """In the model library (served or not: an unserved one is the service's 404 to give)."""
+    try:
+        return service.catalog.lookup(name).makes_images
+    except ModelNotFound:
+        return False
+
+
+def _prompt_and_images(body: ResponseRequest) -> tuple[str, list[tuple[str | bytes, str]]]:
+    """The last user message: its text parts joined, its `input_image` parts."""
+    if body.input is None:
+        return "", []
+    if isinstance(body.input, str):
+        return body.input, []
+    for i in range(len(body.input) - 1, -1, -1):
+        item = body.input[i]
+        if item.role != "user" or item.type not in (None, "message"):
+            continue
+        if isinstance(item.content, str) or item.content is None:
+            return item.content or "", []
+        texts: list[str] = []
+        images: list[tuple[str | bytes, str]] = []
+        for j, part in enumerate(item.content):
+            where = f"input[{i}].content[{j}]"
+            if part.type in ("input_text", "text") and part.text is not None:
+                texts.append(part.text)
+            elif part.type == "input_image":
+                if part.image_url is None:
+                    raise InvalidRequest("An input_image needs `image_url` (https or a data "
+                                         "URL); file ids are not supported.",
+                                         param=f"{where}.image_url")
+                images.append((part.image_url, f"{where}.image_url"))
+            else:
+                raise InvalidRequest(f"Unsupported content part type {part.type!r}: use "
+                                     "input_text or input_image.", param=f"{where}.type")
+        return "\n".join(texts), images
+    raise InvalidRequest("`input` holds no user message to take the prompt from.",
+                         param="input")
+
+
+def _passed_back(body: ResponseRequest, images: list[tuple[str | bytes, str]]
+                 ) -> tuple[tuple[str, str] | None, list[tuple[str | bytes, str]]]:
+    """The last earlier image in `input`: an image_generation_call with its `result` (loaded
+    like a data URL), or one (or an item_reference) by id only, to look up."""
+    if isinstance(body.input, str) or body.input is None:
+        return None, images
+    for i in range(len(body.input) - 1, -1, -1):
+        item: InputItem = body.input[i]
+        if item.type == "image_generation_call" and item.result:
+            # the loader checks the bytes themselves, whatever the data URL says they are
+            return None, [("data:image/png;base64," + item.result, f"input[{i}].result")]
+        if item.type in ("image_generation_call", "item_reference") and item.id:
+            return (item.id, f"input[{i}].id"), images
+    return None, images
+
+
+async def load_earlier_images(plan: Plan, kept: ResponseImages | None, service: ImageService,
+                              caller: Caller) -> None:
+    """Turn an item id passed back, or `previous_response_id`, into input images (bytes from
+    the image store). Unknown, expired and other accounts' ids are all the same 400."""
+    if plan.passed_back is not None:
+        item_id, param = plan.passed_back
+        found = await kept.item(caller.account_id, item_id) if kept is not None else None
+        data = await _read(service, [found] if found else [])
+        if not data:
+            raise InvalidRequest(
+                f"Image generation call with id '{item_id}' not found: it is unknown, or its "
+                f"image is no longer kept (images are kept for {service.store.ttl_seconds} "
+                "seconds). Pass the item's `result` instead, or the image as an input_image.",
+                param=param, code="item_not_found")
+        plan.gen.references = [(data[0], param)]
+    elif plan.previous_response_id is not None:
+        response_id = plan.previous_response_id
+        data = await _read(service, await kept.of_response(caller.account_id, response_id)
+                           if kept is not None else [])
+        if not data:
+            raise InvalidRequest(
+                f"Previous response with id '{response_id}' not found: it is unknown, made "
+                "no image, was made with `store: false`, or its images are no longer kept "
+                f"(they are kept for {service.store.ttl_seconds} seconds).",
+                param="previous_response_id", code="previous_response_not_found")
+        plan.gen.references = [(item, "previous_response_id") for item in data]
+
+
+async def _read(service: ImageService, found: list[KeptImage]) -> list[bytes]:
+    """The kept images' bytes; [] if any of them has been swept already."""
+    def read() -> list[bytes]:
+        try:
+            return [service.store.get(image.name).path.read_bytes() for image in found]
+        except (NotFound, FileNotFoundError):
+            return []
+    return await asyncio.to_thread(read)
+
+
+def _kept_images(request: Request, service: ImageService) -> ResponseImages | None:
+    if service.accounts is None:
+        return None
+    return ResponseImages(service.accounts.engine, deps.settings(request).url_ttl_seconds)
+
+
+# --- GenerationResult -> response ------------------------------------------------------------
+
+
+class _Turn:
+    """One request: its generation, and its answer as a response object (whole, or as events)."""
+
+    def __init__(self, service: ImageService, kept: ResponseImages | None, caller: Caller,
+                 body: ResponseRequest, plan: Plan, request_id: str) -> None:
+        self.service, self.kept, self.caller = service, kept, caller
+        self.body, self.plan = body, plan
+        self.request_id = request_id
+        self.hex = request_id.removeprefix("req_")
+        self.response_id = f"resp_{self.hex}"
+        self.created = int(time.time())
+
+    def item_id(self, index: int) -> str:
+        return f"ig_{self.hex}_{index}"
+
+    async def generate(self, progress: ProgressListener | None = None) -> GenerationResult:
+        try:
+            result = await self.service.generate(self.plan.gen, request_id=self.request_id,
+                                                 caller=self.caller, endpoint=ENDPOINT,
+                                                 progress=progress)
+        except ModelNotFound as exc:  # name the field the model came from (a tool's, maybe)
+            exc.param = self.plan.gen.param("model")
+            raise
+        if self.kept is not None and self.body.store is not False:
+            await self._keep(result)
+        return result
+
+    async def answer(self) -> dict[str, Any]:
+        return self.response(await self.generate())
+
+    async def _keep(self, result: GenerationResult) -> None:
+        """Keep the images for the next turn. Best effort: they are delivered and charged
+        already, and failing the answer now would lose them."""
+        try:
+            names = await asyncio.to_thread(lambda: [
+                self.service.store.put(image.data, image.output_format).name
+                for image in result.images])
+            await self.kept.record(self.caller.account_id, self.response_id, [  # type: ignore
+                KeptImage(self.item_id(i), i, name) for i, name in enumerate(names)])
+        except Exception:
+            log.exception("could not keep the images of %s for later turns", self.response_id)
+
+    def shell(self, status: str, output: list[Any] | None = None,
+              error: ResponseError | None = None, usage: ResponseUsage | None = None,
+              completed_at: int | None = None) -> dict[str, Any]:
+        body = self.body
+        metadata = (body.model_extra or {}).get("metadata")
+        return ResponseObject(
+            id=self.response_id, created_at=self.created, status=status,  # type: ignore
+            completed_at=completed_at, error=error, instructions=body.instructions,
+            model=self.plan.model, output=output or [],
+            previous_response_id=body.previous_response_id, store=body.store is not False,
+            tool_choice=body.tool_choice if body.tool_choice is not None else "auto",
+            tools=self.plan.tools, usage=usage, user=body.user,
+            metadata=metadata if isinstance(metadata, dict) else {},
+        ).model_dump()
+
+    def response(self, result: GenerationResult) -> dict[str, Any]:
+        gen = self.plan.gen
+        action = "edit" if gen.references else "generate"
+        output: list[Any] = [ImageGenerationCall(
+            id=self.item_id(i), status="completed",
+            result=base64.b64encode(image.data).decode("ascii"),
+            revised_prompt=result.revised_prompt, action=action, size=str(result.size),
+            quality=result.quality, output_format=result.output_format,
+            background=result.background, seed=image.seed,
+        ) for i, image in enumerate(result.images)]
+        if result.text:
+            output.append(OutputMessage(id=f"msg_{self.hex}",
+                                        content=[OutputText(text=result.text)]))
+        tokens = result.prompt_tokens
+        usage = ResponseUsage(
+            input_tokens=tokens, output_tokens=0, total_tokens=tokens,
+            input_tokens_details=InputTokensDetails(text_tokens=tokens),
+            output_tokens_details=OutputTokensDetails())
+        return self.shell("completed", output, usage=usage, completed_at=int(time.time()))
+
+    def options(self) -> tuple[str | None, str]:
+        """Quality and background as the model will resolve them, for the previews (the
+        finished item reports what the request resolved to)."""
+        gen = self.plan.gen
+        try:
+            spec: ModelSpec | None = self.service.catalog.get(gen.model)
+        except ModelNotFound:
+            spec = None
+        quality = gen.quality or (spec.capabilities.default_quality if spec else None)
+        background = gen.background if gen.background not in (None, "auto") else "opaque"
+        return quality, background  # type: ignore[return-value]
+
+
+# --- streaming ---------------------------------------------------------------------------------
+
+
+class _Listener(ProgressListener):
+    """Hands previews from the engine's worker thread to the stream's queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue,
+                 partial_images: int) -> None:
+        self.partial_images = partial_images
+        self._loop, self._queue = loop, queue
+
+    def partial(self, partial: PartialImage) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, partial)
+
+
+async def _stream(request: Request, turn: _Turn) -> Response:
+    queue: asyncio.Queue = asyncio.Queue()
+    listener = _Listener(asyncio.get_running_loop(), queue, turn.plan.partial_images)
+    task = asyncio.ensure_future(turn.generate(listener))
+    task.add_done_callback(lambda _: queue.put_nowait(_DONE))
+    first = await _first_event(request, queue, task)
+    if first is _DONE:
+        task.result()  # a failure this early keeps its own status (rendered by the handlers)
+    return sse_response(_events(turn, first, queue, task, turn.service.let_go))
+
+
+async def _first_event(request: Request, queue: asyncio.Queue, task: asyncio.Future) -> Any:
+    """A preview or the end, or None when the head start ran out first; cancels the
+    generation if the client leaves meanwhile."""
+    getter = asyncio.ensure_future(queue.get())
+    watcher = asyncio.ensure_future(deps.wait_for_disconnect(request))
+    try:
+        await asyncio.wait({getter, watcher}, timeout=HEAD_START_SECONDS,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    if watcher.done() and not watcher.cancelled():
+        deps.service(request).let_go(task)
+        raise deps.ClientDisconnected()
+    return None
+
+
+class _Sequence:
+    """Numbers the events, as OpenAI's `sequence_number`."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def event(self, type: str, **fields: Any) -> str:
+        payload = {"type": type, **fields, "sequence_number": self.next}
+        self.next += 1
+        return f"event: {type}\ndata: {json.dumps(payload)}\n\n"
+
+
+async def _events(turn: _Turn, first: Any, queue: asyncio.Queue, task: asyncio.Future,
+                  let_go: Callable[[asyncio.Future], None]) -> AsyncIterator[str]:
+    seq = _Sequence()
+    item_id = turn.item_id(0)
+    quality, background = turn.options()
+    try:
+        started = turn.shell("in_progress")
+        yield seq.event("response.created", response=started)
+        yield seq.event("response.in_progress", response=started)
+        yield seq.event("response.output_item.added", output_index=0, item={
+            "type": "image_generation_call", "id": item_id, "status": "in_progress"})
+        for step in ("in_progress", "generating"):
+            yield seq.event(f"response.image_generation_call.{step}", output_index=0,
+                            item_id=item_id)
+        item = first
+        while item is not _DONE:
+            if item is None:
+                yield KEEPALIVE
+            else:
+                size, b64 = await asyncio.to_thread(_preview, item, turn.plan.gen)
+                yield seq.event("response.image_generation_call.partial_image",
+                                output_index=item.image_index, item_id=turn.item_id(
+                                    item.image_index),
+                                partial_image_index=item.partial_index, partial_image_b64=b64,
+                                size=size, quality=quality, background=background,
+                                output_format=turn.plan.gen.output_format)
+            try:
+                item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except asyncio.TimeoutError:
+                item = None
+        try:
+            answer = turn.response(task.result())
+        except Exception as exc:
+            if isinstance(exc, APIError):
+                error = exc.body()["error"]
+            else:  # logged by the service; the client gets no internals
+                log.exception("streamed response failed")
+                error = error_body("The server had an error while generating.",
+                                   type="server_error", code="internal_error")["error"]
+            yield seq.event("error", code=error["code"], message=error["message"],
+                            param=error["param"])
+            yield seq.event("response.failed", response=turn.shell(
+                "failed", error=ResponseError(code=error["code"], message=error["message"])))
+            return
+        for index, output in enumerate(answer["output"]):
+            if output["type"] == "image_generation_call":
+                yield seq.event("response.image_generation_call.completed",
+                                output_index=index, item_id=output["id"])
+            else:
+                yield seq.event("response.output_item.added", output_index=index, item=output)
+            yield seq.event("response.output_item.done", output_index=index, item=output)
+        yield seq.event("response.completed", response=answer)
+    finally:
+        if not task.done():  # the client went away (service.py decides the money)
+            let_go(task)
+
+
+def _preview(partial: PartialImage, gen: GenerationRequest) -> tuple[str, str]:
+    """(size, base64) of a preview, scaled to the final size, in the requested format."""
+    from PIL import Image
+
+    size = (partial.width, partial.height)
+    data = partial.data
+    if (data is None or partial.format != gen.output_format or partial.image.size != size
+            or gen.output_compression is not None):
+        image = partial.image.resize(size, Image.Resampling.BILINEAR)
+        data = encode(image, gen.output_format, gen.output_compression)
+    return f"{partial.width}x{partial.height}", base64.b64encode(data).decode("ascii")
