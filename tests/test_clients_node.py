@@ -87,3 +87,20 @@ def test_openai_node_streamed_edit(node, env, major):
 @pytest.mark.parametrize("major", ["ai7", "ai6"])
 def test_ai_sdk_generate_image(node, env, major):
     assert len(run_case(node, env, f"{major}:generate")["images"]) == 1
+
+
+@pytest.mark.parametrize("major", OPENAI_MAJORS)
+def test_openai_node_responses_image_generation_tool(node, env, major):
+    assert len(run_case(node, env, f"{major}:responses")["images"]) == 1
+
+
+@pytest.mark.parametrize("major", OPENAI_MAJORS)
+def test_openai_node_responses_streamed_with_partial_images(node, env, major):
+    result = run_case(node, env, f"{major}:responses-stream")
+    assert result["types"] == ["response.image_generation_call.partial_image"] * 2 + [
+        "response.output_item.done"]
+
+
+@pytest.mark.parametrize("major", ["ai7", "ai6"])
+def test_ai_sdk_generate_text_through_responses(node, env, major):
+    assert len(run_case(node, env, f"{major}:text-responses")["images"]) == 1

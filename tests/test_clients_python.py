@@ -104,6 +104,33 @@ def test_openai_chat_image(client):
     assert (data_url_size(url) if url.startswith("data:") else url_size(url)) == SIZE
 
 
+def test_openai_responses_image_generation_tool(client):
+    """OpenAI's image generation guide, Responses API form."""
+    response = client.responses.create(
+        model=MODEL,
+        input="Generate an image of gray tabby cat hugging an otter with an orange scarf",
+        tools=[{"type": "image_generation"}])
+    image_data = [output.result for output in response.output
+                  if output.type == "image_generation_call"]
+    assert [b64_size(b64) for b64 in image_data] == [SIZE]
+
+
+def test_openai_responses_streamed_with_partial_images(client):
+    stream = client.responses.create(
+        model=MODEL, input="Draw a gorgeous image of a river made of white owl feathers",
+        stream=True,
+        tools=[{"type": "image_generation", "partial_images": 2, "quality": "high"}])
+    partial, done = [], []
+    for event in stream:
+        if event.type == "response.image_generation_call.partial_image":
+            partial.append((event.partial_image_index, b64_size(event.partial_image_b64)))
+        elif (event.type == "response.output_item.done"
+              and event.item.type == "image_generation_call"):
+            done.append(b64_size(event.item.result))
+    assert partial == [(0, SIZE), (1, SIZE)]
+    assert done == [SIZE]
+
+
 # --------------------------------------------------------------------------------------------
 # LiteLLM as a library, OpenAI-compatible provider
 
