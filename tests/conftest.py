@@ -214,7 +214,7 @@ async def inprocess(tmp_path: Path, tiny_models_dir: Path) -> Any:
         app = create_app(Settings.load(config_file, **values))
         await stack.enter_async_context(app.router.lifespan_context(app))
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                   base_url="http://testserver", timeout=60)
+                                   base_url="http://testserver", timeout=240)
         await stack.enter_async_context(client)
         return InProcess(app, client, ADMIN_KEY, data_dir)
 

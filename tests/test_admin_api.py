@@ -80,7 +80,7 @@ def server(start_server):
 
 @pytest.fixture(scope="module")
 def admin(server) -> httpx.Client:
-    with httpx.Client(base_url=server.base_url, headers=_bearer(ADMIN_KEY), timeout=30) as client:
+    with httpx.Client(base_url=server.base_url, headers=_bearer(ADMIN_KEY), timeout=240) as client:
         yield client
 
 
@@ -99,7 +99,7 @@ def _key(admin: httpx.Client, account: dict, **fields: Any) -> dict:
 
 
 def _works(server, key: str) -> bool:
-    response = httpx.get(server.api_url + "/models", headers=_bearer(key), timeout=30)
+    response = httpx.get(server.api_url + "/models", headers=_bearer(key), timeout=240)
     assert response.status_code in (200, 401), response.text
     return response.status_code == 200
 

@@ -66,7 +66,7 @@ def _generate(server, headers: dict[str, str] | None = None, **body: Any) -> htt
 
 
 def _models(server, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.get(server.api_url + "/models", headers=headers or {}, timeout=30)
+    return httpx.get(server.api_url + "/models", headers=headers or {}, timeout=240)
 
 
 def _retry_after(response: httpx.Response) -> int:
@@ -80,7 +80,7 @@ class Admin:
     """The admin API of one server, as the tests drive it."""
 
     def __init__(self, server, key: str = ADMIN_KEY) -> None:
-        self.http = httpx.Client(base_url=server.base_url, headers=_bearer(key), timeout=30)
+        self.http = httpx.Client(base_url=server.base_url, headers=_bearer(key), timeout=240)
 
     def account(self, **fields: Any) -> dict:
         fields.setdefault("name", f"acct-{uuid.uuid4().hex[:8]}")

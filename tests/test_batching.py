@@ -71,7 +71,7 @@ def _pixels(b64: str) -> np.ndarray:
 
 
 def _metric(base_url: str, name: str) -> float:
-    metrics = httpx.get(base_url + "/metrics", timeout=30).text
+    metrics = httpx.get(base_url + "/metrics", timeout=240).text
     return float(re.search(rf'^{name}\{{model="tiny-sd"\}} (\S+)$', metrics, re.M).group(1))
 
 

@@ -91,7 +91,7 @@ class Gateway:
         self.server = server
         self.base_url = server.base_url
         self.data_dir = server.data_dir
-        self.admin = httpx.Client(base_url=server.base_url, timeout=60,
+        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
 
     # admin API
@@ -408,7 +408,7 @@ async def test_idempotent_retries_generate_and_charge_once(gateway: Gateway) -> 
     body = {"model": "fake-image", "prompt": prompt, "n": 1}
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "retry-me-1"}
 
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=240) as client:
         responses = await asyncio.gather(*(
             client.post("/v1/images/generations", json=body, headers=headers)
             for _ in range(5)))
@@ -617,7 +617,7 @@ async def test_usage_of_requests_that_moved_no_money_is_recorded(gateway: Gatewa
         ({"model": "fake-table"}, 403, "model_not_allowed"),
     ] * 4
 
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60,
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=240,
                                  headers={"Authorization": f"Bearer {key}"}) as client:
         responses = await asyncio.gather(*(
             client.post("/v1/images/generations", json={"prompt": _unique(), **body})

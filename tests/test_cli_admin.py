@@ -77,7 +77,7 @@ def make_cli(data_dir: Path, *, in_process: bool = False, **settings: str) -> Cl
     def run(*args: str, stdin: str | None = None) -> Run:
         proc = subprocess.run([sys.executable, "-m", "imagegate", *args], env=env,
                               cwd=data_dir, input=stdin if stdin is not None else "",
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=240)
         return Run(args, proc.returncode, proc.stdout, proc.stderr)
 
     def call(*args: str, stdin: str | None = None) -> Run:

@@ -98,7 +98,7 @@ def test_kill_9_during_20_generations_then_restart(start_server: Callable,
     settings = {"auth": "on", "admin_key": ADMIN_KEY, "node_id": "crash-node", **database}
     first = start_server(CONFIG, **settings)
     url = _database_url(first.data_dir, database)
-    admin = httpx.Client(base_url=first.base_url, timeout=60,
+    admin = httpx.Client(base_url=first.base_url, timeout=240,
                          headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     keys = {}
     for i in range(ACCOUNTS):

@@ -406,7 +406,7 @@ def test_sweeper_deletes_expired_files(sweeping_server) -> None:
 
 def test_every_response_has_request_id(server) -> None:
     api = server.api_url
-    with httpx.Client(timeout=30) as http:
+    with httpx.Client(timeout=240) as http:
         responses = {
             200: http.get(f"{api}/models"),
             400: http.post(f"{api}/images/generations",
@@ -465,7 +465,7 @@ def test_sdk_error_classes(server) -> None:
     assert "imagegate pull sd-turbo" in unavailable.value.message
     assert str(server.data_dir) not in unavailable.value.message  # no server paths leak
     # Failed fast: refused before the engine tried to load it (which would leave it "failed").
-    health = httpx.get(server.base_url + "/health", timeout=30).json()["models"]["sd-turbo"]
+    health = httpx.get(server.base_url + "/health", timeout=240).json()["models"]["sd-turbo"]
     assert health["state"] == "unloaded", health
 
 
@@ -474,7 +474,7 @@ def test_body_over_limit_is_413(small_body_server) -> None:
     body = json.dumps({"model": MODEL, "prompt": "x" * 4096, "size": "64x64"}).encode()
     assert len(body) > 2048
 
-    with httpx.Client(timeout=30) as http:
+    with httpx.Client(timeout=240) as http:
         declared = http.post(url, content=body, headers={"content-type": "application/json"})
         error = _envelope(declared, 413)
         assert error["code"] == "request_too_large"
@@ -541,7 +541,7 @@ def test_models_list_and_retrieve(server) -> None:
 
 
 def test_concurrent_requests_match_solo_results(server) -> None:
-    client = _client(server, max_retries=0, timeout=60)
+    client = _client(server, max_retries=0, timeout=240)
     seeds = [1000 + 7 * i for i in range(6)]
     prompt = "a busy harbour"
     solo = {seed: _pixels(_seeded(client, seed, prompt=prompt)[0]) for seed in seeds}

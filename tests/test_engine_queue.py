@@ -59,7 +59,7 @@ def test_full_queue_answers_429_at_once(engine_server) -> None:
         _wait_for(lambda: _metric(base, "imagegate_engine_waiting") == 1, 120,
                   "the second job to queue")
 
-        refused = httpx.post(url, json=QUICK, timeout=60)
+        refused = httpx.post(url, json=QUICK, timeout=240)
         # At once: answered while the queue that refused it is still full.
         assert not results and _metric(base, "imagegate_engine_running") == 1, \
             "the 429 waited for the queue"
@@ -90,7 +90,7 @@ def test_a_client_that_leaves_stops_its_running_job(engine_server) -> None:
     assert _metric(base, "imagegate_engine_jobs_cancelled_total") == cancelled_before + 1
     assert _metric(base, "imagegate_engine_jobs_total") == done_before
     # The worker is free for the next request at once.
-    assert httpx.post(url, json=QUICK, timeout=60).status_code == 200
+    assert httpx.post(url, json=QUICK, timeout=240).status_code == 200
 
 
 def test_metrics_are_prometheus_text(engine_server) -> None:

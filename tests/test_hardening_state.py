@@ -251,7 +251,7 @@ async def test_admin_usage_keeps_answering_and_shows_rejected_rows(
 class Gateway:
     def __init__(self, server: Any) -> None:
         self.server = server
-        self.admin = httpx.Client(base_url=server.base_url, timeout=60,
+        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
 
     def account_with_key(self, name: str, micros: int) -> str:

@@ -276,7 +276,7 @@ SMALL = {"model": "tiny-sd", "size": "64x64", "num_inference_steps": 1,
 class Billed:
     def __init__(self, server: Any) -> None:
         self.server = server
-        self.admin = httpx.Client(base_url=server.base_url, timeout=60,
+        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         name = "mod-" + uuid.uuid4().hex[:8]
         assert self.admin.post("/admin/accounts", json={"name": name}).status_code == 201
@@ -328,7 +328,7 @@ def billed(start_server, moderations: FakeModerations) -> Any:
 
 def _engine_work(billed: Billed) -> list[str]:
     """The local engine's counters of loads and jobs (/metrics), empty before any worker."""
-    text = httpx.get(billed.server.base_url + "/metrics", timeout=30).text
+    text = httpx.get(billed.server.base_url + "/metrics", timeout=240).text
     return [line for line in text.splitlines()
             if line.startswith(("imagegate_engine_loads_total", "imagegate_engine_jobs_total",
                                 "imagegate_engine_jobs_cancelled_total"))]
@@ -370,7 +370,7 @@ def test_e2e_refused_prompts_cost_nothing_and_never_reach_the_engine(
     assert _engine_work(billed) == engine_before  # no model load, no denoising
     _assert_free_refusal(billed, response, "images.generations")
     assert billed.balance() == before
-    health = httpx.get(billed.server.base_url + "/health", timeout=30).json()
+    health = httpx.get(billed.server.base_url + "/health", timeout=240).json()
     # Moderation runs before the engine: the fresh server has not loaded tiny-sd (the clean
     # request below, which loads it, runs after these).
     assert health["models"]["tiny-sd"]["loaded"] is False
@@ -383,7 +383,7 @@ def test_e2e_refused_through_chat(billed: Billed, fake: FakeModerations) -> None
     response = billed.chat("a FORBIDDENWORD sign")
     _assert_free_refusal(billed, response, "chat.completions")
     assert billed.balance() == before
-    health = httpx.get(billed.server.base_url + "/health", timeout=30).json()
+    health = httpx.get(billed.server.base_url + "/health", timeout=240).json()
     assert health["models"]["tiny-sd"]["loaded"] is False
 
 

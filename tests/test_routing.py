@@ -557,7 +557,7 @@ def _config(first: str, second: str, *, first_priority: int = 0, second_priority
 
 
 def _generate(server: Any, prompt: str) -> httpx.Response:
-    return httpx.post(server.api_url + "/images/generations", timeout=60,
+    return httpx.post(server.api_url + "/images/generations", timeout=240,
                       json={"model": "dall-e-3", "prompt": prompt,
                             "response_format": "b64_json"})
 

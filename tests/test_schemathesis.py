@@ -53,7 +53,7 @@ def live(start_server) -> dict[str, Any]:
     server = start_server(auth="on", admin_key=ADMIN_KEY, default_model=MODEL,
                           models=json.dumps(SMALL_TINY_SD))
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    with httpx.Client(base_url=server.base_url, headers=admin, timeout=60) as http:
+    with httpx.Client(base_url=server.base_url, headers=admin, timeout=240) as http:
         assert http.post("/admin/accounts", json={"name": "fuzz"}).status_code == 201
         topup = http.post("/admin/accounts/fuzz/topup", json={"amount": "1000000"})
         assert topup.status_code == 200, topup.text

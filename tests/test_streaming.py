@@ -50,7 +50,7 @@ def _pixels(b64: str) -> np.ndarray:
 class Gateway:
     def __init__(self, server: Any) -> None:
         self.server = server
-        self.admin = httpx.Client(base_url=server.base_url, timeout=60,
+        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
 
     def key(self, account: str, topup_micros: int = 100 * UNIT) -> str:
@@ -140,7 +140,7 @@ def test_url_format_streams_the_image_and_its_link(gateway: Gateway) -> None:
         prompt="a hosted one", stream=True, response_format="url", **TINY))
     assert [e.type for e in events] == ["image_generation.completed"]  # partial_images: 0
     link = events[0].model_extra["url"]
-    fetched = httpx.get(link, timeout=30)
+    fetched = httpx.get(link, timeout=240)
     assert fetched.status_code == 200
     assert fetched.content == base64.b64decode(events[0].b64_json)
 
@@ -173,7 +173,7 @@ def test_wire_format(gateway: Gateway) -> None:
     body = {"model": "tiny-sd", "prompt": "raw", "size": "64x64", "stream": True,
             "partial_images": 1, "num_inference_steps": 4}
     with httpx.stream("POST", gateway.server.api_url + "/images/generations", json=body,
-                      headers={"Authorization": f"Bearer {key}"}, timeout=60) as response:
+                      headers={"Authorization": f"Bearer {key}"}, timeout=240) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         text = response.read().decode()
@@ -272,7 +272,7 @@ def test_variations_are_not_streamed(gateway: Gateway) -> None:
     response = httpx.post(gateway.server.api_url + "/images/variations",
                           files={"image": ("g.png", source.getvalue(), "image/png")},
                           data={"model": "tiny-sd", "stream": "true"},
-                          headers={"Authorization": f"Bearer {key}"}, timeout=60)
+                          headers={"Authorization": f"Bearer {key}"}, timeout=240)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "stream"
 

@@ -225,7 +225,7 @@ class Gateway:
         self.log = log
         self.fake = fake
         self.upstream = upstream
-        self.admin = httpx.Client(base_url=base_url, timeout=30,
+        self.admin = httpx.Client(base_url=base_url, timeout=240,
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         response = self.admin.post("/admin/accounts", json={"name": "relay"})
         assert response.status_code == 201, response.text
@@ -254,7 +254,7 @@ class Gateway:
     def generate(self, model: str, **body: Any) -> httpx.Response:
         body = {"model": model, "prompt": "a red fox in the snow", "response_format": "b64_json",
                 **body}
-        return httpx.post(self.base_url + "/v1/images/generations", json=body, timeout=60,
+        return httpx.post(self.base_url + "/v1/images/generations", json=body, timeout=240,
                           headers={"Authorization": f"Bearer {self.key}"})
 
 
@@ -453,7 +453,7 @@ def test_gemini_reference_image_is_sent_inline(gateway: Gateway) -> None:
     gateway.fake.reset("ok")
     reference = _png(96, 96)
     response = httpx.post(
-        gateway.base_url + "/v1/chat/completions", timeout=60,
+        gateway.base_url + "/v1/chat/completions", timeout=240,
         headers={"Authorization": f"Bearer {gateway.key}"},
         json={"model": "gemini-2.5-flash-image", "modalities": ["image", "text"],
               "messages": [{"role": "user", "content": [

@@ -261,7 +261,7 @@ class Gateway:
     def __init__(self, server: Any, fake_base: str) -> None:
         self.base_url = server.base_url
         self.fake_base = fake_base
-        self.admin = httpx.Client(base_url=server.base_url, timeout=30,
+        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         assert self.admin.post("/admin/accounts", json={"name": "relay"}).status_code == 201
         assert self.admin.post("/admin/accounts/relay/topup",
@@ -269,7 +269,7 @@ class Gateway:
         created = self.admin.post("/admin/keys", json={"account": "relay", "name": "t"})
         assert created.status_code == 201, created.text
         self.key = created.json()["key"]
-        self.client = httpx.Client(base_url=server.base_url + "/v1", timeout=30,
+        self.client = httpx.Client(base_url=server.base_url + "/v1", timeout=240,
                                    headers={"Authorization": f"Bearer {self.key}"})
 
     def account(self) -> dict[str, Any]:

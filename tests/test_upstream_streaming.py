@@ -181,13 +181,13 @@ timeout_seconds = 5
 class Gateway:
     def __init__(self, server: Any, fake_base: str) -> None:
         self.fake_base = fake_base
-        self.admin = httpx.Client(base_url=server.base_url, timeout=30,
+        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         assert self.admin.post("/admin/accounts", json={"name": "s"}).status_code == 201
         assert self.admin.post("/admin/accounts/s/topup",
                                json={"amount_micros": 100_000_000}).status_code == 200
         key = self.admin.post("/admin/keys", json={"account": "s", "name": "t"}).json()["key"]
-        self.sdk = openai.OpenAI(base_url=server.api_url, api_key=key, max_retries=0, timeout=30)
+        self.sdk = openai.OpenAI(base_url=server.api_url, api_key=key, max_retries=0, timeout=240)
 
     def account(self) -> dict[str, Any]:
         return self.admin.get("/admin/accounts/s").json()

@@ -52,7 +52,7 @@ def srv(start_server):
 
 @pytest.fixture(scope="module")
 def client(srv):
-    with httpx.Client(base_url=srv.api_url, timeout=60) as c:
+    with httpx.Client(base_url=srv.api_url, timeout=240) as c:
         yield c
 
 
@@ -341,7 +341,7 @@ def test_unknown_url_is_404_envelope(client: httpx.Client) -> None:
 
 
 def test_unversioned_route_applies_the_same_rules(srv) -> None:
-    resp = httpx.post(srv.base_url + "/images/generations", json=model(D3, n=2), timeout=30)
+    resp = httpx.post(srv.base_url + "/images/generations", json=model(D3, n=2), timeout=240)
     assert_envelope(resp, 400, INVALID, "n", "invalid_n")
 
 
