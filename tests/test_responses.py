@@ -179,9 +179,15 @@ def test_sdk_streams_partial_images_and_the_completed_response(gateway: Gateway)
     assert not np.array_equal(np.asarray(_decode(partials[-1].partial_image_b64)),
                               np.asarray(_decode(done.result)))
 
-    [row] = gateway.usage("stream")
-    assert row["endpoint"] == "responses" and row["cost_micros"] == SMALL_MICROS
-    assert gateway.balance("stream") == 9 * SMALL_MICROS
+    # The SDK's stream helper accumulates the same events into the finished response.
+    with gateway.sdk(key).responses.stream(model="gpt-4.1", input="a blue kite",
+                                           tools=[{**TOOL, "partial_images": 1}]) as helper:
+        final = helper.get_final_response()
+    assert final.status == "completed" and _decode(final.output[0].result).size == (64, 64)
+
+    rows = gateway.usage("stream")
+    assert [(r["endpoint"], r["cost_micros"]) for r in rows] == [("responses", SMALL_MICROS)] * 2
+    assert gateway.balance("stream") == 8 * SMALL_MICROS
 
 
 def test_input_image_data_url_is_image_to_image(gateway: Gateway) -> None:

@@ -36,7 +36,6 @@ from fastapi.responses import JSONResponse, Response
 
 from ..accounts.keys import Caller
 from ..accounts.response_images import KeptImage, ResponseImages
-from ..catalog import ModelSpec
 from ..errors import APIError, InvalidRequest, ModelNotFound, NotFound, error_body
 from ..generation import GenerationRequest, GenerationResult, PartialImage, ProgressListener
 from ..imaging import encode
@@ -96,7 +95,6 @@ class Plan:
     model: str
     """`model` as the client sent it (echoed), or the image model when it sent none."""
     tool: ImageGenerationTool | None
-    tool_index: int | None
     tools: list[dict[str, Any]] = field(default_factory=list)
     passed_back: tuple[str, str] | None = None
     """(item id, param) of an image_generation_call passed back without its result."""
@@ -115,7 +113,7 @@ def translate(body: ResponseRequest, service: ImageService, *, default_model: st
     prompt, images = _prompt_and_images(body)
     passed_back, earlier = None, None
     if not images and not (tool is not None and tool.action == "generate"):
-        passed_back, images = _passed_back(body, images)
+        passed_back, images = _passed_back(body)
         if passed_back is None and not images:
             earlier = body.previous_response_id
     where = f"tools[{index}]" if tool is not None else "tools[0]"
@@ -156,8 +154,8 @@ def translate(body: ResponseRequest, service: ImageService, *, default_model: st
     )
     echoed = [t.model_dump(exclude_none=True) for t in body.tools or []
               if isinstance(t, ImageGenerationTool)]
-    return Plan(gen=gen, model=body.model or image_model, tool=tool, tool_index=index,
-                tools=echoed, passed_back=passed_back, previous_response_id=earlier)
+    return Plan(gen=gen, model=body.model or image_model, tool=tool, tools=echoed,
+                passed_back=passed_back, previous_response_id=earlier)
 
 
 def _image_tool(body: ResponseRequest) -> tuple[ImageGenerationTool | None, int | None]:
@@ -256,20 +254,20 @@ def _prompt_and_images(body: ResponseRequest) -> tuple[str, list[tuple[str | byt
                          param="input")
 
 
-def _passed_back(body: ResponseRequest, images: list[tuple[str | bytes, str]]
+def _passed_back(body: ResponseRequest
                  ) -> tuple[tuple[str, str] | None, list[tuple[str | bytes, str]]]:
     """The last earlier image in `input`: an image_generation_call with its `result` (loaded
     like a data URL), or one (or an item_reference) by id only, to look up."""
     if isinstance(body.input, str) or body.input is None:
-        return None, images
+        return None, []
     for i in range(len(body.input) - 1, -1, -1):
         item: InputItem = body.input[i]
         if item.type == "image_generation_call" and item.result:
             # the loader checks the bytes themselves, whatever the data URL says they are
             return None, [("data:image/png;base64," + item.result, f"input[{i}].result")]
         if item.type in ("image_generation_call", "item_reference") and item.id:
-            return (item.id, f"input[{i}].id"), images
-    return None, images
+            return (item.id, f"input[{i}].id"), []
+    return None, []
 
 
 async def load_earlier_images(plan: Plan, kept: ResponseImages | None, service: ImageService,
@@ -396,17 +394,19 @@ class _Turn:
             output_tokens_details=OutputTokensDetails())
         return self.shell("completed", output, usage=usage, completed_at=int(time.time()))
 
-    def options(self) -> tuple[str | None, str]:
-        """Quality and background as the model will resolve them, for the previews (the
-        finished item reports what the request resolved to)."""
+    def options(self) -> tuple[str, str]:
+        """Quality and background as the request resolves them (rules.resolve: `auto` and
+        none are the model's default quality, and an opaque background), for the previews,
+        which come before the result that says them."""
         gen = self.plan.gen
-        try:
-            spec: ModelSpec | None = self.service.catalog.get(gen.model)
-        except ModelNotFound:
-            spec = None
-        quality = gen.quality or (spec.capabilities.default_quality if spec else None)
-        background = gen.background if gen.background not in (None, "auto") else "opaque"
-        return quality, background  # type: ignore[return-value]
+        quality = gen.quality
+        if quality in (None, "auto"):
+            try:
+                quality = self.service.catalog.get(gen.model).capabilities.default_quality
+            except ModelNotFound:
+                quality = None  # (a stream of an unknown model never sends a preview)
+        background = "opaque" if gen.background in (None, "auto") else gen.background
+        return quality or "auto", background  # type: ignore[return-value]
 
 
 # --- streaming ---------------------------------------------------------------------------------
