@@ -400,7 +400,11 @@ class PreviewThenFail:
         if request.prompt.startswith("fail"):
             progress.partial(PartialImage(0, 0, Image.new("RGB", (8, 8)), 64, 64))
             raise GenerationFailed("The provider failed on purpose.")
-        return ProviderResult(images=[GeneratedImage(Image.new("RGB", (64, 64)), seed=1)])
+        if request.references:  # the input image, handed back as it came
+            return ProviderResult(images=[GeneratedImage(request.references[0], seed=1)])
+        colour = tuple(int(c) for c in np.random.default_rng(request.seeds[0]).integers(0, 256, 3))
+        image = Image.new("RGB", (request.width, request.height), colour)
+        return ProviderResult(images=[GeneratedImage(image, seed=request.seeds[0])])
 
 
 FAILING = """
@@ -449,29 +453,58 @@ async def test_a_failure_after_the_stream_began_is_an_error_then_response_failed
     assert failed["response"]["error"]["code"] == "generation_failed"
 
 
-async def test_stored_answers_are_the_callers_own_and_expire(inprocess) -> None:
-    from sqlalchemy import update
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    if request.param == "sqlite":
+        return {}
+    return {"database_url": request.getfixturevalue("pg_url")}
 
+
+async def test_stored_answers_are_the_callers_own_and_expire(database, inprocess) -> None:
+    from sqlalchemy import func, select, update
+
+    from imagegate.accounts.ledger import utcnow
     from imagegate.accounts.tables import ResponseImage
 
-    srv = await inprocess(config=FAILING)
-    first = await srv.client.post("/v1/responses", headers=srv.auth(), json={
-        "model": "late-fail", "input": "a boat"})
+    srv = await inprocess(config=FAILING, **database)
+
+    async def respond(body: dict, key: str | None = None) -> httpx.Response:
+        return await srv.client.post("/v1/responses", headers=srv.auth(key), json={
+            "model": "late-fail", **body})
+
+    first = await respond({"input": "a boat", "tools": [{**TOOL, "size": "96x64"}]})
     assert first.status_code == 200, first.text
-    rid = first.json()["id"]
-    again = {"model": "late-fail", "input": "at night", "previous_response_id": rid}
-    assert (await srv.client.post("/v1/responses", headers=srv.auth(), json=again)
-            ).status_code == 200
-    unkept = await srv.client.post("/v1/responses", headers=srv.auth(), json={
-        "model": "late-fail", "input": "not kept", "store": False})
+    rid, item = first.json()["id"], first.json()["output"][0]
+    # The earlier image is the input (the provider hands its input image back).
+    again = {"input": "at night", "previous_response_id": rid}
+    for body in (again, {"input": [{"type": "item_reference", "id": item["id"]},
+                                   {"role": "user", "content": "at night"}]}):
+        edited = await respond(body)
+        assert edited.status_code == 200, edited.text
+        assert edited.json()["output"][0]["result"] == item["result"]
+
+    # Another account's key finds neither the response nor its item.
+    await srv.client.post("/admin/accounts", headers=srv.auth(), json={"name": "other"})
+    other = (await srv.client.post("/admin/keys", headers=srv.auth(), json={
+        "account": "other", "name": "k"})).json()["key"]
+    _assert_error(await respond(again, other), 400, "previous_response_id",
+                  "previous_response_not_found")
+    _assert_error(await respond({"input": [{"type": "image_generation_call", "id": item["id"]},
+                                           {"role": "user", "content": "x"}]}, other),
+                  400, "input[0].id", "item_not_found")
+
+    unkept = await respond({"input": "not kept", "store": False})
     assert unkept.json()["store"] is False
-    refused = await srv.client.post("/v1/responses", headers=srv.auth(), json={
-        **again, "previous_response_id": unkept.json()["id"]})
-    _assert_error(refused, 400, "previous_response_id", "previous_response_not_found")
+    _assert_error(await respond({**again, "previous_response_id": unkept.json()["id"]}), 400,
+                  "previous_response_id", "previous_response_not_found")
 
     engine = srv.app.state.service.accounts.engine
-    async with engine.begin() as conn:  # older than url_ttl_seconds
+    async with engine.begin() as conn:  # made longer ago than url_ttl_seconds
         await conn.execute(update(ResponseImage).values(
-            created_at=ResponseImage.created_at - timedelta(hours=2)))
-    expired = await srv.client.post("/v1/responses", headers=srv.auth(), json=again)
-    _assert_error(expired, 400, "previous_response_id", "previous_response_not_found")
+            created_at=utcnow() - timedelta(hours=2)))
+    _assert_error(await respond(again), 400, "previous_response_id",
+                  "previous_response_not_found")
+    assert (await respond({"input": "a new one"})).status_code == 200
+    async with engine.connect() as conn:  # the next answer kept took the old rows away
+        assert (await conn.execute(select(func.count()).select_from(ResponseImage))
+                ).scalar() == 1
