@@ -119,15 +119,24 @@ def _b64_body(**extra: Any) -> dict[str, Any]:
 
 
 def _only_image(completion: dict[str, Any]) -> str:
-    """The one image URL of a completion, checked to appear in both places it should."""
+    """The one image of a completion: a data URL in `images` (OpenRouter's shape), its base64
+    nowhere else in the message."""
     message = completion["choices"][0]["message"]
     assert message["role"] == "assistant"
     images = message["images"]
     assert len(images) == 1, images
     assert images[0]["type"] == "image_url"
     url = images[0]["image_url"]["url"]
-    assert f"![image]({url})" in message["content"]
+    assert url.startswith("data:image/png;base64,"), url[:60]
+    assert "base64," not in message["content"]
     return url
+
+
+def _hosted_link(content: str) -> str:
+    """The markdown link to the hosted copy that `content` carries (seed 002)."""
+    links = re.findall(r"!\[image\]\((http[^)]+)\)", content)
+    assert len(links) == 1, content
+    return links[0]
 
 
 def _inline_png(completion: dict[str, Any]) -> bytes:
@@ -148,7 +157,7 @@ def _sdk_png(message: Any) -> bytes:
     url = images[0]["image_url"]["url"]
     if url.startswith("data:"):
         return _decode_data_url(url)
-    response = httpx.get(url, timeout=30)
+    response = httpx.get(url, timeout=240)
     assert response.status_code == 200
     return response.content
 
@@ -219,14 +228,16 @@ def test_seed000_minimal_request(server, path: str) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert usage["prompt_tokens"] > 0
 
-    url = _only_image(completion)
+    inline = _decode_data_url(_only_image(completion))
+    url = _hosted_link(completion["choices"][0]["message"]["content"])
     parts = urlsplit(url)
     assert url.startswith(server.base_url + "/v1/media/"), url
     assert set(parse_qs(parts.query)) >= {"expires", "sig"}
-    image = httpx.get(url, timeout=30)
+    image = httpx.get(url, timeout=240)
     assert image.status_code == 200
     assert image.headers["content-type"] == "image/png"
     assert image.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert image.content == inline  # the same image, hosted and inline
     # No aspect ratio and no input image: a 1:1 square at 1K (seed 002: "若未提供输入图片,则生成
     # 1:1 的方图"; the table's 1:1 at 1K is 1024x1024).
     assert _open(image.content).size == (1024, 1024)
@@ -240,15 +251,18 @@ def test_seed000_image_config_url_and_b64(server) -> None:
         "image_config": {"aspect_ratio": "1:1", "output_format": "url"},
     }
     completion = _ok(_chat(server, body, path="/chat/completions"))
-    url = _only_image(completion)
+    _only_image(completion)
+    url = _hosted_link(completion["choices"][0]["message"]["content"])
     assert url.startswith(server.base_url + "/v1/media/")
-    assert _open(httpx.get(url, timeout=30).content).size == (1024, 1024)
+    assert _open(httpx.get(url, timeout=240).content).size == (1024, 1024)
 
+    # Base64 asked: nothing hosted, and the base64 is sent once, in `images`.
     body["image_config"] = {"aspect_ratio": "3:2", "output_format": "b64_json"}
     completion = _ok(_chat(server, body))
     url = _only_image(completion)
-    assert url.startswith("data:image/png;base64,")
     assert _open(_decode_data_url(url)).size == (1248, 832)
+    content = completion["choices"][0]["message"]["content"]
+    assert "/v1/media/" not in content and "`images`" in content
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,8 +277,7 @@ def test_seed002_literal_extra_body(server) -> None:
     }
     completion = _ok(_chat(server, body))
     assert completion["choices"][0]["finish_reason"] == "stop"
-    url = _only_image(completion)
-    assert _open(httpx.get(url, timeout=30).content).size == (1344, 768)
+    assert _open(_inline_png(completion)).size == (1344, 768)
 
 
 @pytest.mark.parametrize("ratio", list(RATIO_SIZES))
@@ -294,7 +307,8 @@ def test_sdk_extra_body_google(server) -> None:
     message = response.choices[0].message
     images = _sdk_images(message)
     assert images[0]["type"] == "image_url"
-    assert f"![image]({images[0]['image_url']['url']})" in message.content
+    assert images[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert _hosted_link(message.content).startswith(server.base_url + "/v1/media/")
     assert _open(_sdk_png(message)).size == (1344, 768)
     assert response.usage is not None and response.usage.prompt_tokens > 0
 
@@ -347,14 +361,15 @@ def test_sdk_stream(server) -> None:
     with_images = [c for c in chunks if getattr(c.choices[0].delta, "images", None)]
     assert len(with_images) == 1
     chunk = with_images[0]
-    assert len(chunk.model_dump_json()) < 2000  # a link, not the image inline
     images = chunk.choices[0].delta.images
     assert len(images) == 1 and images[0]["type"] == "image_url"
-    url = images[0]["image_url"]["url"]
-    assert url.startswith(server.base_url + "/v1/media/")
+    inline = _decode_data_url(images[0]["image_url"]["url"])
+    assert _open(inline).size == (1184, 864)
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert f"![image]({url})" in content
-    assert _open(httpx.get(url, timeout=30).content).size == (1184, 864)
+    assert "base64," not in content  # the image is sent once
+    url = _hosted_link(content)
+    assert url.startswith(server.base_url + "/v1/media/")
+    assert httpx.get(url, timeout=240).content == inline
 
 
 def test_sdk_stream_b64(server) -> None:
@@ -394,11 +409,11 @@ def test_raw_stream_framing(server) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["usage"]["total_tokens"] > 0  # stream_options.include_usage
     image_lines = [line for line in events if '"images"' in line]
-    assert len(image_lines) == 1 and len(image_lines[0]) < 2000
+    assert len(image_lines) == 1 and image_lines[0].count("base64,") == 1
 
 
 def _engine(server, name: str) -> float:  # type: ignore[no-untyped-def]
-    text = httpx.get(server.base_url + "/metrics", timeout=30).text
+    text = httpx.get(server.base_url + "/metrics", timeout=240).text
     match = re.search(rf'^{name}{{model="{MODEL}"}} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
 
@@ -446,7 +461,7 @@ def test_slow_stream_starts_before_the_image_is_ready(server) -> None:
     chunk = json.loads(image_events[0][len("data: "):])
     assert chunk["id"] == first["id"]
     url = chunk["choices"][0]["delta"]["images"][0]["image_url"]["url"]
-    assert _open(httpx.get(url, timeout=30).content).size == (512, 512)
+    assert _open(_decode_data_url(url)).size == (512, 512)
     last = json.loads(events[-2][len("data: "):])
     assert last["choices"][0]["finish_reason"] == "stop"
 
@@ -706,7 +721,7 @@ def test_sdk_errors(server) -> None:
 
 
 def test_chat_request_leaves_a_usage_row(billed_server) -> None:
-    admin = httpx.Client(base_url=billed_server.base_url, timeout=60,
+    admin = httpx.Client(base_url=billed_server.base_url, timeout=240,
                          headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     with admin:
         created = admin.post("/admin/accounts", json={"name": "chat-user"})

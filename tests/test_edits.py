@@ -187,10 +187,10 @@ def test_edit_single_file(server, files) -> None:
 
     with open(files["wide"], "rb") as image:
         response = client.images.edit(model=MODEL, image=image, prompt="make it snow",
-                                      size="256x256")
+                                      size="256x256", response_format="url")
     url = response.data[0].url
     assert url and url.startswith(server.base_url + "/v1/media/")
-    assert _open(httpx.get(url, timeout=30).content).size == (256, 256)
+    assert _open(httpx.get(url, timeout=240).content).size == (256, 256)
 
 
 def test_edit_image_list(server, files) -> None:
@@ -327,7 +327,7 @@ def test_variations(server, files) -> None:
     with open(files["wide"], "rb") as image:
         response = client.images.create_variation(image=image, model=MODEL)
     assert len(response.data) == 1 and response.data[0].url
-    assert _open(httpx.get(response.data[0].url, timeout=30).content).size == (384, 256)
+    assert _open(httpx.get(response.data[0].url, timeout=240).content).size == (384, 256)
 
 
 def test_variation_errors(server, files) -> None:
@@ -338,7 +338,7 @@ def test_variation_errors(server, files) -> None:
     assert _error(with_mask)["param"] == "mask"
     missing = _post_multipart(server, "/images/variations", {"model": MODEL}, [])
     assert _error(missing)["param"] == "image"
-    as_json = httpx.post(server.api_url + "/images/variations", timeout=30,
+    as_json = httpx.post(server.api_url + "/images/variations", timeout=240,
                          json={"model": MODEL, "image": "x"})
     assert _error(as_json)["code"] == "unsupported_content_type"
 
@@ -406,11 +406,11 @@ def test_missing_and_malformed_fields(server, files) -> None:
                                     [("image", png)])
     assert _error(unknown_model, 404)["code"] == "model_not_found"
 
-    garbled = httpx.post(server.api_url + "/images/edits", timeout=30,
+    garbled = httpx.post(server.api_url + "/images/edits", timeout=240,
                          content=b"--XYZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n",
                          headers={"content-type": "multipart/form-data; boundary=XYZ"})
     assert garbled.status_code == 400, garbled.text
-    wrong_type = httpx.post(server.api_url + "/images/edits", timeout=30, content=b"prompt=x",
+    wrong_type = httpx.post(server.api_url + "/images/edits", timeout=240, content=b"prompt=x",
                             headers={"content-type": "application/x-www-form-urlencoded"})
     assert _error(wrong_type)["code"] == "unsupported_content_type"
 
@@ -429,18 +429,18 @@ def test_json_edit_form(server, files) -> None:
         "model": MODEL, "prompt": "x", "images": [{"image_url": data_url}],
         "mask": {"image_url": mask_url}, "size": "128x128"})
     assert response.status_code == 200, response.text
-    assert response.json()["data"][0]["url"]
+    assert _open(base64.b64decode(response.json()["data"][0]["b64_json"])).size == (128, 128)
 
-    no_images = httpx.post(server.api_url + "/images/edits", timeout=30,
+    no_images = httpx.post(server.api_url + "/images/edits", timeout=240,
                            json={"model": MODEL, "prompt": "x"})
     assert _error(no_images)["param"] == "image"
-    file_id = httpx.post(server.api_url + "/images/edits", timeout=30,
+    file_id = httpx.post(server.api_url + "/images/edits", timeout=240,
                          json={"model": MODEL, "prompt": "x", "images": [{"file_id": "f-1"}]})
     assert _error(file_id)["param"] == "images[0].image_url"
-    loopback = httpx.post(server.api_url + "/images/edits", timeout=30, json={
+    loopback = httpx.post(server.api_url + "/images/edits", timeout=240, json={
         "model": MODEL, "prompt": "x", "images": [{"image_url": server.base_url + "/health"}]})
     assert _error(loopback)["param"] == "images[0].image_url"
-    bad_n = httpx.post(server.api_url + "/images/edits", timeout=30, json={
+    bad_n = httpx.post(server.api_url + "/images/edits", timeout=240, json={
         "model": MODEL, "prompt": "x", "n": "abc", "images": [{"image_url": data_url}]})
     assert _error(bad_n)["param"] == "n"
 

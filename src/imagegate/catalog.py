@@ -158,6 +158,12 @@ class Deployment(BaseModel):
         return self.name or f"{self.provider}/{self.upstream_model or public_name}"
 
 
+ResponseFormat = Literal["url", "b64_json"]
+_GPT_IMAGE_NAME = re.compile(r"^(chat)?gpt-image-")
+"""OpenAI's GPT image models, which answer in base64 only: clients written for them read
+`b64_json` without asking for it."""
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -174,10 +180,22 @@ class ModelSpec(BaseModel):
     pricing: Pricing = Field(default_factory=Pricing)
     local: LocalSpec | None = None
     deployments: list[Deployment] = Field(default_factory=list)
+    default_response_format: ResponseFormat | None = None
+    """What the Images API answers with when a request sends no `response_format`. Unset: a
+    `gpt-image-*` name answers `b64_json`, any other model the server's setting for the
+    endpoint (`images_response_format`, `edits_response_format`)."""
 
     @property
     def makes_images(self) -> bool:
         return "image" in self.outputs
+
+    def response_format(self, server_default: ResponseFormat) -> ResponseFormat:
+        """The `response_format` of a request that sends none."""
+        if self.default_response_format is not None:
+            return self.default_response_format
+        if _GPT_IMAGE_NAME.match(self.name):
+            return "b64_json"
+        return server_default
 
     @model_validator(mode="after")
     def _local_needs_source(self) -> "ModelSpec":
@@ -237,14 +255,16 @@ def _builtin_models() -> list[ModelSpec]:
         sizes=["1024x1024", "896x1280", "1280x896", "768x1408", "1408x768"], max_n=4
     )
     upstream = [
+        # OpenAI's own defaults: links from DALL-E, base64 from the GPT image models.
         ModelSpec(name="dall-e-3", backend="upstream", enabled=False, owned_by="openai",
-                  capabilities=dalle3, pricing=_dalle3_prices()),
+                  capabilities=dalle3, pricing=_dalle3_prices(), default_response_format="url"),
         ModelSpec(name="dall-e-2", backend="upstream", enabled=False, owned_by="openai",
-                  capabilities=dalle2,
+                  capabilities=dalle2, default_response_format="url",
                   pricing=_prices("0.02", **{"256x256": "0.016", "512x512": "0.018",
                                              "1024x1024": "0.02"})),
         ModelSpec(name="gpt-image-1", backend="upstream", enabled=False, owned_by="openai",
-                  capabilities=gpt_image, pricing=_gpt_image_prices()),
+                  capabilities=gpt_image, pricing=_gpt_image_prices(),
+                  default_response_format="b64_json"),
         ModelSpec(name="flux-1.1-pro", backend="upstream", enabled=False,
                   owned_by="black-forest-labs", capabilities=flux_api,
                   pricing=_prices("0.04")),

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 from typing import Any
 
+RETRYABLE_CODES = frozenset({"idempotency_key_in_progress"})
+"""Errors whose status says "don't retry" but which a later retry gets past: the first request
+under that Idempotency-Key finishes, and the retry replays its answer."""
+
 
 class APIError(Exception):
-    """A failure with a client-facing status and an OpenAI-style error body."""
+    """A failure with a client-facing status and an OpenAI-style error body.
+
+    `retryable` says whether sending the same request again can succeed; it is sent as the
+    `x-should-retry` header, which the OpenAI SDKs obey before their own status rules. None:
+    decided by the status (api/middleware.py).
+    """
 
     status: int = 400
     type: str = "invalid_request_error"
     code: str | None = None
+    retryable: bool | None = None
 
     def __init__(
         self,
@@ -27,6 +37,7 @@ class APIError(Exception):
         status: int | None = None,
         type: str | None = None,
         headers: dict[str, str] | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -38,6 +49,17 @@ class APIError(Exception):
         if type is not None:
             self.type = type
         self.headers = headers or {}
+        if retryable is not None:
+            self.retryable = retryable
+
+    def response_headers(self) -> dict[str, str]:
+        """`headers`, plus `x-should-retry` when this error knows better than its status."""
+        retryable = self.retryable
+        if retryable is None and self.code in RETRYABLE_CODES:
+            retryable = True
+        if retryable is None:
+            return dict(self.headers)
+        return {**self.headers, "x-should-retry": "true" if retryable else "false"}
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
@@ -68,11 +90,18 @@ class ModelNotFound(APIError):
 
 
 class ModelUnavailable(APIError):
-    """503: the model is known but cannot serve now (weights missing, no deployment)."""
+    """503: the model is known but cannot serve here (weights missing, engine not installed,
+    no deployment). A retry cannot fix that, so the SDKs are told not to; the one passing case,
+    every deployment cooling down, says so with a Retry-After and stays retryable."""
 
     status = 503
     type = "server_error"
     code = "model_unavailable"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        if kwargs.get("retryable") is None:
+            self.retryable = "retry-after" in {k.lower() for k in self.headers}
 
 
 class NotFound(APIError):

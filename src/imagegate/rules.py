@@ -7,6 +7,7 @@ the parameter the client sent, so the same rules serve the Images API and the ch
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from typing import Any
 
@@ -15,6 +16,18 @@ from .errors import InvalidRequest
 from .generation import GenerationRequest, ResolvedRequest, Size
 
 MAX_SEED = 2**32 - 1
+_INDEXED = re.compile(r"^(.*?)\[\d+\]")
+
+
+def images_field(param: str) -> str:
+    """The field a client sent its input images in, from one image's param: `image[2]` ->
+    `image[]` (multipart's list form), `images[0].image_url` -> `images`,
+    `messages[1].content[0].image_url` -> `messages`, `image_config.reference_images[0]` ->
+    `image_config.reference_images`; a lone `image` stays `image`."""
+    match = _INDEXED.match(param)
+    if match is None:
+        return param
+    return "image[]" if match.group(1) == "image" else match.group(1)
 
 
 def resolve(spec: ModelSpec, req: GenerationRequest, references: list[Any] | None = None,
@@ -143,11 +156,12 @@ def check_inputs(spec: ModelSpec, req: GenerationRequest) -> None:
     caps = spec.capabilities
     if req.references and caps.max_reference_images == 0:
         raise InvalidRequest(f"`{spec.name}` does not accept input images.",
-                             param=req.references[0][1], code="unsupported_parameter")
+                             param=images_field(req.references[0][1]),
+                             code="unsupported_parameter")
     if len(req.references) > caps.max_reference_images:
         raise InvalidRequest(
             f"`{spec.name}` accepts at most {caps.max_reference_images} input image(s); "
-            f"{len(req.references)} were sent.", param=req.references[0][1])
+            f"{len(req.references)} were sent.", param=images_field(req.references[-1][1]))
     if req.mask is not None:
         if not caps.supports_mask:
             raise InvalidRequest(f"`{spec.name}` cannot edit with a mask (inpainting).",

@@ -49,6 +49,19 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     default_model: str = "sd-turbo"
     """The model used when a request names none."""
+    images_response_format: Literal["url", "b64_json"] = "url"
+    """`response_format` of a generation or variation that sends none, for models whose catalog
+    entry names no `default_response_format` (`gpt-image-*` names answer `b64_json`)."""
+    edits_response_format: Literal["url", "b64_json"] = "b64_json"
+    """The same for `/v1/images/edits`: base64, because the clients that edit (the AI SDK,
+    OpenAI's gpt-image-1 examples) read `b64_json` whatever the model."""
+    chat_image_links: bool = False
+    """Put hosted links in chat's `message.images` instead of data URLs (`content` has the
+    links either way). Off: data URLs, as OpenRouter sends them and its clients decode."""
+    list_unavailable_models: bool = True
+    """List models that cannot serve here (weights missing, no deployment, engine not
+    installed) in `/v1/models`, marked `available: false`. Off: leave them out, so pickers
+    such as Open WebUI's offer only models that work."""
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     engine_max_queue: int = Field(32, ge=0)
     """Requests that may wait for one local model (besides the one running). Past it: 429

@@ -5,8 +5,11 @@ are read from wherever clients put them, first found wins: top-level `image_conf
 OpenRouter), `google.image_config` (the OpenAI SDK's `extra_body={"google": ...}`), and a literal
 `extra_body.google.image_config` key in the body (seed 002's curl and requests examples).
 
-Images come back in `choices[0].message.images` (OpenRouter's shape) and as markdown in
-`content`, so chat UIs that only render text still show them.
+Images come back in `message.images` as data URLs (OpenRouter's shape: its clients decode them,
+and a chat history keeps them after a link would have expired) and as a markdown link to the
+hosted copy in `content`, so chat UIs that only render text still show them. With
+`output_format: "b64_json"` nothing is hosted and `content` says where the image is instead:
+the same base64 is never sent twice. `n` images are `n` choices of one image each.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pydantic import ValidationError
 from ..accounts.keys import Caller
 from ..aspect_ratios import size_for
 from ..errors import APIError, InvalidRequest
-from ..generation import GenerationRequest, GenerationResult
+from ..generation import DeliveredImage, GenerationRequest, GenerationResult
 from ..protocol.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -60,10 +63,12 @@ async def create_chat_completion(
     request_id = deps.request_id(request)
     base_url = deps.public_base_url(request)
 
+    links = deps.settings(request).chat_image_links
+
     async def produce() -> dict[str, Any]:
         result = await service.generate(gen, request_id=request_id, caller=caller,
                                         endpoint="chat.completions")
-        return to_chat_completion(result, base_url).model_dump()
+        return to_chat_completion(result, base_url, links_in_images=links).model_dump()
 
     if not body.stream:
         return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
@@ -74,7 +79,7 @@ async def create_chat_completion(
     if done:
         answer = task.result()  # raises the APIError, rendered with its status
         return sse_response(_stream_whole(answer, body))
-    return sse_response(_stream_when_ready(task, body, gen.model, request_id, service.let_go))
+    return sse_response(_stream_when_ready(task, body, gen, request_id, service.let_go))
 
 
 def to_generation_request(body: ChatCompletionRequest, *, default_model: str
@@ -166,25 +171,34 @@ def _image_config(body: ChatCompletionRequest) -> tuple[dict[str, Any], str]:
     return {}, "image_config"
 
 
-def image_urls(result: GenerationResult, base_url: str) -> list[str]:
-    """Hosted signed links, or data URLs when b64_json was asked for."""
-    if result.response_format == "url":
-        return [base_url + (image.url or "") for image in result.images]
-    return [f"data:image/{image.output_format};base64,"
-            + base64.b64encode(image.data).decode("ascii") for image in result.images]
+def data_url(image: DeliveredImage) -> str:
+    return (f"data:image/{image.output_format};base64,"
+            + base64.b64encode(image.data).decode("ascii"))
 
 
-def to_chat_completion(result: GenerationResult, base_url: str) -> ChatCompletion:
-    urls = image_urls(result, base_url)
-    markdown = "\n".join(f"![image]({url})" for url in urls)
-    message = AssistantMessage(
-        content="\n\n".join(part for part in (result.text, markdown) if part),
-        images=[ImagePart(image_url=ImageURL(url=url)) for url in urls],
-    )
+def to_chat_completion(result: GenerationResult, base_url: str, *,
+                       links_in_images: bool = False) -> ChatCompletion:
+    """One choice per image. `images` holds the data URL (or, with `links_in_images`, the
+    hosted link when there is one); `content` the model's text and a markdown link to the
+    hosted copy, or, when nothing was hosted, a line saying where the image is."""
+    choices = []
+    for index, image in enumerate(result.images):
+        link = base_url + image.url if image.url is not None else None
+        if link is not None:
+            shown = f"![image]({link})"
+        else:
+            shown = (f"Generated a {result.size} {image.output_format.upper()} image, sent as "
+                     "a data URL in `images`.")
+        message = AssistantMessage(
+            content="\n\n".join(part for part in (result.text, shown) if part),
+            images=[ImagePart(image_url=ImageURL(
+                url=link if links_in_images and link is not None else data_url(image)))],
+        )
+        choices.append(Choice(index=index, message=message))
     tokens = result.prompt_tokens
     return ChatCompletion(
         id=_completion_id(result.request_id), created=result.created, model=result.model,
-        choices=[Choice(message=message)],
+        choices=choices,
         usage=ChatUsage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens),
     )
 
@@ -197,46 +211,60 @@ def _completion_id(request_id: str) -> str:
 
 
 def _chunk(completion_id: str, created: int, model: str, delta: dict[str, Any],
-           finish_reason: str | None = None, usage: dict[str, Any] | None = None) -> str:
+           finish_reason: str | None = None, usage: dict[str, Any] | None = None,
+           index: int = 0) -> str:
     payload: dict[str, Any] = {
         "id": completion_id, "object": "chat.completion.chunk", "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
     }
     if usage is not None:
         payload["usage"] = usage
     return f"data: {json.dumps(payload)}\n\n"
 
 
+def _role_chunks(completion_id: str, created: int, model: str, n: int) -> list[str]:
+    """The stream's opening: each choice's role, before any image exists."""
+    return [_chunk(completion_id, created, model, {"role": "assistant", "content": ""},
+                   index=index) for index in range(n)]
+
+
 async def _stream_whole(answer: dict[str, Any], body: ChatCompletionRequest
                         ) -> AsyncIterator[str]:
-    """A finished completion as chunks: role, the images (whole, in one delta), stop, [DONE]."""
+    """A finished completion as chunks: roles, the images (whole, one delta per choice), stop,
+    [DONE]."""
     cid, created, model = answer["id"], answer["created"], answer["model"]
-    yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+    for line in _role_chunks(cid, created, model, len(answer["choices"])):
+        yield line
     for line in _image_chunks(answer, body):
         yield line
 
 
 def _image_chunks(answer: dict[str, Any], body: ChatCompletionRequest) -> list[str]:
+    """Each choice's image delta, then each choice's stop; the usage rides on the last."""
     cid, created, model = answer["id"], answer["created"], answer["model"]
-    message = answer["choices"][0]["message"]
+    choices = answer["choices"]
     include_usage = bool((body.stream_options or {}).get("include_usage"))
-    return [
-        _chunk(cid, created, model, {"content": message["content"],
-                                     "images": message["images"]}),
-        _chunk(cid, created, model, {}, "stop", answer["usage"] if include_usage else None),
-        "data: [DONE]\n\n",
-    ]
+    lines = [_chunk(cid, created, model, {"content": choice["message"]["content"],
+                                          "images": choice["message"]["images"]},
+                    index=choice["index"]) for choice in choices]
+    for i, choice in enumerate(choices):
+        last = i == len(choices) - 1
+        lines.append(_chunk(cid, created, model, {}, "stop",
+                            answer["usage"] if include_usage and last else None,
+                            index=choice["index"]))
+    return [*lines, "data: [DONE]\n\n"]
 
 
-async def _stream_when_ready(task: asyncio.Future, body: ChatCompletionRequest, model: str,
-                             request_id: str, let_go: Callable[[asyncio.Future], None]
-                             ) -> AsyncIterator[str]:
+async def _stream_when_ready(task: asyncio.Future, body: ChatCompletionRequest,
+                             gen: GenerationRequest, request_id: str,
+                             let_go: Callable[[asyncio.Future], None]) -> AsyncIterator[str]:
     """Start the stream before the images exist, keep it alive, then send them; an error that
     comes after the 200 went out is sent as an error event, as OpenAI does mid-stream."""
     cid, created = _completion_id(request_id), int(time.time())
     try:
-        yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+        for line in _role_chunks(cid, created, gen.model, gen.n):
+            yield line
         while True:
             done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
             if done:

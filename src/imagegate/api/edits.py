@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
+from .. import rules
 from ..accounts.keys import Caller
 from ..errors import InvalidRequest
 from ..generation import GenerationRequest
@@ -34,7 +35,7 @@ from .errors import (
     error_responses,
 )
 from .image_stream import check_partial_images, stream_images
-from .images import check_n, parse_size, to_images_response
+from .images import check_n, default_response_format, parse_size, to_images_response
 from .middleware import BodyTooLarge
 
 router = APIRouter(tags=["images"])
@@ -81,6 +82,9 @@ async def create_edit(request: Request, caller: Caller = Depends(deps.caller),
                              code="missing_required_parameter")
     gen = _generation_request(request, fields, images, mask, prompt=fields.prompt)
     check_n(service, gen)
+    if fields.response_format is None and not fields.stream:
+        gen.response_format = default_response_format(
+            service, gen.model, deps.settings(request).edits_response_format)
     partial_images = check_partial_images(fields.partial_images)
     if fields.stream:
         return await stream_images(request, service, caller, gen, endpoint="images.edits",
@@ -104,6 +108,9 @@ async def create_variation(request: Request, caller: Caller = Depends(deps.calle
     gen = _generation_request(request, fields, images, None, prompt=fields.prompt or "")
     gen.prompt_optional = True
     check_n(service, gen)
+    if fields.response_format is None:  # DALL-E 2's endpoint, and its default: links
+        gen.response_format = default_response_format(
+            service, gen.model, deps.settings(request).images_response_format)
     if gen.strength is None:
         gen.strength = VARIATION_STRENGTH
     return await _respond(request, caller, service, gen, "images.variations")
@@ -134,7 +141,8 @@ def _generation_request(request: Request, fields: ImageEditFields,
         raise InvalidRequest("Missing required parameter: 'image'.", param="image",
                              code="missing_required_parameter")
     if len(images) > MAX_IMAGES:
-        raise InvalidRequest(f"At most {MAX_IMAGES} images may be sent.", param="image")
+        raise InvalidRequest(f"At most {MAX_IMAGES} images may be sent.",
+                             param=rules.images_field(images[-1][1]))
     return GenerationRequest(
         model=fields.model or deps.settings(request).default_model,
         prompt=prompt,

@@ -132,13 +132,13 @@ async def _authentication_error(request: Request) -> JSONResponse | None:
     try:
         await (deps.admin if path.startswith("/admin") else deps.caller)(request)
     except APIError as err:
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.response_headers())
     return None
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.response_headers())
 
 
 async def _client_gone(_request: Request, _exc: Exception) -> JSONResponse:

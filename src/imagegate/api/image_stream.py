@@ -83,7 +83,8 @@ async def stream_images(request: Request, service: ImageService, caller: Caller,
     first = await _first_event(request, queue, task)
     if first is _DONE:
         task.result()  # a failure this early keeps its own status (rendered by the handlers)
-    stream = _Stream(gen, event_prefix, deps.public_base_url(request), service.let_go)
+    stream = _Stream(gen, event_prefix, deps.public_base_url(request), service.let_go,
+                     _resolved_looks(service, gen))
     return sse_response(stream.events(first, queue, task))
 
 
@@ -106,10 +107,25 @@ async def _first_event(request: Request, queue: asyncio.Queue, task: asyncio.Fut
     return None
 
 
+def _resolved_looks(service: ImageService, gen: GenerationRequest) -> tuple[str, str]:
+    """The quality and background the request resolves to (rules.resolve: `auto` and none
+    are the model's default quality and an opaque background), for the previews, which come
+    before the result that says them: every event of a request says the same values."""
+    quality = gen.quality
+    if quality in (None, "auto"):
+        try:
+            quality = service.catalog.get(gen.model).capabilities.default_quality
+        except APIError:
+            quality = None  # (a stream of an unknown model never sends a preview)
+    background = "opaque" if gen.background in (None, "auto") else gen.background
+    return quality or "auto", background
+
+
 class _Stream:
     def __init__(self, gen: GenerationRequest, event_prefix: str, base_url: str,
-                 let_go: Callable[[asyncio.Future], None]) -> None:
+                 let_go: Callable[[asyncio.Future], None], looks: tuple[str, str]) -> None:
         self.gen = gen
+        self.quality, self.background = looks
         self.let_go = let_go
         self.prefix = event_prefix
         self.base_url = base_url
@@ -158,8 +174,8 @@ class _Stream:
             "b64_json": base64.b64encode(data).decode("ascii"),
             "created_at": self.created,
             "size": f"{partial.width}x{partial.height}",
-            "quality": self.gen.quality or "auto",
-            "background": self.gen.background or "auto",
+            "quality": self.quality,
+            "background": self.background,
             "output_format": self.gen.output_format,
             "partial_image_index": partial.partial_index,
             # Extensions: which image (when n > 1) and how far its denoising had got (local

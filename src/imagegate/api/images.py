@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from .. import rules
 from ..accounts.keys import Caller
 from ..errors import InvalidRequest, ModelNotFound
-from ..generation import GenerationRequest, GenerationResult, Size
+from ..generation import GenerationRequest, GenerationResult, ResponseFormat, Size
 from ..protocol.images import (
     ImageData,
     ImageGenerationRequest,
@@ -35,8 +35,12 @@ async def create_image(
     caller: Caller = Depends(deps.caller),
     service: ImageService = Depends(deps.service),
 ) -> Response:
-    gen = to_generation_request(body, default_model=deps.settings(request).default_model)
+    settings = deps.settings(request)
+    gen = to_generation_request(body, default_model=settings.default_model)
     check_n(service, gen)
+    if body.response_format is None and not body.stream:
+        gen.response_format = default_response_format(service, gen.model,
+                                                      settings.images_response_format)
     partial_images = check_partial_images(body.partial_images)
     if body.stream:
         return await stream_images(request, service, caller, gen, endpoint="images.generations",
@@ -59,6 +63,18 @@ def check_n(service: ImageService, gen: GenerationRequest) -> None:
     except ModelNotFound:
         return
     rules.check_n(spec, gen)
+
+
+def default_response_format(service: ImageService, model: str,
+                            server_default: ResponseFormat) -> ResponseFormat:
+    """What a request that sends no `response_format` gets: the model's catalog entry decides,
+    else the server's setting for the endpoint (docs/api.md, "Defaults"). A stream is not
+    asked this: its events carry base64 always (and a link when `url` is asked)."""
+    try:
+        spec = service.catalog.get(model)
+    except ModelNotFound:
+        return server_default  # the service gives the 404
+    return spec.response_format(server_default)
 
 
 def parse_size(value: str | None, param: str = "size") -> Size | None:

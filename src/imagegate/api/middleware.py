@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, the body-size cap, and the last line of defence against 500s.
+"""ASGI middleware: request ids, the body-size cap, retry advice on errors, and the last line of
+defence against 500s.
 
 Written as plain ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched.
 """
@@ -19,6 +20,30 @@ from ..errors import error_body
 log = logging.getLogger("imagegate.http")
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+"""Errors that the same request may get past later: a limit, a full queue, a failing upstream.
+Every other error (400, 401, 402, 403, 404, 409, 413, ...) needs a different request."""
+DEFAULT_RETRY_AFTER_SECONDS = 1
+"""Sent with a retryable error that did not estimate its own wait."""
+
+
+def retry_headers(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`x-should-retry` (which the OpenAI SDKs obey before their own rules: without it they
+    retry every 409, 429 and 5xx up to three times) and, when retrying helps, `Retry-After`.
+    An error that already says either (`APIError.retryable`, a measured wait) keeps its own."""
+    if status < 400:
+        return []
+    names = {name.lower() for name, _ in headers}
+    extra: list[tuple[bytes, bytes]] = []
+    retryable = status in RETRYABLE_STATUSES
+    if b"x-should-retry" not in names:
+        extra.append((b"x-should-retry", b"true" if retryable else b"false"))
+    else:
+        retryable = dict((k.lower(), v) for k, v in headers)[b"x-should-retry"] == b"true"
+    if retryable and b"retry-after" not in names:
+        extra.append((b"retry-after", str(DEFAULT_RETRY_AFTER_SECONDS).encode()))
+    return extra
+
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
@@ -32,8 +57,9 @@ class BodyTooLarge(HTTPException):
 class RequestContextMiddleware:
     """Gives every request a new server-minted id (reservations and usage are keyed on it, so a
     client must not choose it) sent back as `x-request-id`; a sane client id in
-    `x-client-request-id` is echoed. Also enforces the body-size cap, and turns any unhandled
-    exception into an OpenAI-style 500 that carries no detail."""
+    `x-client-request-id` is echoed. Every error says whether a retry can help
+    (`retry_headers`). Also enforces the body-size cap, and turns any unhandled exception into
+    an OpenAI-style 500 that carries no detail."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -56,7 +82,9 @@ class RequestContextMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message = {**message, "headers": [*message.get("headers", []), *id_headers]}
+                sent = list(message.get("headers", []))
+                sent += [*id_headers, *retry_headers(message["status"], sent)]
+                message = {**message, "headers": sent}
             await send(message)
 
         limit = self.max_body_bytes

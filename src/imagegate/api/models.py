@@ -1,4 +1,9 @@
-"""`GET /v1/models`: the served catalog, capabilities under the `imagegate` key."""
+"""`GET /v1/models`: the served catalog, capabilities under the `imagegate` key.
+
+`imagegate.available` is false for a model that would only answer 503 (weights missing, engine
+not installed, no deployment); `list_unavailable_models = false` leaves such models out of the
+list, for clients that offer every listed model.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ async def list_models(request: Request,
     # Describing a local model looks at the disk (weights present?), so keep it off the loop.
     cards = await asyncio.to_thread(
         lambda: [model_card(spec, service, created) for spec in service.catalog.served()])
+    if not deps.settings(request).list_unavailable_models:
+        cards = [card for card in cards if card.imagegate["available"]]
     return ModelList(data=cards)
 
 
@@ -49,8 +56,11 @@ def describe_model(spec: ModelSpec, service: ImageService) -> dict[str, Any]:
         "pricing": spec.pricing.model_dump(mode="json"),
     }
     provider = service.providers.get(spec.backend)
-    info["available"] = provider is not None and (spec.backend != "upstream"
-                                                  or bool(spec.deployments))
+    available = provider is not None and (spec.backend != "upstream" or bool(spec.deployments))
     if provider is not None:
-        info.update(provider.describe(spec))
+        described = provider.describe(spec)
+        # A provider may know better (local: the engine installed, the weights on disk).
+        available = available and bool(described.pop("available", True))
+        info.update(described)
+    info["available"] = available
     return info

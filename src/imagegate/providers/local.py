@@ -53,9 +53,14 @@ class LocalProvider:
         from ..engine.weights import locate
 
         worker = self._workers.get(spec.name)
+        weights = locate(spec, self._models_dir)
         info: dict[str, Any] = {
+            # What a request would meet in `_check_available`: 503 without the engine, or
+            # without weights that may not be downloaded.
+            "available": local_engine_installed() and (weights.usable
+                                                       or self._settings.allow_downloads),
             "source": spec.local.source if spec.local else None,
-            "weights": locate(spec, self._models_dir).status,
+            "weights": weights.status,
             "loaded": bool(worker and worker.loaded),
             "state": worker.state if worker is not None else "unloaded",
         }
