@@ -200,6 +200,23 @@ def test_input_image_data_url_is_image_to_image(gateway: Gateway) -> None:
     assert item.action == "edit"
     assert _decode(item.result).size == (96, 64)  # an edit keeps its image's shape
 
+    # With the tool's input_image_mask: inpainting, the mask checked against the image.
+    def masked(mask_size: tuple[int, int]) -> httpx.Response:
+        mask = Image.new("RGBA", mask_size, (0, 0, 0, 255))
+        mask.paste((0, 0, 0, 0), (16, 16, 48, 48))
+        out = io.BytesIO()
+        mask.save(out, "PNG")
+        return gateway.post(key, {"model": "gpt-4.1", "input": [{"role": "user", "content": [
+            {"type": "input_text", "text": "a window"},
+            {"type": "input_image", "image_url": _data_url(_png(64, 64))}]}],
+            "tools": [{"type": "image_generation",
+                       "input_image_mask": {"image_url": _data_url(out.getvalue())}}]})
+
+    _assert_error(masked((32, 32)), 400, "tools[0].input_image_mask.image_url", "invalid_mask")
+    inpainted = masked((64, 64))
+    assert inpainted.status_code == 200, inpainted.text
+    assert _decode(inpainted.json()["output"][0]["result"]).size == (64, 64)
+
 
 def test_previous_response_id_edits_the_earlier_image(gateway: Gateway) -> None:
     key = gateway.key("multi-turn", micros=100 * SMALL_MICROS)
