@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import openai
+import pydantic
 import pytest
 from PIL import Image
 
@@ -417,6 +418,9 @@ class PreviewThenFail:
         if request.prompt.startswith("fail"):
             progress.partial(PartialImage(0, 0, Image.new("RGB", (8, 8)), 64, 64))
             raise GenerationFailed("The provider failed on purpose.")
+        if request.prompt.startswith("talk"):  # a model that writes text besides its image
+            image = GeneratedImage(Image.new("RGB", (64, 64)), seed=1)
+            return ProviderResult(images=[image], text="Here is your image.")
         if request.references:  # the input image, handed back as it came
             return ProviderResult(images=[GeneratedImage(request.references[0], seed=1)])
         colour = tuple(int(c) for c in np.random.default_rng(request.seeds[0]).integers(0, 256, 3))
@@ -467,7 +471,36 @@ async def test_a_failure_after_the_stream_began_is_an_error_then_response_failed
     error, failed = events[-2], events[-1]
     assert error["code"] == "generation_failed" and error["message"]
     assert failed["response"]["status"] == "failed"
-    assert failed["response"]["error"]["code"] == "generation_failed"
+    assert failed["response"]["error"]["code"] == "server_error"  # one of OpenAI's codes
+    assert failed["response"]["error"]["message"] == error["message"]
+    adapter = pydantic.TypeAdapter(openai.types.responses.ResponseStreamEvent)
+    for event in events:  # what the SDK's own types say, checked strictly
+        adapter.validate_python(event)
+
+
+async def test_text_besides_the_image_is_a_message_item(inprocess) -> None:
+    srv = await inprocess(config=FAILING)
+    body = {"model": "late-fail", "input": "talk to me"}
+    answer = (await srv.client.post("/v1/responses", headers=srv.auth(), json=body)).json()
+    assert [item["type"] for item in answer["output"]] == ["image_generation_call", "message"]
+    assert answer["output"][1]["content"] == [
+        {"type": "output_text", "text": "Here is your image.", "annotations": []}]
+    assert openai.types.responses.Response.model_validate(answer).output_text == (
+        "Here is your image.")
+
+    streamed = await srv.client.post("/v1/responses", headers=srv.auth(),
+                                     json={**body, "stream": True})
+    events = [json.loads(line[5:]) for line in streamed.text.splitlines()
+              if line.startswith("data:")]
+    assert [(e["type"], e.get("output_index")) for e in events[-5:]] == [
+        ("response.image_generation_call.completed", 0), ("response.output_item.done", 0),
+        ("response.output_item.added", 1), ("response.output_item.done", 1),
+        ("response.completed", None)]
+    assert events[-1]["response"]["output"][1]["type"] == "message"
+    # Every event is what the SDK's own types say, checked strictly.
+    adapter = pydantic.TypeAdapter(openai.types.responses.ResponseStreamEvent)
+    for event in events:
+        adapter.validate_python(event)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -508,8 +508,9 @@ async def _events(turn: _Turn, first: Any, queue: asyncio.Queue, task: asyncio.F
                                    type="server_error", code="internal_error")["error"]
             yield seq.event("error", code=error["code"], message=error["message"],
                             param=error["param"])
-            yield seq.event("response.failed", response=turn.shell(
-                "failed", error=ResponseError(code=error["code"], message=error["message"])))
+            yield seq.event("response.failed", response=turn.shell("failed", error=ResponseError(
+                code=_failed_code(error["code"], error["type"]), message=error["message"],
+                param=error["param"], type=error["type"])))
             return
         for index, output in enumerate(answer["output"]):
             if output["type"] == "image_generation_call":
@@ -522,6 +523,23 @@ async def _events(turn: _Turn, first: Any, queue: asyncio.Queue, task: asyncio.F
     finally:
         if not task.done():  # the client went away (service.py decides the money)
             let_go(task)
+
+
+_FAILED_CODES = {
+    "invalid_image": "invalid_image", "invalid_image_url": "invalid_image_url",
+    "image_url_forbidden": "invalid_image_url", "image_fetch_failed": "failed_to_download_image",
+    "image_too_large": "image_too_large", "image_too_many_pixels": "image_too_large",
+    "content_policy_violation": "invalid_prompt", "rate_limit_exceeded": "rate_limit_exceeded",
+    "concurrency_limit_exceeded": "rate_limit_exceeded", "server_busy": "rate_limit_exceeded",
+}
+
+
+def _failed_code(code: str | None, type: str) -> str:
+    """A failed response's `error.code` is one of OpenAI's few (the SDKs type it so); the
+    `error` event before it carries imagegate's own code."""
+    if code in _FAILED_CODES:
+        return _FAILED_CODES[code]
+    return "invalid_prompt" if type == "invalid_request_error" else "server_error"
 
 
 def _preview(partial: PartialImage, gen: GenerationRequest) -> tuple[str, str]:

@@ -182,6 +182,7 @@ class OutputMessage(BaseModel):
 
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     text_tokens: int = 0
     image_tokens: int = 0
 
@@ -199,8 +200,14 @@ class ResponseUsage(BaseModel):
 
 
 class ResponseError(BaseModel):
-    code: str | None
+    """Why a streamed response failed. `code` is one of OpenAI's (`server_error`,
+    `rate_limit_exceeded`, `invalid_prompt`, `invalid_image`, ...); `param` and `type` are the
+    error's own, as in the `error` event."""
+
+    code: str
     message: str
+    param: str | None = None
+    type: str | None = None
 
 
 OutputItem = Annotated[Union[ImageGenerationCall, OutputMessage], Field(discriminator="type")]
