@@ -14,12 +14,15 @@ import json
 import re
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import pytest
 from PIL import Image
 
+from imagegate.api.middleware import retry_headers
 from imagegate.catalog import Catalog
+from imagegate.errors import APIError, ModelUnavailable
 
 MODEL = "tiny-sd"
 
@@ -278,6 +281,26 @@ async def test_limits_are_retryable_with_retry_after(inprocess) -> None:
     assert int(limited.headers["retry-after"]) >= 1
 
 
+def test_retry_advice_by_status() -> None:
+    for status in (500, 502, 503, 504):  # an upstream's or the server's passing failure
+        assert dict(retry_headers(status, [])) == {b"x-should-retry": b"true",
+                                                   b"retry-after": b"1"}
+    measured = [(b"retry-after", b"7")]
+    assert dict(retry_headers(429, measured)) == {b"x-should-retry": b"true"}  # its own wait
+    for status in (400, 401, 402, 403, 404, 409, 413):
+        assert dict(retry_headers(status, [])) == {b"x-should-retry": b"false"}
+    assert retry_headers(200, []) == []
+    # Missing weights: never; every deployment cooling down: after the cool-down.
+    assert ModelUnavailable("no weights").response_headers()["x-should-retry"] == "false"
+    cooling = ModelUnavailable("cooling", headers={"retry-after": "5"}).response_headers()
+    assert cooling == {"retry-after": "5", "x-should-retry": "true"}
+    # A retry under the same Idempotency-Key replays the first answer once it is done.
+    running = APIError("still running", status=409, code="idempotency_key_in_progress")
+    assert running.response_headers()["x-should-retry"] == "true"
+    said = [(b"x-should-retry", b"false")]
+    assert retry_headers(503, said) == []
+
+
 def test_sdk_does_not_retry_missing_weights(start_server) -> None:
     """The real openai SDK, with its default retries, against a real server: one request."""
     admin = "sk-ig-" + "retry-admin-key-0000000000000000"
@@ -286,8 +309,6 @@ def test_sdk_does_not_retry_missing_weights(start_server) -> None:
     with pytest.raises(openai.InternalServerError) as failed:
         client.images.generate(model="sd-turbo", prompt="a fox")
     assert failed.value.status_code == 503
-    import httpx
-
     rows = httpx.get(server.base_url + "/admin/usage", params={"model": "sd-turbo"},
                      headers={"Authorization": f"Bearer {admin}"}, timeout=30).json()["data"]
     assert [row["status"] for row in rows] == [503]
