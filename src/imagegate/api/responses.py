@@ -76,9 +76,8 @@ async def create_response(
     service: ImageService = Depends(deps.service),
 ) -> Response:
     plan = translate(body, service, default_model=deps.settings(request).default_model)
-    kept = _kept_images(request, service)
-    await load_earlier_images(plan, kept, service, caller)
-    turn = _Turn(service, kept, caller, body, plan, deps.request_id(request))
+    turn = _Turn(service, _kept_images(request, service), caller, body, plan,
+                 deps.request_id(request))
     if body.stream:
         return await _stream(request, turn)
     return JSONResponse(await deps.once_per_idempotency_key(request, caller, turn.answer))
@@ -333,6 +332,8 @@ class _Turn:
         return f"ig_{self.hex}_{index}"
 
     async def generate(self, progress: ProgressListener | None = None) -> GenerationResult:
+        # Here, not before: a retry with an Idempotency-Key replays without looking again.
+        await load_earlier_images(self.plan, self.kept, self.service, self.caller)
         try:
             result = await self.service.generate(self.plan.gen, request_id=self.request_id,
                                                  caller=self.caller, endpoint=ENDPOINT,
