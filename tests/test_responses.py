@@ -449,6 +449,11 @@ async def test_errors_name_the_tool_field_and_stream_errors_keep_their_status(in
         "model": "gpt-4.1", "input": "x", "stream": True,
         "tools": [{**TOOL, "model": "no-such-model"}]})
     _assert_error(unknown, 404, "tools[0].model", "model_not_found")
+    for bad, param in ((("output_format", "gif"), "tools[0].output_format"),
+                       (("partial_images", 4), "tools[0].partial_images")):
+        refused = await post("/v1/responses", headers=srv.auth(), json={
+            "model": "gpt-4.1", "input": "x", "tools": [{**TOOL, bad[0]: bad[1]}]})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param
     empty = await post("/v1/responses", headers=srv.auth(), json={"model": "tiny-sd"})
     _assert_error(empty, 400, "input", "missing_required_parameter")
     schema = (await srv.client.get("/openapi.json")).json()
