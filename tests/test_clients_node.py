@@ -66,7 +66,8 @@ OPENAI_MAJORS = ["openai7", "openai6"]
 
 
 @pytest.mark.parametrize("major", OPENAI_MAJORS)
-@pytest.mark.parametrize("call", ["generate-url", "edit-mask-url", "variation", "chat"])
+@pytest.mark.parametrize("call", ["generate-url", "generate-b64", "edit-mask-url",
+                                  "edit-mask-b64", "variation", "chat"])
 def test_openai_node_one_image(node, env, major, call):
     assert len(run_case(node, env, f"{major}:{call}")["images"]) == 1
 
@@ -85,8 +86,14 @@ def test_openai_node_streamed_edit(node, env, major):
 
 
 @pytest.mark.parametrize("major", ["ai7", "ai6"])
-def test_ai_sdk_generate_image(node, env, major):
-    assert len(run_case(node, env, f"{major}:generate")["images"]) == 1
+@pytest.mark.parametrize("call", ["generate", "generate-gpt-image", "edit"])
+def test_ai_sdk_generate_image(node, env, major, call):
+    assert len(run_case(node, env, f"{major}:{call}")["images"]) == 1
+
+
+@pytest.mark.parametrize("call", ["chat", "chat-stream"])
+def test_openrouter_provider_chat_images(node, env, call):
+    assert len(run_case(node, env, f"openrouter:{call}")["images"]) == 1
 
 
 @pytest.mark.parametrize("major", OPENAI_MAJORS)

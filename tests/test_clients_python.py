@@ -7,9 +7,19 @@ pyproject.toml's `dev` extra and listed in docs/api.md ("Checked clients").
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
-from clients.suite import API_KEY, MODEL, SIZE, b64_size, data_url_size, start, url_size
+from clients.suite import (
+    API_KEY,
+    GPT_IMAGE_MODEL,
+    MODEL,
+    SIZE,
+    b64_size,
+    data_url_size,
+    start,
+    url_size,
+)
 from PIL import Image
 
 PROMPT = "a red fox in the snow"
@@ -54,6 +64,12 @@ def test_openai_generate_b64_json_asked(client):
     assert b64_size(result.data[0].b64_json) == SIZE
 
 
+def test_openai_generate_gpt_image_docs_example(client):
+    """OpenAI's documented gpt-image-1 call sends no `response_format` and reads `b64_json`."""
+    result = client.images.generate(model=GPT_IMAGE_MODEL, prompt=PROMPT, size="64x64")
+    assert b64_size(result.data[0].b64_json) == SIZE
+
+
 def test_openai_edit_with_mask(client, pictures):
     image, mask = pictures
     with open(image, "rb") as img, open(mask, "rb") as msk:
@@ -61,6 +77,17 @@ def test_openai_edit_with_mask(client, pictures):
                                     prompt="a sunlit indoor lounge area with a pool",
                                     size="64x64", response_format="url")
     assert url_size(result.data[0].url) == SIZE
+
+
+def test_openai_edit_docs_example(client, pictures):
+    """The documented gpt-image-1 edit: no `response_format`, `b64_json` read, any model."""
+    image, mask = pictures
+    for model in (GPT_IMAGE_MODEL, MODEL):
+        with open(image, "rb") as img, open(mask, "rb") as msk:
+            result = client.images.edit(model=model, image=img, mask=msk,
+                                        prompt="a sunlit indoor lounge area with a pool",
+                                        size="64x64")
+        assert b64_size(result.data[0].b64_json) == SIZE, model
 
 
 def test_openai_variation(client, pictures):
@@ -99,9 +126,19 @@ def test_openai_chat_image(client):
         model=MODEL, messages=[{"role": "user", "content": PROMPT}],
         extra_body={"modalities": ["image", "text"]})
     images = response.choices[0].message.model_extra["images"]
-    assert len(images) == 1
-    url = images[0]["image_url"]["url"]
-    assert (data_url_size(url) if url.startswith("data:") else url_size(url)) == SIZE
+    assert [data_url_size(image["image_url"]["url"]) for image in images] == [SIZE]
+
+
+def test_openai_missing_weights_not_retried(srv):
+    """A 503 for weights that are not there says `x-should-retry: false`: the SDK, which
+    retries 5xx twice by default, sends the request once."""
+    sent = []
+    http = httpx.Client(event_hooks={"request": [lambda request: sent.append(request.url.path)]})
+    client = openai.OpenAI(base_url=srv.api_url, api_key=API_KEY, http_client=http)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.images.generate(model="sd-turbo", prompt=PROMPT, size="64x64")
+    assert (caught.value.status_code, caught.value.code) == (503, "model_unavailable")
+    assert sent == ["/v1/images/generations"]
 
 
 def test_openai_responses_image_generation_tool(client):

@@ -225,14 +225,14 @@ function openRouterCases() {
     async chat() {
       const { generateText } = await import("ai");
       const result = await generateText({ model: await model(), prompt: PROMPT });
-      return { images: result.files.map((file) => file.base64) };
+      return { images: result.files.map((file) => fromBytes(file.uint8Array)) };
     },
     async "chat-stream"() {
       const { streamText } = await import("ai");
       const result = streamText({ model: await model(), prompt: PROMPT });
       const images = [];
       for await (const part of result.fullStream) {
-        if (part.type === "file") images.push(part.file.base64);
+        if (part.type === "file") images.push(fromBytes(part.file.uint8Array));
         if (part.type === "error") throw part.error;
       }
       return { images };
