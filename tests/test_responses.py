@@ -460,6 +460,32 @@ async def test_errors_name_the_tool_field_and_stream_errors_keep_their_status(in
     assert "/v1/responses" in schema["paths"]
 
 
+async def test_wire_limits_hold_here_too(inprocess) -> None:
+    srv = await inprocess(default_model="tiny-sd")
+    cases = [
+        ({"input": "a\u0000b"}, "input", "invalid_value"),
+        ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "\ud800"}]}]},
+         "input[0].content[0].text", "invalid_value"),
+        ({"input": "p" * 32_001}, "input", "string_above_max_length"),
+        ({"input": "x", "instructions": "i" * 32_001}, "instructions",
+         "string_above_max_length"),
+        ({"input": "x", "model": "m" * 201}, "model", "string_above_max_length"),
+        ({"input": "x", "tools": [TOOL] * 65}, "tools", "array_above_max_length"),
+        ({"input": "x", "tools": [{**TOOL, "size": "s" * 65}]}, "tools[0].size",
+         "string_above_max_length"),
+        ({"input": 5}, "input", "invalid_type"),
+        ({"input": "x", "stream": 1}, "stream", "invalid_type"),
+    ]
+    for body, param, code in cases:
+        response = await srv.client.post(  # json.dumps: lone surrogates sent as escapes
+            "/v1/responses", content=json.dumps(body).encode(),
+            headers={**srv.auth(), "content-type": "application/json"})
+        _assert_error(response, 400, param, code)
+    deep = await srv.client.post("/v1/responses", content=b"[" * 100_000, headers={
+        **srv.auth(), "content-type": "application/json"})
+    assert deep.status_code == 400, deep.text
+
+
 async def test_a_failure_after_the_stream_began_is_an_error_then_response_failed(
         inprocess) -> None:
     srv = await inprocess(config=FAILING)
