@@ -111,3 +111,9 @@ def test_openai_node_responses_streamed_with_partial_images(node, env, major):
 @pytest.mark.parametrize("major", ["ai7", "ai6"])
 def test_ai_sdk_generate_text_through_responses(node, env, major):
     assert len(run_case(node, env, f"{major}:text-responses")["images"]) == 1
+
+
+@pytest.mark.parametrize("major", OPENAI_MAJORS)
+def test_openai_node_does_not_retry_missing_weights(node, env, major):
+    result = run_case(node, env, f"{major}:missing-weights")
+    assert (result["status"], result["code"], result["sent"]) == (503, "model_unavailable", 1)

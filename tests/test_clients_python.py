@@ -100,14 +100,17 @@ def test_openai_variation(client, pictures):
 def test_openai_streamed_generation_with_partial_images(client):
     stream = client.images.generate(model=MODEL, prompt=PROMPT, size="64x64", quality="high",
                                     stream=True, partial_images=2)
-    partial, completed = [], []
+    partial, completed, resolved = [], [], set()
     for event in stream:
+        resolved.add((event.quality, event.background, event.size))
         if event.type == "image_generation.partial_image":
             partial.append((event.partial_image_index, b64_size(event.b64_json)))
         elif event.type == "image_generation.completed":
             completed.append(b64_size(event.b64_json))
     assert partial == [(0, SIZE), (1, SIZE)]
     assert completed == [SIZE]
+    # Previews say what the request resolved to, as the completed event does.
+    assert resolved == {("high", "opaque", "64x64")}
 
 
 def test_openai_streamed_edit(client, pictures):
@@ -127,6 +130,16 @@ def test_openai_chat_image(client):
         extra_body={"modalities": ["image", "text"]})
     images = response.choices[0].message.model_extra["images"]
     assert [data_url_size(image["image_url"]["url"]) for image in images] == [SIZE]
+
+
+def test_openai_chat_n_choices(client):
+    """`n` is the number of choices, each an assistant message with its image."""
+    response = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], n=2)
+    assert [choice.index for choice in response.choices] == [0, 1]
+    for choice in response.choices:
+        images = choice.message.model_extra["images"]
+        assert [data_url_size(image["image_url"]["url"]) for image in images] == [SIZE]
 
 
 def test_openai_missing_weights_not_retried(srv):
@@ -166,6 +179,19 @@ def test_openai_responses_streamed_with_partial_images(client):
             done.append(b64_size(event.item.result))
     assert partial == [(0, SIZE), (1, SIZE)]
     assert done == [SIZE]
+
+
+def test_openai_responses_multi_turn_edit(client):
+    """OpenAI's multi-turn image editing: the next turn names the previous response."""
+    first = client.responses.create(
+        model=MODEL, input="Generate an image of gray tabby cat hugging an otter",
+        tools=[{"type": "image_generation"}])
+    follow_up = client.responses.create(
+        model=MODEL, previous_response_id=first.id, input="Now make it look realistic",
+        tools=[{"type": "image_generation"}])
+    image_data = [output.result for output in follow_up.output
+                  if output.type == "image_generation_call"]
+    assert [b64_size(b64) for b64 in image_data] == [SIZE]
 
 
 # --------------------------------------------------------------------------------------------

@@ -142,6 +142,21 @@ function openaiCases(pkg) {
       }
       return { images, types };
     },
+    // A model whose weights are missing: a 503 the SDK must not retry (x-should-retry: false).
+    async "missing-weights"() {
+      const { default: OpenAI } = await import(pkg);
+      const sent = [];
+      const client = new OpenAI({
+        baseURL: API_URL, apiKey: API_KEY,
+        fetch: (url, init) => { sent.push(String(url)); return fetch(url, init); },
+      });
+      try {
+        await client.images.generate({ model: "sd-turbo", prompt: PROMPT, size: SIZE });
+      } catch (error) {
+        return { images: [], status: error.status, code: error.code, sent: sent.length };
+      }
+      throw new Error("sd-turbo without weights answered");
+    },
     // Chat with images, OpenRouter's shape: `message.images[].image_url.url`.
     async chat() {
       const completion = await (await client()).chat.completions.create({
