@@ -263,6 +263,14 @@ async def test_errors_say_whether_a_retry_can_help(inprocess) -> None:
     assert "x-should-retry" not in ok.headers
 
 
+async def test_openapi_documents_the_retry_header(inprocess) -> None:
+    srv = await inprocess()
+    document = (await srv.client.get("/openapi.json")).json()
+    responses = document["paths"]["/v1/images/generations"]["post"]["responses"]
+    for status in ("400", "404", "429", "503"):
+        assert "x-should-retry" in responses[status]["headers"], status
+
+
 async def test_limits_are_retryable_with_retry_after(inprocess) -> None:
     srv = await inprocess()
     account = await srv.client.post("/admin/accounts", headers=srv.auth(),

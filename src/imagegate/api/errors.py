@@ -71,9 +71,17 @@ def document_models(*models: type[BaseModel]) -> None:
     _DOCUMENTED_MODELS.extend(models)
 
 
+_RETRY_HEADER = {"x-should-retry": {
+    "description": "`true` when the same request may succeed later (429, 5xx, a running "
+                   "Idempotency-Key; with `Retry-After`), `false` when it cannot (every other "
+                   "error, and a 503 for missing weights). The OpenAI SDKs obey it.",
+    "schema": {"type": "string", "enum": ["true", "false"]}}}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for a route: these statuses, each with the error envelope."""
-    return {status: {"model": ErrorResponse, "description": _STATUS_TEXT[status]}
+    return {status: {"model": ErrorResponse, "description": _STATUS_TEXT[status],
+                     "headers": _RETRY_HEADER}
             for status in statuses}
 
 
@@ -113,7 +121,7 @@ def openapi(app: FastAPI) -> dict[str, Any]:
                 wanted += [401]
             for status in wanted:
                 responses.setdefault(str(status), {
-                    "description": _STATUS_TEXT[status],
+                    "description": _STATUS_TEXT[status], "headers": _RETRY_HEADER,
                     "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
     app.openapi_schema = schema
