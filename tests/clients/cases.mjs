@@ -228,6 +228,37 @@ function aiSdkCases(aiPkg, openaiPkg) {
 }
 
 // ------------------------------------------------------------------------------------------
+// The AI SDK's OpenAI-compatible provider (`@ai-sdk/openai-compatible` 3, with ai 7)
+
+function compatibleCases() {
+  const model = async () => {
+    const { createOpenAICompatible } = await import("@ai-sdk/openai-compatible");
+    return createOpenAICompatible({ name: "imagegate", baseURL: API_URL, apiKey: API_KEY })
+      .imageModel(MODEL);
+  };
+  return {
+    async generate() {
+      const { generateImage } = await import("ai");
+      const { image } = await generateImage({ model: await model(), prompt: PROMPT, size: SIZE });
+      return { images: [fromBytes(image.uint8Array)] };
+    },
+    async edit() {
+      const { generateImage } = await import("ai");
+      const { images } = await generateImage({
+        model: await model(),
+        prompt: {
+          text: "a sunlit indoor lounge area with a pool",
+          images: [fs.readFileSync(picture("image.png"))],
+          mask: fs.readFileSync(picture("mask.png")),
+        },
+        size: SIZE,
+      });
+      return { images: images.map((image) => fromBytes(image.uint8Array)) };
+    },
+  };
+}
+
+// ------------------------------------------------------------------------------------------
 // The OpenRouter AI SDK provider: chat images, read from the result's files
 
 function openRouterCases() {
@@ -265,6 +296,7 @@ const CASES = {
   ...prefixed("openai6", openaiCases("openai-v6")),
   ...prefixed("ai7", aiSdkCases("ai", "@ai-sdk/openai")),
   ...prefixed("ai6", aiSdkCases("ai-v6", "@ai-sdk/openai-v3")),
+  ...prefixed("compatible", compatibleCases()),
   ...prefixed("openrouter", openRouterCases()),
 };
 
