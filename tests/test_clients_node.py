@@ -55,7 +55,7 @@ def env(start_server, tmp_path_factory) -> dict[str, str]:
 
 def run_case(node: Path, env: dict[str, str], case: str) -> dict:
     done = subprocess.run([str(node), str(HERE / "cases.mjs"), case], env=env, cwd=HERE,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{case} failed:\n{done.stderr[-4000:]}"
     result = json.loads(done.stdout.strip().splitlines()[-1])
     for image in result["images"]:
