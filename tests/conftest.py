@@ -101,7 +101,7 @@ def start_server(tmp_path_factory: pytest.TempPathFactory,
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         started.append(proc)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError((data_dir / "server.log").read_text())
@@ -111,7 +111,7 @@ def start_server(tmp_path_factory: pytest.TempPathFactory,
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("imagegate serve did not come up within 60 s")
+        raise RuntimeError("imagegate serve did not come up within 180 s")
 
     yield start
     for proc in started:

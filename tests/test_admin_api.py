@@ -73,7 +73,7 @@ def _name(stem: str) -> str:
 def server(start_server):
     server = start_server(auth="on", admin_key=ADMIN_KEY)
     response = httpx.post(server.api_url + "/images/generations", json=SMALL,
-                          headers=_bearer(ADMIN_KEY), timeout=120)
+                          headers=_bearer(ADMIN_KEY), timeout=240)
     assert response.status_code == 200, response.text  # the model is loaded from here on
     return server
 
@@ -332,7 +332,7 @@ def test_key_bad_input_is_400(admin, fields, param) -> None:
 
 def _request(server, key: str, **body: Any) -> httpx.Response:
     return httpx.post(server.api_url + "/images/generations", json={**SMALL, **body},
-                      headers=_bearer(key), timeout=120)
+                      headers=_bearer(key), timeout=240)
 
 
 def _usage(admin: httpx.Client, **params: Any) -> list[dict]:

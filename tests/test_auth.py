@@ -62,7 +62,7 @@ def _bearer(key: str) -> dict[str, str]:
 
 def _generate(server, headers: dict[str, str] | None = None, **body: Any) -> httpx.Response:
     return httpx.post(server.api_url + "/images/generations", json={**SMALL, **body},
-                      headers=headers or {}, timeout=120)
+                      headers=headers or {}, timeout=240)
 
 
 def _models(server, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -386,7 +386,7 @@ def _stored_bytes(data_dir: Path) -> bytes:
 def test_keys_never_in_logs_error_bodies_or_database(side_servers) -> None:
     """A debug-level server, a bogus key and a real one: every failure the issue names, and
     afterwards neither key is in any response, in the log, or (in full) in the database."""
-    server = side_servers.result(timeout=180)["leak"]
+    server = side_servers.result(timeout=400)["leak"]
     admin_key = LEAK_ADMIN_KEY
     admin = Admin(server, admin_key)
     real = admin.key(allowed_models=[MODEL], rpm_limit=3)
@@ -487,7 +487,7 @@ def test_configured_admin_key_prints_nothing(auth_server) -> None:
 
 
 def test_auth_off_needs_no_key(side_servers) -> None:
-    server = side_servers.result(timeout=180)["off"]
+    server = side_servers.result(timeout=400)["off"]
     for headers in ({}, _bearer("garbage"), {"x-api-key": "sk-ig-whatever"},
                     {"Authorization": "Basic Zm9vOmJhcg=="}):
         response = _generate(server, headers)

@@ -89,7 +89,7 @@ def test_concurrent_requests_are_batched_and_keep_their_images(start_server) -> 
     def generate(seed: int) -> str:
         body = {"model": "tiny-sd", "prompt": f"scene {seed}", "size": "128x128", "seed": seed,
                 "num_inference_steps": 2, "response_format": "b64_json"}
-        response = httpx.post(url, json=body, timeout=120)
+        response = httpx.post(url, json=body, timeout=240)
         assert response.status_code == 200, response.text
         return response.json()["data"][0]["b64_json"]
 

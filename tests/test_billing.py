@@ -219,7 +219,7 @@ async def test_concurrent_requests_spend_exactly_the_balance(gateway: Gateway) -
     prompt = _unique()
 
     limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
-    async with httpx.AsyncClient(base_url=gateway.base_url, limits=limits, timeout=120,
+    async with httpx.AsyncClient(base_url=gateway.base_url, limits=limits, timeout=240,
                                  headers={"Authorization": f"Bearer {key}"}) as client:
         responses = await asyncio.gather(*(
             client.post("/v1/images/generations",
@@ -351,7 +351,7 @@ def _hang_in_background(gateway: Gateway, key: str, n: int) -> threading.Thread:
     """Send a request that hangs until the server dies; the client's error is expected."""
     def run() -> None:
         try:
-            gateway.generate(key, _unique("hang"), n=n, timeout=120)
+            gateway.generate(key, _unique("hang"), n=n, timeout=240)
         except httpx.HTTPError:
             pass
 

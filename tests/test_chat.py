@@ -92,7 +92,7 @@ def _client(server, **kwargs) -> openai.OpenAI:
 
 def _chat(server, body: dict[str, Any], *, path: str = "/v1/chat/completions",
           headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(server.base_url + path, json=body, timeout=120, headers=headers)
+    return httpx.post(server.base_url + path, json=body, timeout=240, headers=headers)
 
 
 def _ok(response: httpx.Response) -> dict[str, Any]:
@@ -194,12 +194,12 @@ def extra_servers(start_server):
 @pytest.fixture(scope="module")
 def configured_server(extra_servers):
     """chat-only (text model, upstream) and tiny-chat (tiny-sd weights, text+image outputs)."""
-    return extra_servers.result(timeout=180)[0]
+    return extra_servers.result(timeout=400)[0]
 
 
 @pytest.fixture(scope="module")
 def billed_server(extra_servers):
-    return extra_servers.result(timeout=180)[1]
+    return extra_servers.result(timeout=400)[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def test_raw_stream_framing(server) -> None:
             "modalities": ["image", "text"], "stream": True,
             "stream_options": {"include_usage": True},
             "image_config": {"aspect_ratio": "1:1"}, "num_inference_steps": 1}
-    with httpx.Client(timeout=120) as http:
+    with httpx.Client(timeout=240) as http:
         with http.stream("POST", server.api_url + "/chat/completions", json=body) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")

@@ -108,7 +108,7 @@ def cli(tmp_path: Path) -> Cli:
 def generate(server_url: str, key: str | None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.post(server_url + "/v1/images/generations", json=IMAGE_BODY, headers=headers,
-                      timeout=120)
+                      timeout=240)
 
 
 def wait_for_status(server_url: str, key: str, status: int, seconds: float = 60) -> httpx.Response:

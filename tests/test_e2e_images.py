@@ -108,7 +108,7 @@ def _stored_files(server) -> list[Path]:
 
 def _warm(server) -> None:
     """One small generation, so the model is loaded before a test starts its clock."""
-    response = httpx.post(server.api_url + "/images/generations", timeout=120,
+    response = httpx.post(server.api_url + "/images/generations", timeout=240,
                           json={"model": MODEL, "prompt": "warm up", "size": "64x64",
                                 "response_format": "b64_json"})
     assert response.status_code == 200, response.text
@@ -133,14 +133,14 @@ def link_servers(start_server):
 @pytest.fixture(scope="module")
 def expiring_server(link_servers):
     """Short-lived links, but files kept on disk: an expired link is refused by its signature."""
-    return link_servers.result(timeout=180)[0]
+    return link_servers.result(timeout=400)[0]
 
 
 @pytest.fixture(scope="module")
 def sweeping_server(link_servers):
     """Links live two seconds (one would race the on-disk check on a busy machine) and the
     sweeper runs twice a second."""
-    return link_servers.result(timeout=180)[1]
+    return link_servers.result(timeout=400)[1]
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,7 @@ def _post_multipart(server, path: str, fields: dict[str, str],
                     files: list[tuple[str, tuple]]) -> httpx.Response:
     """Multipart exactly as given: text fields as parts without a filename, then the files."""
     parts: list[tuple[str, tuple]] = [(k, (None, v)) for k, v in fields.items()] + files
-    return httpx.post(server.api_url + path, files=parts, timeout=120)
+    return httpx.post(server.api_url + path, files=parts, timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +163,12 @@ def extra_servers(start_server):
 @pytest.fixture(scope="module")
 def upstream_server(extra_servers):
     """dall-e-3 (no input images), dall-e-2 (mask; no deployment) and gemini (no mask) enabled."""
-    return extra_servers.result(timeout=180)[0]
+    return extra_servers.result(timeout=400)[0]
 
 
 @pytest.fixture(scope="module")
 def small_body_server(extra_servers):
-    return extra_servers.result(timeout=180)[1]
+    return extra_servers.result(timeout=400)[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +417,7 @@ def test_missing_and_malformed_fields(server, files) -> None:
 
 def test_json_edit_form(server, files) -> None:
     data_url = "data:image/png;base64," + base64.b64encode(files["wide"].read_bytes()).decode()
-    response = httpx.post(server.api_url + "/images/edits", timeout=120, json={
+    response = httpx.post(server.api_url + "/images/edits", timeout=240, json={
         "model": MODEL, "prompt": "x", "images": [{"image_url": data_url}],
         "response_format": "b64_json"})
     assert response.status_code == 200, response.text
@@ -425,7 +425,7 @@ def test_json_edit_form(server, files) -> None:
     assert _open(base64.b64decode(body["data"][0]["b64_json"])).size == (384, 256)
 
     mask_url = "data:image/png;base64," + base64.b64encode(files["mask"].read_bytes()).decode()
-    response = httpx.post(server.api_url + "/images/edits", timeout=120, json={
+    response = httpx.post(server.api_url + "/images/edits", timeout=240, json={
         "model": MODEL, "prompt": "x", "images": [{"image_url": data_url}],
         "mask": {"image_url": mask_url}, "size": "128x128"})
     assert response.status_code == 200, response.text
@@ -465,7 +465,7 @@ def test_multipart_edit_replays_under_idempotency_key(server, files) -> None:
     image = _png(64, 64, seed=3)
 
     def edit(data: bytes, key: str) -> httpx.Response:
-        return httpx.post(server.api_url + "/images/edits", timeout=120,
+        return httpx.post(server.api_url + "/images/edits", timeout=240,
                           headers={"Idempotency-Key": key},
                           data={"model": "tiny-sd", "prompt": "a red boat"},
                           files={"image": ("a.png", data, "image/png")})

@@ -133,7 +133,7 @@ def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
 def test_gpu_mode_refuses_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = _run("--gpu", timeout=120)
+    result = _run("--gpu", timeout=240)
     assert result.returncode == 2
     assert "needs a CUDA GPU" in result.stderr
 

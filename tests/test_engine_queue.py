@@ -38,7 +38,7 @@ def _wait_for(predicate, timeout: float, what: str) -> float:  # type: ignore[no
 def engine_server(start_server):  # type: ignore[no-untyped-def]
     server = start_server(engine_max_queue="1")
     assert httpx.post(server.api_url + "/images/generations", json=QUICK,
-                      timeout=120).status_code == 200  # loaded and measured once
+                      timeout=240).status_code == 200  # loaded and measured once
     return server
 
 

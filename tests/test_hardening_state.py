@@ -272,7 +272,7 @@ class Gateway:
         def run() -> None:
             try:
                 results.append(httpx.post(
-                    self.server.base_url + "/v1/images/generations", timeout=120,
+                    self.server.base_url + "/v1/images/generations", timeout=240,
                     json={"model": "fake-image", "prompt": prompt},
                     headers={"Authorization": f"Bearer {key}", **(headers or {})}))
             except httpx.HTTPError as exc:
@@ -301,7 +301,7 @@ def _serve_and_wait(data_dir: Path, port: int, **settings: str) -> subprocess.Co
     config.write_text(CONFIG)
     return subprocess.run(
         [sys.executable, "-m", "imagegate", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--config", str(config)], env=env, capture_output=True, text=True, timeout=120)
+         "--config", str(config)], env=env, capture_output=True, text=True, timeout=240)
 
 
 @pytest.mark.parametrize("clash", ["same-port", "same-node-id"])

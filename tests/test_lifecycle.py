@@ -69,7 +69,7 @@ def budget_future(start_server, config: str, tiny_models_dir: Path):
 
 @pytest.fixture(scope="module")
 def budget_server(budget_future):
-    return budget_future.result(timeout=120)
+    return budget_future.result(timeout=240)
 
 
 def _health(server) -> dict:
@@ -83,7 +83,7 @@ def _states(server) -> dict[str, str]:
 
 
 def _generate(server, model: str, **fields) -> httpx.Response:
-    return httpx.post(server.api_url + "/images/generations", timeout=120,
+    return httpx.post(server.api_url + "/images/generations", timeout=240,
                       json={"model": model, "prompt": "a lighthouse", **SMALL, **fields})
 
 
@@ -245,7 +245,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     base = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGATE_")}
     base.update({"HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})})
     return subprocess.run([sys.executable, "-m", "imagegate", *args], env=base,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=240)
 
 
 def _rows(text: str) -> dict[str, list[str]]:

@@ -93,7 +93,7 @@ def _problems(case: schemathesis.Case, headers: dict[str, str],
     """What is wrong with the server's answer to one case: {kind of failure: report}."""
     response = None
     try:
-        response = case.call(headers=headers, timeout=120)
+        response = case.call(headers=headers, timeout=240)
         statuses[response.status_code] += 1
         case.validate_response(response, checks=CHECKS, headers=headers)
     except FailureGroup as group:  # the checks that failed

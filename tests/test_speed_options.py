@@ -285,7 +285,7 @@ def test_server_with_speed_options(start_server) -> None:  # type: ignore[no-unt
     server = start_server(engine_channels_last="true", engine_attention="eager",
                           engine_warmup_sizes="64x64,96x64", log_level="info")
     started = time.monotonic()
-    response = httpx.post(server.api_url + "/images/generations", timeout=120,
+    response = httpx.post(server.api_url + "/images/generations", timeout=240,
                           json={"model": "tiny-sd", "prompt": "a lighthouse", "size": "64x64",
                                 "seed": 3, "response_format": "b64_json"})
     seconds = time.monotonic() - started

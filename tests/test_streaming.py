@@ -70,7 +70,7 @@ class Gateway:
 
     def sdk(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.server.api_url, api_key=key, max_retries=0,
-                             timeout=120)
+                             timeout=240)
 
 
 @pytest.fixture(scope="module")
