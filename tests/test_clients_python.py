@@ -7,6 +7,12 @@ pyproject.toml's `dev` extra and listed in docs/api.md ("Checked clients").
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import httpx
 import openai
 import pytest
@@ -195,28 +201,43 @@ def test_openai_responses_multi_turn_edit(client):
 
 
 # --------------------------------------------------------------------------------------------
-# LiteLLM as a library, OpenAI-compatible provider
+# LiteLLM as a library and LangChain's DallEAPIWrapper: each runs in a Python process of its own,
+# so what they set up on import (loggers, callbacks, environment) stays out of the other tests.
 
 
-def test_litellm_image_generation(srv, monkeypatch):
-    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost map from the network
-    import litellm
-
-    response = litellm.image_generation(model=f"openai/{MODEL}", prompt=PROMPT, size="64x64",
-                                        api_base=srv.api_url, api_key=API_KEY)
-    item = response.data[0]
-    assert url_size(item.url) == SIZE
+def run_python(code: str, **env: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-# --------------------------------------------------------------------------------------------
-# LangChain's DallEAPIWrapper (langchain-community)
+def test_litellm_image_generation(srv):
+    """A link from a model that answers links, base64 from a `gpt-image-*` name."""
+    def generate(model: str) -> dict:
+        return run_python(f"""
+            import json
+            import litellm
+
+            response = litellm.image_generation(
+                model="openai/{model}", prompt="a red fox in the snow", size="64x64",
+                api_base={srv.api_url!r}, api_key={API_KEY!r})
+            item = response.data[0]
+            print(json.dumps({{"url": item.url, "b64_json": item.b64_json}}))
+        """, LITELLM_LOCAL_MODEL_COST_MAP="True")  # the cost map it ships, not the network's
+
+    assert url_size(generate(MODEL)["url"]) == SIZE
+    assert b64_size(generate(GPT_IMAGE_MODEL)["b64_json"]) == SIZE
 
 
 def test_langchain_dalle_wrapper(srv):
-    from langchain_community.utilities.dalle_image_generator import DallEAPIWrapper
+    result = run_python(f"""
+        import json
+        from langchain_community.utilities.dalle_image_generator import DallEAPIWrapper
 
-    wrapper = DallEAPIWrapper(model=MODEL, size="64x64", api_key=API_KEY,
-                              base_url=srv.api_url)
-    url = wrapper.run(PROMPT)
-    assert url_size(url) == SIZE
-
+        wrapper = DallEAPIWrapper(model={MODEL!r}, size="64x64", api_key={API_KEY!r},
+                                  base_url={srv.api_url!r})
+        print(json.dumps({{"url": wrapper.run("a red fox in the snow")}}))
+    """)
+    assert url_size(result["url"]) == SIZE
