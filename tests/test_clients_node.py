@@ -128,3 +128,9 @@ def test_ai_sdk_generate_text_through_responses(node, env, major):
 def test_openai_node_does_not_retry_missing_weights(node, env, major):
     result = run_case(node, env, f"{major}:missing-weights")
     assert (result["status"], result["code"], result["sent"]) == (503, "model_unavailable", 1)
+
+
+@pytest.mark.parametrize("major", ["ai7", "ai6"])
+def test_ai_sdk_stream_text_through_responses_with_previews(node, env, major):
+    """Two previews (`partialImages: 2`), then the image."""
+    assert len(run_case(node, env, f"{major}:stream-responses")["images"]) == 3

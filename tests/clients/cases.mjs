@@ -224,6 +224,26 @@ function aiSdkCases(aiPkg, openaiPkg) {
         .map((toolResult) => toolResult.output.result);
       return { images };
     },
+    // streamText through /v1/responses: each preview arrives as a tool result before the image.
+    async "stream-responses"() {
+      const { streamText } = await import(aiPkg);
+      const openai = await provider();
+      const result = streamText({
+        model: openai(MODEL),
+        prompt: "Generate an image of a cat wearing a hat.",
+        tools: {
+          image_generation: openai.tools.imageGeneration({ partialImages: 2, quality: "high" }),
+        },
+      });
+      const images = [];
+      for await (const part of result.fullStream) {
+        if (part.type === "error") throw part.error;
+        if (part.type === "tool-result" && part.toolName === "image_generation") {
+          images.push(part.output.result);
+        }
+      }
+      return { images };
+    },
   };
 }
 
