@@ -73,7 +73,7 @@ OPENAI_MAJORS = ["openai7", "openai6"]
 
 @pytest.mark.parametrize("major", OPENAI_MAJORS)
 @pytest.mark.parametrize("call", ["generate-url", "generate-b64", "edit-mask-url",
-                                  "edit-mask-b64", "variation", "chat"])
+                                  "edit-mask-b64", "variation", "chat", "chat-stream"])
 def test_openai_node_one_image(node, env, major, call):
     assert len(run_case(node, env, f"{major}:{call}")["images"]) == 1
 

@@ -138,6 +138,16 @@ def test_openai_chat_image(client):
     assert [data_url_size(image["image_url"]["url"]) for image in images] == [SIZE]
 
 
+def test_openai_chat_image_streamed(client):
+    """OpenRouter's streamed form: the images arrive on a chunk's `delta.images`."""
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True,
+        extra_body={"modalities": ["image", "text"]})
+    images = [image["image_url"]["url"] for chunk in stream for choice in chunk.choices
+              for image in (choice.delta.model_extra or {}).get("images") or []]
+    assert [data_url_size(url) for url in images] == [SIZE]
+
+
 def test_openai_chat_n_choices(client):
     """`n` is the number of choices, each an assistant message with its image."""
     response = client.chat.completions.create(

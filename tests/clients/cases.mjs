@@ -171,6 +171,20 @@ function openaiCases(pkg) {
       }
       return { images };
     },
+    // Streamed chat: the images ride on a chunk's `delta.images`.
+    async "chat-stream"() {
+      const stream = await (await client()).chat.completions.create({
+        model: MODEL, messages: [{ role: "user", content: PROMPT }],
+        modalities: ["image", "text"], stream: true,
+      });
+      const images = [];
+      for await (const chunk of stream) {
+        for (const image of chunk.choices[0]?.delta?.images ?? []) {
+          images.push(image.image_url.url.split(",")[1]);
+        }
+      }
+      return { images };
+    },
   };
 }
 
