@@ -13,6 +13,7 @@ size checked.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
@@ -36,12 +37,15 @@ STAMP = HERE / "node_modules" / ".imagegate-lock-sha256"
 def node() -> Path:
     """Node and the pinned packages, from the lockfile; reinstalled only when it changed."""
     lock = hashlib.sha256((HERE / "package-lock.json").read_bytes()).hexdigest()
-    if not (NODE.exists() and STAMP.exists() and STAMP.read_text() == lock):
-        npm = shutil.which("npm")
-        assert npm, "the client suite needs npm (any version) to install its pinned packages"
-        subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-                       cwd=HERE, check=True, timeout=600)
-        STAMP.write_text(lock)
+    # Two test runs in one checkout install one at a time: `npm ci` starts by deleting.
+    with open(HERE / ".install.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if not (NODE.exists() and STAMP.exists() and STAMP.read_text() == lock):
+            npm = shutil.which("npm")
+            assert npm, "the client suite needs npm (any version) to install its pinned packages"
+            subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+                           cwd=HERE, check=True, timeout=600)
+            STAMP.write_text(lock)
     return NODE
 
 
