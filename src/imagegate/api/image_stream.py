@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import time
@@ -35,17 +34,14 @@ from fastapi.responses import StreamingResponse
 
 from ..accounts.keys import Caller
 from ..errors import APIError, InvalidRequest, error_body
-from ..generation import GenerationRequest, GenerationResult, PartialImage, ProgressListener
-from ..imaging import encode
+from ..generation import GenerationRequest, GenerationResult, PartialImage
 from ..service import ImageService
-from . import deps
-from .sse import HEAD_START_SECONDS, KEEPALIVE, KEEPALIVE_SECONDS, sse_response
+from . import deps, previews
+from .sse import KEEPALIVE, sse_response
 
 log = logging.getLogger(__name__)
 
 MAX_PARTIAL_IMAGES = 3  # OpenAI's limit
-
-_DONE = object()  # queued when the generation has finished, well or not
 
 
 def check_partial_images(value: int | None) -> int:
@@ -57,54 +53,15 @@ def check_partial_images(value: int | None) -> int:
     return value
 
 
-class _Listener(ProgressListener):
-    """Hands previews from the worker thread to the stream's queue."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue,
-                 partial_images: int) -> None:
-        self.partial_images = partial_images
-        self._loop, self._queue = loop, queue
-
-    def partial(self, partial: PartialImage) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, partial)
-
-
 async def stream_images(request: Request, service: ImageService, caller: Caller,
                         gen: GenerationRequest, *, endpoint: str, event_prefix: str,
                         partial_images: int) -> StreamingResponse:
-    queue: asyncio.Queue = asyncio.Queue()
-    listener = _Listener(asyncio.get_running_loop(), queue, partial_images)
-    task = asyncio.ensure_future(service.generate(
+    queue, task, first = await previews.start(request, lambda listener: service.generate(
         gen, request_id=deps.request_id(request), caller=caller, endpoint=endpoint,
-        progress=listener))
-    task.add_done_callback(lambda _: queue.put_nowait(_DONE))
-
-    first = await _first_event(request, queue, task)
-    if first is _DONE:
-        task.result()  # a failure this early keeps its own status (rendered by the handlers)
+        progress=listener), partial_images)
     stream = _Stream(gen, event_prefix, deps.public_base_url(request), service.let_go,
                      _resolved_looks(service, gen))
     return sse_response(stream.events(first, queue, task))
-
-
-async def _first_event(request: Request, queue: asyncio.Queue, task: asyncio.Future) -> Any:
-    """The first event, or None when the head start ran out first; cancels the generation if
-    the client leaves meanwhile."""
-    getter = asyncio.ensure_future(queue.get())
-    watcher = asyncio.ensure_future(deps.wait_for_disconnect(request))
-    try:
-        await asyncio.wait({getter, watcher}, timeout=HEAD_START_SECONDS,
-                           return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if getter.done():
-        return getter.result()
-    getter.cancel()
-    if watcher.done() and not watcher.cancelled():
-        deps.service(request).let_go(task)
-        raise deps.ClientDisconnected()
-    return None
 
 
 def _resolved_looks(service: ImageService, gen: GenerationRequest) -> tuple[str, str]:
@@ -135,15 +92,12 @@ class _Stream:
                      ) -> AsyncIterator[str]:
         item = first
         try:
-            while item is not _DONE:
+            while item is not previews.DONE:
                 if item is None:
                     yield KEEPALIVE
                 else:
                     yield await asyncio.to_thread(self._partial_event, item)
-                try:
-                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-                except asyncio.TimeoutError:
-                    item = None
+                item = await previews.next_item(queue)
             try:
                 result = task.result()
             except APIError as exc:
@@ -161,14 +115,7 @@ class _Stream:
                 self.let_go(task)
 
     def _partial_event(self, partial: PartialImage) -> str:
-        from PIL import Image
-
-        size = (partial.width, partial.height)
-        data = partial.data
-        if (data is None or partial.format != self.gen.output_format
-                or partial.image.size != size or self.gen.output_compression is not None):
-            image = partial.image.resize(size, Image.Resampling.BILINEAR)
-            data = encode(image, self.gen.output_format, self.gen.output_compression)
+        data = previews.preview_bytes(partial, self.gen)
         payload: dict[str, Any] = {
             "type": f"{self.prefix}.partial_image",
             "b64_json": base64.b64encode(data).decode("ascii"),

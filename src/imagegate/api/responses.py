@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import time
@@ -37,8 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from ..accounts.keys import Caller
 from ..accounts.response_images import KeptImage, ResponseImages
 from ..errors import APIError, InvalidRequest, ModelNotFound, NotFound, error_body
-from ..generation import GenerationRequest, GenerationResult, PartialImage, ProgressListener
-from ..imaging import encode
+from ..generation import GenerationRequest, GenerationResult, ProgressListener
 from ..protocol.responses import (
     ImageGenerationCall,
     ImageGenerationTool,
@@ -53,10 +51,10 @@ from ..protocol.responses import (
     ResponseUsage,
 )
 from ..service import ImageService
-from . import deps
+from . import deps, previews
 from .errors import EVENT_STREAM, GENERATION_STATUSES, error_responses
 from .images import parse_size
-from .sse import HEAD_START_SECONDS, KEEPALIVE, KEEPALIVE_SECONDS, sse_response
+from .sse import KEEPALIVE, sse_response
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["responses"])
@@ -64,7 +62,6 @@ router = APIRouter(tags=["responses"])
 ENDPOINT = "responses"
 TEXT_ONLY = "text_output_not_supported"
 UNSUPPORTED_TOOL = "unsupported_tool"
-_DONE = object()  # queued when the generation has finished, well or not
 
 
 @router.post("/responses", response_model=ResponseObject,
@@ -413,47 +410,9 @@ class _Turn:
 # --- streaming ---------------------------------------------------------------------------------
 
 
-class _Listener(ProgressListener):
-    """Hands previews from the engine's worker thread to the stream's queue."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue,
-                 partial_images: int) -> None:
-        self.partial_images = partial_images
-        self._loop, self._queue = loop, queue
-
-    def partial(self, partial: PartialImage) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, partial)
-
-
 async def _stream(request: Request, turn: _Turn) -> Response:
-    queue: asyncio.Queue = asyncio.Queue()
-    listener = _Listener(asyncio.get_running_loop(), queue, turn.plan.partial_images)
-    task = asyncio.ensure_future(turn.generate(listener))
-    task.add_done_callback(lambda _: queue.put_nowait(_DONE))
-    first = await _first_event(request, queue, task)
-    if first is _DONE:
-        task.result()  # a failure this early keeps its own status (rendered by the handlers)
+    queue, task, first = await previews.start(request, turn.generate, turn.plan.partial_images)
     return sse_response(_events(turn, first, queue, task, turn.service.let_go))
-
-
-async def _first_event(request: Request, queue: asyncio.Queue, task: asyncio.Future) -> Any:
-    """A preview or the end, or None when the head start ran out first; cancels the
-    generation if the client leaves meanwhile."""
-    getter = asyncio.ensure_future(queue.get())
-    watcher = asyncio.ensure_future(deps.wait_for_disconnect(request))
-    try:
-        await asyncio.wait({getter, watcher}, timeout=HEAD_START_SECONDS,
-                           return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if getter.done():
-        return getter.result()
-    getter.cancel()
-    if watcher.done() and not watcher.cancelled():
-        deps.service(request).let_go(task)
-        raise deps.ClientDisconnected()
-    return None
 
 
 class _Sequence:
@@ -483,21 +442,20 @@ async def _events(turn: _Turn, first: Any, queue: asyncio.Queue, task: asyncio.F
             yield seq.event(f"response.image_generation_call.{step}", output_index=0,
                             item_id=item_id)
         item = first
-        while item is not _DONE:
+        while item is not previews.DONE:
             if item is None:
                 yield KEEPALIVE
             else:
-                size, b64 = await asyncio.to_thread(_preview, item, turn.plan.gen)
+                data = await asyncio.to_thread(previews.preview_bytes, item, turn.plan.gen)
                 yield seq.event("response.image_generation_call.partial_image",
                                 output_index=item.image_index, item_id=turn.item_id(
                                     item.image_index),
-                                partial_image_index=item.partial_index, partial_image_b64=b64,
-                                size=size, quality=quality, background=background,
+                                partial_image_index=item.partial_index,
+                                partial_image_b64=base64.b64encode(data).decode("ascii"),
+                                size=f"{item.width}x{item.height}", quality=quality,
+                                background=background,
                                 output_format=turn.plan.gen.output_format)
-            try:
-                item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-            except asyncio.TimeoutError:
-                item = None
+            item = await previews.next_item(queue)
         try:
             answer = turn.response(task.result())
         except Exception as exc:
@@ -541,16 +499,3 @@ def _failed_code(code: str | None, type: str) -> str:
     if code in _FAILED_CODES:
         return _FAILED_CODES[code]
     return "invalid_prompt" if type == "invalid_request_error" else "server_error"
-
-
-def _preview(partial: PartialImage, gen: GenerationRequest) -> tuple[str, str]:
-    """(size, base64) of a preview, scaled to the final size, in the requested format."""
-    from PIL import Image
-
-    size = (partial.width, partial.height)
-    data = partial.data
-    if (data is None or partial.format != gen.output_format or partial.image.size != size
-            or gen.output_compression is not None):
-        image = partial.image.resize(size, Image.Resampling.BILINEAR)
-        data = encode(image, gen.output_format, gen.output_compression)
-    return f"{partial.width}x{partial.height}", base64.b64encode(data).decode("ascii")
