@@ -156,7 +156,7 @@ def check_inputs(spec: ModelSpec, req: GenerationRequest) -> None:
     caps = spec.capabilities
     if req.references and caps.max_reference_images == 0:
         raise InvalidRequest(f"`{spec.name}` does not accept input images.",
-                             param=images_field(req.references[0][1]),
+                             param=req.references[0][1],  # the very image it cannot take
                              code="unsupported_parameter")
     if len(req.references) > caps.max_reference_images:
         raise InvalidRequest(
