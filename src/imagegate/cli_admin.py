@@ -525,7 +525,7 @@ def usage(
                                              "back from now: 24h, 7d."),
     as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout (the admin API's format)."),
     limit: int = typer.Option(10_000, "--limit", min=1, max=100_000,
-                              help="At most this many rows, oldest first."),
+                              help="At most this many rows: the newest, listed oldest first."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Usage records, one per request: what was asked, delivered and charged."""
