@@ -95,9 +95,10 @@ def main() -> int:
     import torch
 
     from imagegate.catalog import Catalog
+    from imagegate.engine.options import SpeedOptions
     from imagegate.engine.pipelines import load_pipeline
-    from imagegate.engine.speed import SpeedOptions, warm_up
     from imagegate.engine.tiny import build_tiny_sd
+    from imagegate.engine.warmup import warm_up
     from imagegate.generation import GenerationRequest, Size
     from imagegate.rules import resolve
 

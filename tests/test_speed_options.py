@@ -1,6 +1,6 @@
-"""The local engine's speed options (engine/speed.py): each one takes effect on the loaded
-tiny-sd pipeline, leaves its images as they were, and is configured through the settings, the
-per-model table and a real server."""
+"""The local engine's speed options (engine/options.py, applied by engine/speed.py, warmed up
+by engine/warmup.py): each one takes effect on the loaded tiny-sd pipeline, leaves its images as
+they were, and is configured through the settings, the per-model table and a real server."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from imagegate.catalog import Catalog
-from imagegate.engine import pipelines, speed
-from imagegate.engine.speed import SpeedOptions, effective_options, warm_up
+from imagegate.engine import pipelines, speed, warmup
+from imagegate.engine.options import SpeedOptions
+from imagegate.engine.speed import effective_options
+from imagegate.engine.warmup import warm_up
 from imagegate.generation import GenerationRequest, Size
 from imagegate.rules import resolve
 from imagegate.settings import Settings
@@ -174,10 +176,11 @@ def test_compile_wraps_the_denoiser_and_warm_up_runs_each_size(
 
 
 def test_warm_up_sizes_default_to_the_models_size_when_compiling(spec) -> None:  # type: ignore[no-untyped-def]
-    assert speed.warmup_sizes(spec, SpeedOptions()) == []
-    assert speed.warmup_sizes(spec, SpeedOptions(compile=True)) == ["512x512"]
-    assert speed.warmup_sizes(spec, SpeedOptions(compile=True, warmup_sizes=["64x64"])) == ["64x64"]
-    assert speed.warmup_sizes(spec, SpeedOptions(warmup_sizes=["64x64"])) == ["64x64"]
+    assert warmup.warmup_sizes(spec, SpeedOptions()) == []
+    assert warmup.warmup_sizes(spec, SpeedOptions(compile=True)) == ["512x512"]
+    compiled = SpeedOptions(compile=True, warmup_sizes=["64x64"])
+    assert warmup.warmup_sizes(spec, compiled) == ["64x64"]
+    assert warmup.warmup_sizes(spec, SpeedOptions(warmup_sizes=["64x64"])) == ["64x64"]
 
 
 def test_compile_with_inductor(spec, model_dir: Path, default_pipe: Any) -> None:  # type: ignore[no-untyped-def]
@@ -273,7 +276,7 @@ def test_the_provider_loads_with_the_options_and_warms_up(
     from imagegate.providers.local import LocalProvider
 
     warmed: list[SpeedOptions] = []
-    monkeypatch.setattr(speed, "warm_up", lambda pipe, spec, options: warmed.append(options))
+    monkeypatch.setattr(warmup, "warm_up", lambda pipe, spec, options: warmed.append(options))
     settings = Settings.load(models_dir=tiny_models_dir, device="cpu",
                              engine_channels_last=True, engine_warmup_sizes="64x64")
     pipe = LocalProvider(settings)._load(spec)

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .engine.speed import SpeedOptions
+from .engine.options import SpeedOptions
 from .errors import ModelNotFound
 
 

@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .engine.speed import AttentionName, DtypeName, OffloadName, WarmupSizes
+from .engine.options import AttentionName, DtypeName, OffloadName, WarmupSizes
 from .moderation import ModerationSettings
 
 
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     engine_max_wait_ms: float = Field(0.0, ge=0)
     """How long the worker waits for more requests to join a call. 0: it only gathers what
     queued while the previous call ran, so a lone request never waits."""
-    # Speed options of the local engine (engine/speed.py), for every local model unless its
+    # Speed options of the local engine (engine/options.py), for every local model unless its
     # `[models.NAME.local.speed]` says otherwise. All off by default: diffusers' own behaviour.
     engine_dtype: DtypeName = "auto"
     """`auto`: the model's cuda_dtype on CUDA, float16 on MPS, float32 on CPU."""

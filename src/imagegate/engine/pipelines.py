@@ -22,8 +22,10 @@ from ..generation import (
     ProviderResult,
     ResolvedRequest,
 )
+from .options import SpeedOptions
 from .previews import partial_steps, preview_images
-from .speed import SpeedOptions, apply as apply_speed, load_dtype
+from .speed import apply as apply_speed
+from .speed import load_dtype
 from .worker import JobContext
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 def load_pipeline(spec: ModelSpec, source: str | Path, device: str, *,
                   allow_downloads: bool = False, speed: SpeedOptions | None = None) -> Any:
     """`AutoPipelineForText2Image.from_pretrained` from a folder or hub id, on `device`, set up
-    with the `speed` options (speed.py; default: none)."""
+    with the `speed` options (options.py, applied by speed.py; default: none)."""
     from diffusers import AutoPipelineForText2Image
 
     quiet_loading()

@@ -1,92 +1,26 @@
-"""Speed options of the local engine: dtype, attention, memory format, torch.compile with warm-up,
-VAE slicing and tiling, CPU offload.
+"""Speed options applied to a local pipeline: dtype at load, attention, memory format,
+torch.compile, VAE slicing and tiling, CPU offload.
 
-Every option defaults to what diffusers does on its own, so a server behaves the same until an
-operator opts in (`engine_*` settings, `[models.NAME.local.speed]` per model). They are meant for
-GPUs; benchmarks/speed.py measures each one against the default.
+The options themselves (options.py) default to what diffusers does on its own, so a server
+behaves the same until an operator opts in (`engine_*` settings, `[models.NAME.local.speed]` per
+model). They are meant for GPUs; benchmarks/speed.py measures each one against the default. The
+warm-up that pays for compiling at load is warmup.py's.
 
-Importing this module does not import torch: the settings and the catalog use its types.
+Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from .options import SpeedOptions
 
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
     from ..settings import Settings
 
 log = logging.getLogger(__name__)
-
-DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
-AttentionName = Literal["sdpa", "eager"]
-OffloadName = Literal["none", "model", "sequential"]
-
-_SIZE = re.compile(r"^(\d+)x(\d+)$")
-
-
-def parse_sizes(value: Any) -> Any:
-    """Warm-up sizes from a list, a JSON array or "512x512,768x512"; each must be WIDTHxHEIGHT."""
-    if isinstance(value, str):
-        text = value.strip()
-        value = json.loads(text) if text.startswith("[") else [
-            part.strip() for part in text.split(",") if part.strip()]
-    if not isinstance(value, list):
-        return value  # pydantic says what is wrong with it
-    sizes = []
-    for item in value:
-        match = _SIZE.match(item.strip()) if isinstance(item, str) else None
-        if match is None or 0 in (int(match.group(1)), int(match.group(2))):
-            raise ValueError(f"warm-up size {item!r} is not WIDTHxHEIGHT (e.g. 512x512)")
-        sizes.append(f"{int(match.group(1))}x{int(match.group(2))}")
-    return sizes
-
-
-WarmupSizes = Annotated[list[str], BeforeValidator(parse_sizes)]
-
-
-class SpeedOptions(BaseModel):
-    """How a local pipeline is set up for speed. Per model, only the fields given override the
-    server-wide `engine_*` settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dtype: DtypeName = "auto"
-    """`auto`: the model's `cuda_dtype` on CUDA, float16 on MPS, float32 on CPU."""
-    attention: AttentionName = "sdpa"
-    """`sdpa`: diffusers' default processors (torch's scaled_dot_product_attention); `eager`:
-    the classic attention written out in matmuls and softmax, for comparison and debugging."""
-    channels_last: bool = False
-    """The denoiser's and VAE's weights in NHWC memory format (faster convolutions on GPUs)."""
-    compile: bool = False
-    """torch.compile the denoiser (UNet or transformer); paid at load by the warm-up."""
-    warmup_sizes: WarmupSizes = Field(default_factory=list)
-    """Sizes ("WxH") generated once at load; with `compile` and none given, the default size."""
-    vae_slicing: bool = False
-    """Decode a batch's images one at a time (less memory for n > 1)."""
-    vae_tiling: bool = False
-    """Decode large images in overlapping tiles (less memory at large sizes)."""
-    cpu_offload: OffloadName = "none"
-    """CUDA only: `model` keeps each whole component on the CPU until it runs; `sequential`
-    moves weights layer by layer (least memory, slowest)."""
-
-    def merged(self, override: SpeedOptions | None) -> SpeedOptions:
-        """These options with the fields that `override` sets explicitly replaced."""
-        if override is None:
-            return self
-        return self.model_copy(update=override.model_dump(exclude_unset=True))
-
-    def enabled(self) -> list[str]:
-        """The options that differ from the defaults, for logs."""
-        defaults = SpeedOptions().model_dump()
-        return [f"{name}={value}" for name, value in self.model_dump().items()
-                if value != defaults[name]]
 
 
 def effective_options(settings: Settings, spec: ModelSpec) -> SpeedOptions:
@@ -130,7 +64,7 @@ def apply(pipe: Any, options: SpeedOptions, device: str) -> Any:
                 module.to(memory_format=torch.channels_last)
     _place(pipe, options.cpu_offload, device)
     if options.compile:
-        if denoiser is None:
+        if denoiser is None or denoiser_name is None:
             log.warning("%s has no unet or transformer to compile; ignoring compile",
                         type(pipe).__name__)
         else:
@@ -147,38 +81,6 @@ def compile_options(device: str) -> dict[str, Any]:
     if device.startswith("cuda"):
         return {"mode": "max-autotune-no-cudagraphs", "fullgraph": False}
     return {"fullgraph": False}
-
-
-def warmup_sizes(spec: ModelSpec, options: SpeedOptions) -> list[str]:
-    if options.warmup_sizes:
-        return list(options.warmup_sizes)
-    return [spec.capabilities.default_size] if options.compile else []
-
-
-def warm_up(pipe: Any, spec: ModelSpec, options: SpeedOptions) -> list[tuple[str, float]]:
-    """One generation per warm-up size, as a default request at that size would run (the default
-    quality's steps: one step is not enough for some schedulers), so that compiling and
-    autotuning happen at load rather than in a client's request. Returns (size, seconds) per
-    size run; a size the model refuses is skipped with a warning."""
-    from ..errors import APIError
-    from ..generation import GenerationRequest, Size
-    from ..rules import resolve
-    from .pipelines import generate_batch
-
-    done = []
-    for text in warmup_sizes(spec, options):
-        try:
-            request = resolve(spec, GenerationRequest(model=spec.name, prompt="warm-up",
-                                                      size=Size.parse(text), seed=0))
-        except APIError as exc:
-            log.warning("%s: no warm-up at %s: %s", spec.name, text, exc.message)
-            continue
-        started = time.monotonic()
-        generate_batch(pipe, spec, [request])
-        seconds = time.monotonic() - started
-        log.info("%s: warm-up at %s took %.1f s", spec.name, text, seconds)
-        done.append((text, seconds))
-    return done
 
 
 def _denoiser_name(pipe: Any) -> str | None:

@@ -187,8 +187,9 @@ class LocalProvider:
 
     def _load(self, spec: ModelSpec) -> Any:
         from ..engine.pipelines import load_pipeline
-        from ..engine.speed import effective_options, warm_up
+        from ..engine.speed import effective_options
         from ..engine.tiny import build_tiny_sd
+        from ..engine.warmup import warm_up
         from ..engine.weights import locate
 
         where = locate(spec, self._models_dir)
