@@ -32,7 +32,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-
 from overhead import CpuWatch, machine
 
 HERE = Path(__file__).resolve().parent

@@ -12,10 +12,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx

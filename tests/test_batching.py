@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from conftest import held_open
 from PIL import Image
 
-from conftest import held_open
 from imagegate.catalog import Catalog
 from imagegate.generation import GenerationRequest, Size
 from imagegate.rules import resolve

@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
 from fake_providers import calls
 
 ADMIN_KEY = "sk-ig-billing-tests-admin-key-000000000000"

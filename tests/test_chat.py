@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-
 from conftest import held_open, in_background
 from PIL import Image
 

@@ -186,7 +186,8 @@ def test_help(cli, command: str, option: str) -> None:
 
 
 def test_serve_help_shows_defaults(cli) -> None:
-    """The help text names the defaults (square brackets in help text are Rich markup and vanish)."""
+    """The help text names the defaults (square brackets in help text are Rich markup and
+    vanish)."""
     result = cli("serve", "--help")
     assert result.returncode == 0, result.stderr
     assert "127.0.0.1" in result.stdout, result.stdout

@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-
 from conftest import in_background
 from PIL import Image
 

@@ -9,7 +9,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import held_open
 
 SLOW = {"model": "tiny-sd", "prompt": "a slow one", "size": "1024x1024",

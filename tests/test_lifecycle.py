@@ -18,9 +18,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import free_port, held_open, in_background
+from PIL import Image
 
 SMALL = {"size": "64x64", "response_format": "b64_json", "seed": 1234}
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from upstream_server import serve_app
 
-from conftest import free_port
 from imagegate.errors import APIError
 from imagegate.moderation import (
     ContentPolicyViolation,
@@ -22,7 +23,6 @@ from imagegate.moderation import (
     ModerationSettings,
     Moderator,
 )
-from upstream_server import serve_app
 
 # --------------------------------------------------------------------------------------------
 # word and pattern lists

@@ -25,6 +25,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
+from upstream_server import serve_app, wait_until
 
 from imagegate.catalog import Deployment, ModelSpec
 from imagegate.errors import APIError
@@ -32,7 +33,6 @@ from imagegate.generation import GeneratedImage, ProviderResult, ResolvedRequest
 from imagegate.providers import relay
 from imagegate.providers.relay import RoutePolicy, UpstreamRouter
 from imagegate.providers.upstream_http import UpstreamCall
-from upstream_server import serve_app, wait_until
 
 # --------------------------------------------------------------------------------------------
 # helpers

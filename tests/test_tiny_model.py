@@ -25,7 +25,8 @@ from imagegate.engine.tiny import TINY_SD_MARKER, build_tiny_sd, is_tiny_sd_buil
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, str]]:
     return {
-        str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns,
+                                     hashlib.sha256(p.read_bytes()).hexdigest())
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
@@ -109,7 +110,8 @@ def test_tokenizer_is_byte_level(pipe: StableDiffusionPipeline) -> None:
 
 @pytest.mark.parametrize("width,height", [(64, 64), (520, 776), (776, 520), (1024, 1024)])
 def test_output_sizes(pipe: StableDiffusionPipeline, width: int, height: int) -> None:
-    out = pipe("a cat", width=width, height=height, num_inference_steps=2, output_type="pil", generator=_gen(0))
+    out = pipe("a cat", width=width, height=height, num_inference_steps=2, output_type="pil",
+               generator=_gen(0))
     assert [im.size for im in out.images] == [(width, height)]
 
 
@@ -135,7 +137,8 @@ def test_unet_and_vae_accept_every_latent_size(pipe: StableDiffusionPipeline) ->
 def test_image_is_noise_not_constant(pipe: StableDiffusionPipeline) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # generating must not warn either
-        image = pipe("a cat", width=64, height=64, num_inference_steps=2, output_type="np", generator=_gen(0)).images[0]
+        image = pipe("a cat", width=64, height=64, num_inference_steps=2, output_type="np",
+                     generator=_gen(0)).images[0]
     assert np.isfinite(image).all()
     assert image.std() > 0.01
 
@@ -143,7 +146,8 @@ def test_image_is_noise_not_constant(pipe: StableDiffusionPipeline) -> None:
 def test_determinism(pipe: StableDiffusionPipeline) -> None:
     def run(seed: int) -> np.ndarray:
         return np.asarray(
-            pipe("a cat", width=64, height=64, num_inference_steps=2, generator=_gen(seed)).images[0]
+            pipe("a cat", width=64, height=64, num_inference_steps=2,
+                 generator=_gen(seed)).images[0]
         )
 
     a, b, c = run(7), run(7), run(8)
@@ -153,7 +157,8 @@ def test_determinism(pipe: StableDiffusionPipeline) -> None:
 
 def test_batched_per_image_generators_match_single_runs(pipe: StableDiffusionPipeline) -> None:
     kwargs = dict(width=64, height=64, num_inference_steps=2, output_type="np")
-    batch = pipe("a cat", num_images_per_prompt=3, generator=[_gen(1), _gen(2), _gen(3)], **kwargs).images
+    batch = pipe("a cat", num_images_per_prompt=3, generator=[_gen(1), _gen(2), _gen(3)],
+                 **kwargs).images
     single = pipe("a cat", num_images_per_prompt=1, generator=_gen(2), **kwargs).images
     assert batch.shape == (3, 64, 64, 3)
     np.testing.assert_allclose(batch[1], single[0], atol=1e-3, rtol=0)
@@ -166,7 +171,8 @@ def test_img2img_from_pipe(pipe: StableDiffusionPipeline) -> None:
     init = pipe("a cat", width=520, height=776, num_inference_steps=1, generator=_gen(0)).images[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = i2i("a dog", image=init, strength=0.5, num_inference_steps=4, generator=_gen(0)).images[0]
+        out = i2i("a dog", image=init, strength=0.5, num_inference_steps=4,
+                  generator=_gen(0)).images[0]
     assert out.size == (520, 776)
 
 
@@ -191,7 +197,8 @@ def test_is_built_false_for_empty_or_missing_dir(tmp_path: Path) -> None:
     assert not is_tiny_sd_built(tmp_path / "missing")
     (tmp_path / "model_index.json").write_text("{}")
     assert not is_tiny_sd_built(tmp_path)  # no marker
-    (tmp_path / "imagegate_tiny_sd.json").write_text(json.dumps({"marker": "someone-else", "version": 1}))
+    (tmp_path / "imagegate_tiny_sd.json").write_text(
+        json.dumps({"marker": "someone-else", "version": 1}))
     assert not is_tiny_sd_built(tmp_path)
 
 
@@ -212,7 +219,8 @@ def test_older_build_is_replaced(tmp_path: Path) -> None:
     target = tmp_path / "tiny-sd"
     target.mkdir()
     (target / "model_index.json").write_text("{}")
-    (target / "imagegate_tiny_sd.json").write_text(json.dumps({"marker": TINY_SD_MARKER, "version": 0}))
+    (target / "imagegate_tiny_sd.json").write_text(
+        json.dumps({"marker": TINY_SD_MARKER, "version": 0}))
     build_tiny_sd(target)
     assert is_tiny_sd_built(target)
     assert [p.name for p in tmp_path.iterdir()] == ["tiny-sd"]

@@ -31,7 +31,6 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
-
 from upstream_server import serve_app
 
 ADMIN_KEY = "sk-ig-" + "google-bfl-admin-key-000000000"

@@ -27,7 +27,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from starlette.datastructures import UploadFile
-
 from upstream_server import serve_app
 
 ADMIN_KEY = "sk-ig-upstream-openai-admin-0000"

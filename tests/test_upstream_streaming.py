@@ -28,7 +28,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
-
 from upstream_server import serve_app
 
 ADMIN_KEY = "sk-ig-upstream-streaming-admin-0000"

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-
 CONFIG = """
 [models.dall-e-3]
 enabled = true

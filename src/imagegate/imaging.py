@@ -1,4 +1,5 @@
-"""Encode decoded images into the bytes a client asked for. CPU-bound: call it off the event loop."""
+"""Encode decoded images into the bytes a client asked for. CPU-bound: call it off the event
+loop."""
 
 from __future__ import annotations
 

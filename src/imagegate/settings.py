@@ -24,7 +24,6 @@ from pydantic_settings import (
 from .engine.options import AttentionName, DtypeName, OffloadName, WarmupSizes
 from .moderation import ModerationSettings
 
-
 _config_file: ContextVar[str | None] = ContextVar("imagegate_config_file", default=None)
 
 
@@ -97,7 +96,8 @@ class Settings(BaseSettings):
     """SQLAlchemy URL. Default: a SQLite file DATA_DIR/imagegate.db. PostgreSQL:
     postgresql://user:pass@host/db (the asyncpg driver is used)."""
     auth: Literal["on", "off"] = "on"
-    """`off`: no API keys; every request runs as one unlimited local account (single-user setups)."""
+    """`off`: no API keys; every request runs as one unlimited local account (single-user
+    setups)."""
     admin_key: str | None = Field(None, min_length=20)
     """An admin API key to make sure exists at start-up (for deployments that inject secrets).
     When unset and the database has no admin key, `serve` creates one and prints it once."""

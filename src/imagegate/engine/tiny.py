@@ -272,7 +272,8 @@ def build_tiny_sd(target: Path | str) -> Path:
             raise FileExistsError(f"{target} exists and is not a directory")
         stale_build = _read_marker(target) is not None
         if not stale_build and any(target.iterdir()):
-            raise FileExistsError(f"{target} is not empty and holds no tiny-sd build; not touching it")
+            raise FileExistsError(
+                f"{target} is not empty and holds no tiny-sd build; not touching it")
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # Same parent folder, so the final rename stays on one filesystem.
