@@ -75,6 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if isinstance(local, LocalProvider):
             local.start_preload(preload)  # in the background: /health answers while it runs
+        if settings.auth == "off":
+            log.warning("IMAGEGATE_AUTH=off: /admin and every model are open to anyone who can "
+                        "reach this port")
         new_admin_key = await accounts.start()
         if new_admin_key:
             _announce_admin_key(new_admin_key)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import secrets
 import socket
 import sys
 import uuid
@@ -28,8 +31,89 @@ ConfigOption = typer.Option(None, "--config", "-c", help="TOML config file.", ex
 _SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"imagegate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print imagegate's version and exit."),
+) -> None:
+    pass
+
+
 def _settings(config: Optional[Path], **overrides) -> Settings:
-    return Settings.load(config, **{k: v for k, v in overrides.items() if v is not None})
+    """The settings, or one line naming the bad one (env var, flag or config field), exit 2."""
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings.load(config, **given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(part) for part in first.get("loc", ())] or ["settings"]
+        _bad_setting(_setting_source(loc, config, given, first.get("input")),
+                     _expected(first))
+    except FileNotFoundError as exc:  # IMAGEGATE_CONFIG naming no file
+        _bad_setting("IMAGEGATE_CONFIG", str(exc))
+    except ValueError as exc:  # JSON in an env var (pydantic-settings), TOML syntax (tomllib)
+        env = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
+        if env:
+            _bad_setting(f"IMAGEGATE_{env.group(1).upper()}",
+                         f"not valid JSON ({_first_line(exc.__cause__ or exc)})")
+        typer.echo(f"imagegate: cannot read the config file {_config_path(config)}: "
+                   f"{_first_line(exc)}", err=True)
+        raise typer.Exit(2)
+
+
+_SECRET_WORDS = ("secret", "key", "password", "database_url", "token")
+
+
+def _setting_source(loc: list[str], config: Optional[Path], flags: dict, value: object) -> str:
+    """Where the bad value came from, as the user wrote it: --flag, IMAGEGATE_NAME or the
+    config file's field, with the value unless it could be a secret."""
+    name = loc[0]
+    shown = "" if any(word in name for word in _SECRET_WORDS) else None
+    env = f"IMAGEGATE_{name.upper()}"
+    env_value = next((v for k, v in os.environ.items() if k.upper() == env), None)
+    place = ""
+    if name in flags:
+        where, value = f"--{name.replace('_', '-')}", flags[name]
+    elif env_value is not None and len(loc) == 1:
+        where, value = env, env_value
+    elif _config_path(config):
+        where, place = ".".join(loc), f" in {_config_path(config)}"
+    else:
+        where = env
+    return where + (shown if shown is not None else f"={value!r}") + place
+
+
+def _config_path(config: Optional[Path]) -> str | None:
+    return str(config) if config is not None else os.environ.get("IMAGEGATE_CONFIG")
+
+
+def _expected(error: dict) -> str:
+    expected = (error.get("ctx") or {}).get("expected")
+    if error.get("type") == "literal_error" and isinstance(expected, str):
+        choices = expected.replace("'", "").rsplit(" or ", 1)
+        return "expected one of " + ", ".join(choices)
+    msg = str(error.get("msg") or "invalid value")
+    return msg[:1].lower() + msg[1:]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _bad_setting(where: str, why: str) -> NoReturn:
+    typer.echo(f"imagegate: invalid setting {where}: {why}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -44,6 +128,9 @@ def serve(
     from .app import create_app
 
     settings = _settings(config, host=host, port=port)
+    if not 1 <= settings.port <= 65535:
+        _bad_setting(_setting_source(["port"], config, {"port": port} if port is not None else {},
+                                     settings.port), "a port is a number from 1 to 65535")
     _configure_logging(settings.log_level)
     try:
         application = create_app(settings)  # builds the parts; touches no database row yet
@@ -206,7 +293,12 @@ def models(
     from .app import build_service
 
     live = _server_models(url, api_key) if url else None
-    service = build_service(_settings(config))
+    settings = _settings(config)
+    # Listing signs no links and reads no accounts: a throwaway signing secret, so neither
+    # DATA_DIR/url-secret nor the database is created wherever the command happens to run.
+    throwaway = settings.url_secret or secrets.token_hex(32)
+    service = build_service(settings.model_copy(update={"url_secret": throwaway}),
+                            with_accounts=False)
     out = Console()
     table = Table("model", "backend", "weights", "sizes", "max n", "quality")
     if live is not None:

@@ -25,6 +25,9 @@ from .tables import Account, ApiKey
 
 KEY_PREFIX = "sk-ig-"
 VISIBLE_CHARS = 12
+NOT_BEARER = "\0not-bearer"
+"""The token of an `Authorization` header without the `Bearer` scheme (`Authorization: KEY`):
+refused with a message that says so, rather than "no API key"."""
 
 
 class InvalidApiKey(APIError):
@@ -92,6 +95,9 @@ class Authenticator:
         if not token:
             raise InvalidApiKey(
                 "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.")
+        if token == NOT_BEARER:
+            raise InvalidApiKey("The Authorization header has no `Bearer` before the key. "
+                                "Send it as `Authorization: Bearer YOUR_KEY`.")
         digest = hash_key(token)
         record = await self._lookup(digest)
         # The lookup matched on the hash already; compare again in constant time anyway so no

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 
 from ..accounts.idempotency import Scope as IdempotencyScope
-from ..accounts.keys import Caller, PermissionDenied
+from ..accounts.keys import NOT_BEARER, Caller, PermissionDenied
 from ..service import ImageService
 from ..settings import Settings
 
@@ -49,11 +49,16 @@ async def admin(request: Request) -> Caller:
 
 
 def bearer_token(request: Request) -> str | None:
+    """The key sent, None when none was; `NOT_BEARER` for `Authorization: KEY` (no scheme)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key") or None
+    if request.headers.get("x-api-key"):
+        return request.headers["x-api-key"]
+    if scheme and scheme.lower() != "bearer" and not token.strip():  # a key, no scheme
+        return NOT_BEARER
+    return None
 
 
 async def once_per_idempotency_key(request: Request, who: Caller,

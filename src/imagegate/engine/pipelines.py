@@ -31,6 +31,21 @@ from .worker import JobContext
 log = logging.getLogger(__name__)
 
 
+class _NoTorchvisionFallbackNotice(logging.Filter):
+    """transformers says once per class that `CLIPImageProcessor` (and the Siglip ones) fall back
+    to their PIL versions without torchvision: true, and what imagegate wants (it does not use
+    torchvision), so those lines, and only those, are dropped."""
+
+    NOTICE = "ImageProcessor` requires torchvision (not installed); falling back to"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.NOTICE not in record.getMessage()
+
+
+# Added before diffusers is first imported (lazily, below), which is when transformers says it.
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionFallbackNotice())
+
+
 def load_pipeline(spec: ModelSpec, source: str | Path, device: str, *,
                   allow_downloads: bool = False, speed: SpeedOptions | None = None) -> Any:
     """`AutoPipelineForText2Image.from_pretrained` from a folder or hub id, on `device`, set up
