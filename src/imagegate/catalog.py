@@ -174,7 +174,7 @@ class ModelSpec(BaseModel):
     description: str = ""
     enabled: bool = True
     """Disabled entries stay in the library (their limits are known) but are not served."""
-    outputs: list[Literal["image", "text"]] = Field(default_factory=lambda: ["image"])
+    outputs: list[Literal["image", "text"]] = ["image"]  # (pydantic copies mutable defaults)
     owned_by: str = "imagegate"
     capabilities: Capabilities = Field(default_factory=Capabilities)
     pricing: Pricing = Field(default_factory=Pricing)

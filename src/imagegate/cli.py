@@ -7,11 +7,10 @@ import os
 import re
 import secrets
 import socket
-import sys
 import uuid
 import warnings
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from .errors import APIError
+from .generation import OutputFormat
 from .settings import Settings
 
 app = typer.Typer(help="OpenAI-compatible image generation: local diffusers models and upstream "
@@ -28,7 +28,8 @@ console = Console(stderr=True)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="TOML config file.", exists=True,
                             dir_okay=False)
-_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+_SUFFIX_FORMATS: dict[str, OutputFormat] = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
+                                            ".webp": "webp"}
 
 
 def _version(value: bool) -> None:
@@ -97,7 +98,7 @@ def _config_path(config: Optional[Path]) -> str | None:
     return str(config) if config is not None else os.environ.get("IMAGEGATE_CONFIG")
 
 
-def _expected(error: dict) -> str:
+def _expected(error: Any) -> str:
     expected = (error.get("ctx") or {}).get("expected")
     if error.get("type") == "literal_error" and isinstance(expected, str):
         choices = expected.replace("'", "").rsplit(" or ", 1)
@@ -235,7 +236,9 @@ def generate(
     try:
         request = GenerationRequest(
             model=model or settings.default_model, prompt=prompt, n=n, size=parse_size(size),
-            quality=quality, response_format="b64_json", output_format=fmt, seed=seed,
+            quality=quality, response_format="b64_json",
+            output_format=fmt,
+            seed=seed,
             num_inference_steps=steps, guidance_scale=guidance, negative_prompt=negative,
         )
         result = _run_with_progress(service, request)
@@ -433,4 +436,4 @@ def main() -> None:  # pragma: no cover - `python -m imagegate`
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

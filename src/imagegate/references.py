@@ -175,7 +175,7 @@ def decode_image(data: bytes, *, param: str, max_pixels: int, max_edge: int | No
         raise _refuse(f"`{param}` is empty; expected an image.", param, "invalid_image")
     try:
         # Image.open reads only the header; pixels are decoded by load(), after the size check.
-        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        image: Image.Image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # PIL's own guard fired first (far above our cap, or warnings are errors).
         raise _refuse(f"The image in `{param}` has more than {max_pixels} pixels.",

@@ -60,7 +60,8 @@ def resolve(spec: ModelSpec, req: GenerationRequest, references: list[Any] | Non
     size = _resolve_size(spec, req, references)
     quality = _choose(spec, req, "quality", req.quality, caps.qualities, caps.default_quality)
     style = _choose(spec, req, "style", req.style, caps.styles, caps.default_style)
-    background = _choose(spec, req, "background", req.background, caps.backgrounds, "auto")
+    background = _choose(spec, req, "background", req.background, caps.backgrounds,
+                         "auto") or "auto"
     if background == "auto":
         background = "opaque"
     if background == "transparent" and req.output_format == "jpeg":

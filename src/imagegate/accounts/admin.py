@@ -156,6 +156,7 @@ class Admin:
                 allowed_models=allowed_models, allowed_ips=allowed_ips, rpm_limit=rpm_limit,
                 concurrency_limit=concurrency_limit, price_multiplier=price_multiplier,
                 created_at=utcnow()))
+            assert result.inserted_primary_key is not None
             key_id = result.inserted_primary_key[0]
         return NewKey(key=key, info=await self.key(key_id))
 
@@ -246,7 +247,8 @@ async def _keep_an_admin(conn: AsyncConnection, key_id: int, action: str) -> Non
         .where(ApiKey.is_admin.is_(True), ApiKey.enabled.is_(True))
         .with_for_update())).all()
     now = datetime.now(timezone.utc)
-    usable = {row.id for row in rows if row.expires_at is None or as_utc(row.expires_at) > now}
+    usable = {row.id for row in rows
+              if row.expires_at is None or as_utc(row.expires_at) > now}  # type: ignore[operator]
     if usable == {key_id}:
         raise LastAdminKey(
             f"Key {key_id} is the last enabled admin key; {action} it and nobody could use the "

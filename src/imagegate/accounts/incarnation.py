@@ -29,7 +29,7 @@ import uuid
 import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -240,7 +240,8 @@ class Incarnations:
         if rival is not None:
             raise NodeIdInUse(_in_use(self.node_id, rival))
 
-    async def _live_namesake(self) -> Incarnation | None:
+    async def _live_namesake(self) -> Any:
+        """The row of another live process under this node id, or None."""
         await self.dead()  # records every process that is gone as ended
         async with self.engine.connect() as conn:
             return (await conn.execute(select(Incarnation).where(

@@ -132,6 +132,7 @@ class Ledger:
                 amount_micros=amount, note=note, created_at=utcnow()))
             balance = await conn.scalar(select(Account.balance_micros)
                                         .where(Account.id == account_id))
+        assert balance is not None  # (the UPDATE above found the row)
         return int(balance)
 
     async def release_stale(self, dead: list[str] | tuple[str, ...] = (), *,

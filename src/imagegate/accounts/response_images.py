@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import ColumnElement, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .ledger import utcnow
@@ -53,7 +53,7 @@ class ResponseImages:
         found = await self._find(account_id, ResponseImage.item_id == item_id)
         return found[0] if found else None
 
-    async def _find(self, account_id: int, condition: object) -> list[KeptImage]:
+    async def _find(self, account_id: int, condition: ColumnElement[bool]) -> list[KeptImage]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(
                 select(ResponseImage.item_id, ResponseImage.output_index, ResponseImage.image)

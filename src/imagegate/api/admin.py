@@ -130,7 +130,8 @@ async def topup(ref: str, body: TopUpIn, request: Request) -> dict[str, Any]:
     if (body.amount is None) == (body.amount_micros is None):
         raise InvalidRequest("Give exactly one of `amount` and `amount_micros`.", param="amount")
     try:
-        micros = body.amount_micros if body.amount is None else parse_money(body.amount)
+        micros = body.amount_micros if body.amount_micros is not None else \
+            parse_money(body.amount or "")
     except (ArithmeticError, ValueError):
         raise InvalidRequest("`amount` must be a decimal number.", param="amount") from None
     return await _admin(request).topup(ref, micros, body.note)

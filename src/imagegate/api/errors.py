@@ -106,7 +106,8 @@ def openapi(app: FastAPI) -> dict[str, Any]:
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
-    for model in (ErrorResponse, *_DOCUMENTED_MODELS):
+    models: list[type[BaseModel]] = [ErrorResponse, *_DOCUMENTED_MODELS]
+    for model in models:
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(model_schema.pop("$defs", {}))
         schemas[model.__name__] = model_schema

@@ -129,7 +129,7 @@ def generate_batch(pipe: Any, spec: ModelSpec, reqs: list[ResolvedRequest],
     steps = first.num_inference_steps or spec.local.default_steps
     kind = first.kind
     target = _derived(pipe, kind)
-    accepted = _call_parameters(type(target))
+    accepted = _call_parameters(type(target))  # type: ignore[arg-type]
     seeds = [seed for req in reqs for seed in req.seeds]
     kwargs: dict[str, Any] = dict(
         height=first.height,

@@ -282,7 +282,7 @@ def build_tiny_sd(target: Path | str) -> Path:
         _write_tokenizer_files(tmp / "tokenizer")
         pipe = _build_pipeline(tmp / "tokenizer")
         with _quiet_progress_bars():
-            pipe.save_pretrained(tmp, safe_serialization=True)
+            pipe.save_pretrained(tmp, safe_serialization=True)  # type: ignore[attr-defined]
         # save_pretrained writes only tokenizer.json (which loaders prefer);
         # put the classic files back beside it for other readers.
         _write_tokenizer_files(tmp / "tokenizer")

@@ -276,7 +276,8 @@ class PipelineWorker:
                 stats.batches += 1
                 batch = jobs[0].batch
                 assert batch is not None
-                results = batch.run(self._pipe, context, [job.batch.payload for job in jobs])
+                results = batch.run(self._pipe, context,
+                                    [job.batch.payload for job in jobs if job.batch is not None])
         except BaseException as exc:  # handed to every waiting caller, never lost
             stats.jobs_cancelled += sum(1 for job in jobs if job.cancelled())
             for job in jobs:

@@ -196,6 +196,7 @@ class LocalProvider:
         if where.status == "buildable":
             assert where.path is not None
             build_tiny_sd(where.path)
+        assert spec.local is not None  # (a local model always has its `local` table)
         source: str | Path = where.path if where.path is not None else spec.local.source
         speed = effective_options(self._settings, spec)
         try:

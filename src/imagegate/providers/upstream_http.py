@@ -32,7 +32,7 @@ import io
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -119,7 +119,7 @@ class UpstreamCall:
                              json_body: Any = None, params: dict[str, str] | None = None,
                              data: dict[str, str] | None = None,
                              files: list[Any] | None = None, images_per_result: int = 1,
-                             ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+                             ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         """One exchange answered with server-sent events: yields (event name, JSON payload)
         as each event arrives. Failures before the answer starts are classified as in
         `request_json`; once events flow the upstream has taken the job, so a dropped stream
@@ -224,13 +224,13 @@ class UpstreamCall:
             image.load()  # a truncated image fails here, not later in the encoder
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             raise self.fail("bad_response", "sent data that is not a readable image.") from None
-        fmt = {"png": "png", "jpeg": "jpeg", "webp": "webp"}.get(fmt)
-        if fmt is None:
+        known = {"png": "png", "jpeg": "jpeg", "webp": "webp"}.get(fmt)
+        if known is None:
             return GeneratedImage(image=image)  # re-encoded later: keep the pixels
         # Checked: keep the encoded bytes only. The image is opened again lazily (its header
         # now, its pixels only if it has to be re-encoded), so no decoded copy waits in memory.
         image.close()
-        return GeneratedImage(image=Image.open(io.BytesIO(raw)), data=raw, format=fmt)
+        return GeneratedImage(image=Image.open(io.BytesIO(raw)), data=raw, format=known)
 
     async def image_from_url(self, url: Any) -> GeneratedImage:
         """Download an upstream's image (its links expire; ours replace them), capped, with the
@@ -304,7 +304,7 @@ async def _sse_events(response: httpx.Response, limit: int
     cut off by the end of the stream is dropped, as the SDKs do). The bytes read in all are
     capped at `limit`."""
     buffer, size = bytearray(), 0
-    event, data = "", []
+    event, data = "", list[str]()
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
