@@ -22,6 +22,20 @@ import httpx
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "e2e: starts real server processes (`imagegate serve`, fake upstreams' peers, "
+        "client libraries); `pytest -m 'not e2e'` is the fast, in-process tier")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts a real `imagegate serve` (through `start_server`, however
+    indirectly) is end-to-end; so is one marked by hand."""
+    for item in items:
+        if "start_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

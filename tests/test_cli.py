@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.e2e  # runs `python -m imagegate` as a process
+
 
 @dataclass
 class Run:

@@ -18,6 +18,8 @@ from typing import Callable
 import httpx
 import pytest
 
+pytestmark = pytest.mark.e2e  # runs `python -m imagegate` as a process
+
 PRICED_TINY_SD = """
 [models.tiny-sd.pricing]
 per_image = "0.01"
