@@ -1,6 +1,6 @@
 """Aspect ratio + image size -> pixels, as Gemini image models define them.
 
-The table is seed 002's (the same one OpenRouter lists for gemini-2.5-flash-image at 1K).
+The table is the one vendors' gemini-2.5-flash-image docs give (OpenRouter lists the same at 1K).
 `image_size` scales it: 1K is the table, 2K twice each edge, 4K four times, 0.5K half. The
 result is a preference that the service then fits to what the chosen model accepts.
 """

@@ -1,9 +1,9 @@
 """What models exist, what each can do, and where it runs.
 
 A model is data (`ModelSpec`): its capabilities drive validation (`rules.py`), its `local` block
-drives the diffusers engine. The built-in library below carries the seeds' and OpenAI's published
-limits; operators add or override entries in the TOML config (`[models.NAME]`), so a new model is
-configuration, never an `if model == ...`.
+drives the diffusers engine. The built-in library below carries the limits that OpenAI and
+the vendors' image API docs publish; operators add or override entries in the TOML config
+(`[models.NAME]`), so a new model is configuration, never an `if model == ...`.
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def _builtin_models() -> list[ModelSpec]:
         supports_mask=True,
     )
     flux_api = Capabilities(size_rule=SizeRule(multiple_of=16, min_edge=256, max_edge=2048))
-    # Gemini image sizes per aspect ratio (seed 002's table).
+    # Gemini image sizes per aspect ratio (the table vendors' gemini-2.5-flash-image docs give).
     gemini = Capabilities(
         sizes=[
             "1024x1024", "832x1248", "1248x832", "864x1184", "1184x864",

@@ -88,7 +88,6 @@ class GenerationRequest:
     output_format: OutputFormat = "png"
     output_compression: int | None = None
     background: str | None = None
-    moderation: str | None = None
     user: str | None = None
     # Extensions for local pipelines.
     seed: int | None = None

@@ -146,7 +146,8 @@ def _choose(spec: ModelSpec, req: GenerationRequest, name: str, value: str | Non
 
 def _check_modalities(spec: ModelSpec, req: GenerationRequest) -> None:
     """Chat only: `modalities`, when sent, must ask for images. When absent, the endpoint makes
-    images anyway (seed 002 sends none to a model that also writes text, and expects one)."""
+    images anyway (vendors' Gemini image docs send none to a model that also writes text, and
+    expect an image)."""
     if req.modalities and "image" not in req.modalities:
         raise InvalidRequest('This endpoint answers with images: include "image" in '
                              "`modalities`.", param=req.param("modalities"))

@@ -1,9 +1,10 @@
 """`POST /v1/chat/completions` for image models: chat messages in, images in the message out.
 
 The prompt is the last user turn's text; its `image_url` parts are input images. Image options
-are read from wherever clients put them, first found wins: top-level `image_config` (seed 000,
-OpenRouter), `google.image_config` (the OpenAI SDK's `extra_body={"google": ...}`), and a literal
-`extra_body.google.image_config` key in the body (seed 002's curl and requests examples).
+are read from wherever clients put them, first found wins: top-level `image_config` (OpenRouter,
+and vendors' chat-completions image docs), `google.image_config` (the OpenAI SDK's
+`extra_body={"google": ...}`), and a literal `extra_body.google.image_config` key in the body (the
+curl and requests examples of vendors' Gemini image docs).
 
 Images come back in `message.images` as data URLs (OpenRouter's shape: its clients decode them,
 and a chat history keeps them after a link would have expired) and as a markdown link to the
@@ -103,7 +104,8 @@ def to_generation_request(body: ChatCompletionRequest, *, default_model: str
                                  param=f"{where}.reference_images[{i}]")
         references.append((url, f"{where}.reference_images[{i}]"))
     if size_hint is None and not references:
-        size_hint = size_for("1:1", None, ratio_param="", size_param="")  # seed 002: square
+        # No ratio and no input image: a 1:1 square, as vendors' Gemini image docs say.
+        size_hint = size_for("1:1", None, ratio_param="", size_param="")
     return GenerationRequest(
         model=body.model or default_model,
         prompt=prompt,

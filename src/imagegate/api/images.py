@@ -101,7 +101,6 @@ def to_generation_request(body: ImageGenerationRequest, *, default_model: str) -
         output_format=body.output_format or "png",
         output_compression=body.output_compression,
         background=body.background,
-        moderation=body.moderation,
         user=body.user,
         seed=body.seed,
         num_inference_steps=body.num_inference_steps,

@@ -133,7 +133,6 @@ def translate(body: ResponseRequest, service: ImageService, *, default_model: st
         output_format=options.output_format or "png",
         output_compression=options.output_compression,
         background=options.background,
-        moderation=options.moderation,
         user=body.user,
         seed=options.seed,
         num_inference_steps=options.num_inference_steps,
@@ -145,7 +144,7 @@ def translate(body: ResponseRequest, service: ImageService, *, default_model: st
         param_names={"prompt": "input", "model": model_param,
                      **{name: f"{where}.{name}" for name in (
                          "size", "quality", "output_format", "output_compression", "background",
-                         "moderation", "seed", "num_inference_steps", "guidance_scale",
+                         "seed", "num_inference_steps", "guidance_scale",
                          "negative_prompt", "strength", "n")}},
     )
     echoed = [t.model_dump(exclude_none=True) for t in body.tools or []

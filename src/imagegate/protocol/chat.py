@@ -2,8 +2,9 @@
 response and stream chunk shapes (OpenAI chat completions, with OpenRouter's `message.images`).
 
 Clients put image options in several places; all are accepted (see api/chat.py for the order):
-top-level `image_config` (seed 000, OpenRouter), `google.image_config` (what the OpenAI SDK sends
-for `extra_body={"google": ...}`), and a literal `extra_body` key (seed 002's curl examples).
+top-level `image_config` (OpenRouter, and vendors' chat-completions image docs that pair it with
+`modalities`), `google.image_config` (what the OpenAI SDK sends for `extra_body={"google": ...}`),
+and a literal `extra_body` key (vendors' Gemini image docs put one in their curl examples).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class ImageConfig(BaseModel):
     aspect_ratio: Word | None = None
     image_size: Word | None = None
     output_format: Word | None = None
-    """`url` or `b64_json` (seed 000); also png / jpeg / webp for the encoding."""
+    """`url` or `b64_json` (as vendors' chat-completions image docs use it); also png / jpeg / webp
+    for the encoding."""
     reference_images: Annotated[list[URLText], Field(max_length=MAX_INPUT_IMAGES)] | None = None
     """Input images as URLs or data URLs, besides `image_url` parts of the messages."""
 

@@ -74,7 +74,6 @@ class ImageEditFields(WireModel):
     user: UserId | None = None
     stream: Flag | None = None
     partial_images: PartialImages | None = None
-    input_fidelity: Word | None = None
     seed: Seed | None = None
     num_inference_steps: Steps | None = None
     guidance_scale: Number | None = None
@@ -113,7 +112,9 @@ class InputTokensDetails(BaseModel):
 
 
 class ImagesUsage(BaseModel):
-    """Both vocabularies: chat-style (seed 001) and gpt-image-style (OpenAI's `ImagesUsage`)."""
+    """Both vocabularies: chat-style `prompt_tokens` / `completion_tokens` / `total_tokens` (as
+    vendors' DALL-E-compatible Images API docs show it) and gpt-image-style (OpenAI's
+    `ImagesUsage`)."""
 
     prompt_tokens: int
     completion_tokens: int

@@ -62,7 +62,6 @@ class _Health:
     failures: int = 0
     cool_until: float = 0.0
     slots: asyncio.Semaphore | None = None
-    picks: int = 0
 
     def cooling(self, now: float) -> bool:
         return now < self.cool_until
@@ -174,7 +173,6 @@ class UpstreamRouter:
         best = min(d.priority for _, d in ready)
         tier = [(i, d) for i, d in ready if d.priority == best]
         chosen = random.choices(tier, weights=[d.weight for _, d in tier])[0]
-        self._state(spec, chosen[1]).picks += 1
         return chosen
 
     async def generate(self, spec: ModelSpec, request: ResolvedRequest,

@@ -77,7 +77,6 @@ class UpstreamCall:
     client: httpx.AsyncClient
     max_image_bytes: int
     provider_label: str
-    extra: dict[str, Any] = field(default_factory=dict)
     progress: ProgressListener | None = None
     """The streamed request's listener, for adapters whose upstream sends previews."""
     last_headers: httpx.Headers | None = field(default=None, init=False, repr=False)
