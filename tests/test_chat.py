@@ -1,9 +1,10 @@
 """Images from `POST /v1/chat/completions` (and `/chat/completions`), through a real server.
 
-Clients: httpx with the seeds' literal bodies (seed 000: `modalities` + `image_config`; seed 002:
-gemini-2.5-flash-image with `extra_body.google.image_config.aspect_ratio`, sent as a literal key by
-curl/requests) and the official `openai` SDK (`extra_body=` merges keys into the body). The model is
-tiny-sd (random weights: noise; what matters is sizes, shapes, streams and errors).
+Clients: httpx with the literal bodies of vendors' chat-completions image docs (`modalities` +
+`image_config`; and gemini-2.5-flash-image with `extra_body.google.image_config.aspect_ratio`,
+sent as a literal key by curl/requests) and the official `openai` SDK (`extra_body=` merges keys
+into the body). The model is tiny-sd (random weights: noise; what matters is sizes, shapes,
+streams and errors).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from conftest import held_open, in_background
 from PIL import Image
 
 MODEL = "tiny-sd"
-PROMPT = "赛博朋克风格未来城市夜景"  # seed 000's prompt
-GEMINI_PROMPT = "一只可爱的橙色小猫坐在彩虹桥上,卡通风格,明亮的色彩,高质量,详细"  # seed 002's
+PROMPT = "赛博朋克风格未来城市夜景"  # a vendor's chat-completions image example
+GEMINI_PROMPT = "一只可爱的橙色小猫坐在彩虹桥上,卡通风格,明亮的色彩,高质量,详细"  # Gemini doc's
 
 # Seed 002's table: aspect ratio -> size at 1K.
 RATIO_SIZES = {
@@ -132,7 +133,8 @@ def _only_image(completion: dict[str, Any]) -> str:
 
 
 def _hosted_link(content: str) -> str:
-    """The markdown link to the hosted copy that `content` carries (seed 002)."""
+    """The markdown link to the hosted copy that `content` carries (as vendors' Gemini image docs
+    answer)."""
     links = re.findall(r"!\[image\]\((http[^)]+)\)", content)
     assert len(links) == 1, content
     return links[0]
@@ -202,12 +204,12 @@ def billed_server(extra_servers):
 
 
 # --------------------------------------------------------------------------------------------
-# seed 000: the minimal request and image_config
+# A vendor's chat-completions image API: the minimal request and image_config
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat/completions"])
 def test_seed000_minimal_request(server, path: str) -> None:
-    body = {  # seed 000's curl body, with our model
+    body = {  # that vendor doc's curl body, with our model
         "model": MODEL,
         "messages": [{"role": "user", "content": PROMPT}],
         "modalities": ["image", "text"],
@@ -237,8 +239,8 @@ def test_seed000_minimal_request(server, path: str) -> None:
     assert image.headers["content-type"] == "image/png"
     assert image.content.startswith(b"\x89PNG\r\n\x1a\n")
     assert image.content == inline  # the same image, hosted and inline
-    # No aspect ratio and no input image: a 1:1 square at 1K (seed 002: "若未提供输入图片,则生成
-    # 1:1 的方图"; the table's 1:1 at 1K is 1024x1024).
+    # No aspect ratio and no input image: a 1:1 square at 1K (vendors' Gemini docs:
+    # "若未提供输入图片,则生成 1:1 的方图"; the table's 1:1 at 1K is 1024x1024).
     assert _open(image.content).size == (1024, 1024)
 
 
@@ -265,11 +267,11 @@ def test_seed000_image_config_url_and_b64(server) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# seed 002: aspect ratios from extra_body.google.image_config
+# Vendors' Gemini image API: aspect ratios from extra_body.google.image_config
 
 
 def test_seed002_literal_extra_body(server) -> None:
-    body = {  # seed 002's curl body, model aside: no modalities, a literal "extra_body" key
+    body = {  # the Gemini doc's curl body, model aside: no modalities, a literal "extra_body" key
         "model": MODEL,
         "messages": [{"role": "user", "content": GEMINI_PROMPT}],
         "extra_body": {"google": {"image_config": {"aspect_ratio": "16:9"}}},

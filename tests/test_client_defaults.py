@@ -82,7 +82,7 @@ def test_catalog_defaults_follow_openai() -> None:
     assert catalog.lookup("gpt-image-1.5").response_format("url") == "b64_json"  # by its name
     assert catalog.lookup("dall-e-3").response_format("b64_json") == "url"
     assert catalog.lookup("dall-e-2").response_format("b64_json") == "url"
-    assert catalog.lookup("imagen-3").response_format("url") == "url"  # seed 001
+    assert catalog.lookup("imagen-3").response_format("url") == "url"  # vendors' Images API docs
 
 
 async def test_generation_default_comes_from_the_model(inprocess) -> None:
@@ -91,7 +91,7 @@ async def test_generation_default_comes_from_the_model(inprocess) -> None:
     gpt = await _generate(srv, model="gpt-image-tiny")
     assert "url" not in gpt["data"][0]
     assert _size(base64.b64decode(gpt["data"][0]["b64_json"])) == (64, 64)
-    # DALL-E-style and the seeds' models: a link (seed 001).
+    # DALL-E-style and other models: a link (as vendors' DALL-E-compatible Images API docs say).
     plain = await _generate(srv)
     assert plain["data"][0]["url"].startswith("http://testserver/v1/media/")
     assert "b64_json" not in plain["data"][0]
