@@ -29,7 +29,7 @@ from test_upstream_disconnect import (
     usage,
 )
 
-from imagegate.references import decode_image
+from imagegate.imaging.decoding import decode_image
 from imagegate.service import working_edge
 
 

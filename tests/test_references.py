@@ -30,7 +30,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from imagegate.errors import InvalidRequest
-from imagegate.references import FetchPolicy, ReferenceLoader, decode_image, is_public_address
+from imagegate.imaging.decoding import decode_image
+from imagegate.net.safe_fetch import is_public_address
+from imagegate.references import FetchPolicy, ReferenceLoader
 
 PUBLIC_IP = "93.184.216.34"  # never contacted: the routing transport sends it to 127.0.0.1
 
@@ -630,7 +632,7 @@ def test_large_images_are_reduced_to_the_working_size_as_they_are_decoded() -> N
     """JPEG (decoded at a reduced scale), palette PNG (shrunk before its RGB conversion), a mask
     of the same size (same result size, so the two still match) and EXIF orientation (applied
     to the reduced image)."""
-    from imagegate.references import PixelBudget
+    from imagegate.imaging.decoding import PixelBudget
 
     budget = PixelBudget(None)
     photo = encode(Image.new("RGB", (3000, 2000), (200, 100, 50)), "JPEG")
@@ -659,7 +661,7 @@ def test_large_images_are_reduced_to_the_working_size_as_they_are_decoded() -> N
 
 def test_pixel_budget_refuses_past_its_cap_and_counts_what_is_decoded() -> None:
     from imagegate.engine.worker import ServerBusy
-    from imagegate.references import PixelBudget
+    from imagegate.imaging.decoding import PixelBudget
 
     budget = PixelBudget(64 * 48 * 2)
     budget.take(64 * 48 + 1)  # another decode is running

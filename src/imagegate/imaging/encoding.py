@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from .generation import OutputFormat
+from ..generation import OutputFormat
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
