@@ -54,7 +54,7 @@ from imagegate.accounts.tables import (
     UsageReject,
 )
 from imagegate.accounts.usage import ROW_DEFAULTS, UsageWriter
-from imagegate.storage import LocalImageStore
+from imagegate.storage import ANSWER_TYPES, LocalStore
 
 UNIT = 10_000  # micros per fake-image
 ADMIN_KEY = "sk-ig-hardening-state-admin-key-0000000"
@@ -350,7 +350,7 @@ async def test_only_processes_that_are_gone_lose_their_holds(engine: AsyncEngine
                                                              tmp_path: Path) -> None:
     """Reservations and Idempotency-Key claims of a process whose lock is free are released;
     those of a live process (whatever its node id) are not, however old."""
-    store = LocalImageStore(tmp_path / "images", 3600)
+    answers = LocalStore(tmp_path / "answers", 3600, ANSWER_TYPES)
     ledger = Ledger(engine, node_id="n", lease_seconds=900)
     account = await _new_account(engine, ledger, 10 * UNIT)
 
@@ -358,7 +358,7 @@ async def test_only_processes_that_are_gone_lose_their_holds(engine: AsyncEngine
         me = Incarnations(engine, node_id=node_id, lease_seconds=900)
         await me.begin()
         return (me, Ledger(engine, node_id=node_id, lease_seconds=900, incarnation=me.id),
-                Idempotency(engine, store, holder=me.id))
+                Idempotency(engine, answers, holder=me.id))
 
     crashed, crashed_ledger, crashed_claims = await process("node-1")
     alive, alive_ledger, alive_claims = await process("node-2")

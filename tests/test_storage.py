@@ -1,17 +1,31 @@
-"""URLSigner (signed, expiring links) and LocalImageStore (files on disk, swept on expiry)."""
+"""URLSigner (signed, expiring links); the store interface (storage/base.py), as a contract every
+backend meets (only the local disk today: an object store joins `BACKENDS`); LocalStore's own
+ways (files on disk, swept by age); and GET /v1/media/ serving whatever a store opens, never an
+idempotent answer."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from imagegate.errors import Forbidden, NotFound
-from imagegate.storage import LocalImageStore, StoredImage, URLSigner
+from imagegate.storage import (
+    ANSWER_TYPES,
+    IMAGE_TYPES,
+    BlobStore,
+    ImageStore,
+    LocalStore,
+    OpenedImage,
+    URLSigner,
+)
 from imagegate.storage.signing import MEDIA_PREFIX
 
 SECRET = b"0123456789abcdef-test-secret"
@@ -141,50 +155,59 @@ def test_sixteen_byte_secret_accepted() -> None:
     signer.verify(*split(signer.sign(NAME, now=NOW)[0]), now=NOW)
 
 
-# --- LocalImageStore -------------------------------------------------------------------------
 
-@pytest.fixture
-def store(tmp_path: Path) -> LocalImageStore:
-    return LocalImageStore(tmp_path / "images", ttl_seconds=100)
+# --- the store interface: a contract every backend meets -------------------------------------
 
+StoreFactory = Callable[..., ImageStore]
 
-def test_store_creates_its_root_by_the_first_put(tmp_path: Path) -> None:
-    root = tmp_path / "a" / "b" / "images"
-    store = LocalImageStore(root, ttl_seconds=1)
-    assert store.sweep() == 0  # sweeping a store that has no folder yet is fine
-    stored = store.put(b"x", "png")
-    assert root.is_dir()
-    assert store.get(stored.name).path.read_bytes() == b"x"
+BACKENDS: dict[str, Callable[[Path, int, Mapping[str, str]], ImageStore]] = {
+    "local": lambda tmp, ttl, types: LocalStore(tmp / "store", ttl, types),
+}
+"""How each backend is made for a test: a private, empty store under `tmp`."""
 
 
-@pytest.mark.parametrize("ext, media_type", [
-    ("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp")])
-def test_put_get_round_trip(store: LocalImageStore, ext: str, media_type: str) -> None:
-    stored = store.put(b"image-bytes-" + ext.encode(), ext)
-    assert isinstance(stored, StoredImage)
-    assert stored.name.endswith("." + ext)
-    assert stored.path.read_bytes() == b"image-bytes-" + ext.encode()
-    assert stored.path.is_relative_to(store.root)
-    got = store.get(stored.name)
-    assert got.path == stored.path
-    assert got.media_type == media_type
-    assert not list(store.root.rglob("*.part"))  # no partial file left behind
+@pytest.fixture(params=sorted(BACKENDS))
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    def make(ttl_seconds: int = 100, types: Mapping[str, str] = IMAGE_TYPES) -> ImageStore:
+        return BACKENDS[request.param](tmp_path, ttl_seconds, types)
+    return make
 
 
-def test_put_mints_distinct_unguessable_names(store: LocalImageStore) -> None:
-    names = {store.put(b"x", "png").name for _ in range(50)}
+def _bytes_of(opened: OpenedImage) -> bytes:
+    return b"".join(opened.chunks)
+
+
+@pytest.mark.parametrize("ext, media_type", sorted(IMAGE_TYPES.items()))
+def test_contract_put_read_open(make_store: StoreFactory, ext: str, media_type: str) -> None:
+    store = make_store()
+    data = b"image-bytes-" + ext.encode() * 1000
+    name = store.put(data, ext)
+    assert name.endswith("." + ext)
+    assert store.read(name) == data
+    opened = store.open(name)
+    assert (opened.name, opened.media_type, opened.size) == (name, media_type, len(data))
+    assert _bytes_of(opened) == data
+
+
+def test_contract_names_are_distinct_unguessable_and_path_free(make_store: StoreFactory) -> None:
+    store = make_store()
+    names = {store.put(b"x", "png") for _ in range(50)}
     assert len(names) == 50
     for name in names:
         stem = name.rsplit(".", 1)[0]
         assert len(stem) >= 22
         assert "/" not in name and ".." not in name
-        store.get(name)
+        assert store.read(name) == b"x"
 
 
-def test_get_unknown_name(store: LocalImageStore) -> None:
-    with pytest.raises(NotFound) as info:
-        store.get("A" * 24 + ".png")
-    assert (info.value.status, info.value.code) == (404, "not_found")
+def test_contract_unknown_name(make_store: StoreFactory) -> None:
+    store = make_store()
+    unknown = "A" * 24 + ".png"
+    for ask in (store.read, store.open):
+        with pytest.raises(NotFound) as info:
+            ask(unknown)
+        assert (info.value.status, info.value.code) == (404, "not_found")
+    store.delete(unknown)  # nothing there: not an error
 
 
 @pytest.mark.parametrize("bad", [
@@ -198,6 +221,7 @@ def test_get_unknown_name(store: LocalImageStore) -> None:
     "{stem}.png/",
     "{stem}.gif",
     "{stem}.PNG",
+    "{stem}.json",  # not an image: an image store never holds one
     "{stem}.png.part",
     "{stem}.png\x00",
     "{name}\n",  # `$` in a regex also matches before a final newline
@@ -209,105 +233,183 @@ def test_get_unknown_name(store: LocalImageStore) -> None:
     "{long}.png",
     "",
 ])
-def test_get_rejects_malformed_names(store: LocalImageStore, bad: str) -> None:
+def test_contract_malformed_names_are_not_found(make_store: StoreFactory, bad: str) -> None:
+    store = make_store()
     real = store.put(b"secret", "png")
-    stem = real.name.rsplit(".", 1)[0]
-    name = bad.format(stem=stem, name=real.name, short="A" * 21, long="A" * 65)
+    stem = real.rsplit(".", 1)[0]
+    name = bad.format(stem=stem, name=real, short="A" * 21, long="A" * 65)
+    for ask in (store.read, store.open, store.delete):
+        with pytest.raises(NotFound):
+            ask(name)
+    assert store.read(real) == b"secret"  # and nothing happened to the real one
+
+
+def test_contract_an_image_store_keeps_images_only(make_store: StoreFactory) -> None:
+    with pytest.raises(ValueError):
+        make_store().put(b"{}", "json")
+
+
+def test_contract_the_answer_store_keeps_json_only(make_store: StoreFactory) -> None:
+    answers: BlobStore = make_store(types=ANSWER_TYPES)
+    name = answers.put(b'{"data": []}', "json")
+    assert name.endswith(".json") and answers.read(name) == b'{"data": []}'
+    with pytest.raises(ValueError):
+        answers.put(b"x", "png")
     with pytest.raises(NotFound):
-        store.get(name)
+        answers.read(name.replace(".json", ".png"))
 
 
-def test_get_checks_the_name_before_the_disk(store: LocalImageStore, tmp_path: Path) -> None:
+def test_contract_delete(make_store: StoreFactory) -> None:
+    store = make_store()
+    gone, kept = store.put(b"a", "png"), store.put(b"b", "png")
+    store.delete(gone)
+    store.delete(gone)  # twice is fine
+    with pytest.raises(NotFound):
+        store.open(gone)
+    assert store.read(kept) == b"b"
+
+
+def test_contract_sweep_keeps_what_is_young_and_removes_what_expired(
+        make_store: StoreFactory) -> None:
+    store = make_store(ttl_seconds=100)
+    assert store.sweep() == 0  # an empty (maybe not yet created) store
+    names = [store.put(b"x", ext) for ext in ("png", "jpeg", "webp")]
+    assert store.sweep() == 0
+    assert store.sweep(now=time.time() + 90) == 0  # within the TTL: links still verify
+    assert store.sweep(now=time.time() + 105) == 3
+    for name in names:
+        with pytest.raises(NotFound):
+            store.read(name)
+    assert store.sweep(now=time.time() + 105) == 0  # nothing left to remove
+
+
+def test_contract_open_reads_nothing_until_asked(make_store: StoreFactory) -> None:
+    """The media route opens before it checks the signature: a forged link costs no read."""
+    store = make_store()
+    name = store.put(b"x" * 10, "png")
+    opened = store.open(name)
+    store.delete(name)  # had open() read (or, on disk, opened) the object, this would not matter
+    with pytest.raises((FileNotFoundError, NotFound)):
+        _bytes_of(opened)
+
+
+# --- LocalStore: files on disk ---------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "images", ttl_seconds=100)
+
+
+def test_store_creates_its_root_by_the_first_put(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "b" / "images"
+    store = LocalStore(root, ttl_seconds=1)
+    assert store.sweep() == 0  # sweeping a store that has no folder yet is fine
+    name = store.put(b"x", "png")
+    assert root.is_dir()
+    assert store.path(name).read_bytes() == b"x"
+
+
+def test_files_are_sharded_under_the_root_and_whole(store: LocalStore) -> None:
+    name = store.put(b"image-bytes", "webp")
+    path = store.path(name)
+    assert path == store.root / name[:2] / name
+    assert path.read_bytes() == b"image-bytes"
+    assert not list(store.root.rglob("*.part"))  # no partial file left behind
+    opened = store.open(name)
+    assert opened.path == path  # the fast path the media route sends with sendfile
+
+
+def test_path_checks_the_name_before_the_disk(store: LocalStore, tmp_path: Path) -> None:
     """A file that exists but whose name breaks the pattern is still not served."""
     (store.root / "ab").mkdir(parents=True)
     (store.root / "ab" / "ab.png").write_bytes(b"x")
     with pytest.raises(NotFound):
-        store.get("ab.png")
+        store.open("ab.png")
     outside = tmp_path / "outside.png"
     outside.write_bytes(b"x")
     with pytest.raises(NotFound):
-        store.get("../../outside.png")
+        store.open("../../outside.png")
 
 
-def test_id_length_bounds(store: LocalImageStore) -> None:
+def test_id_length_bounds(store: LocalStore) -> None:
     for length in (22, 64):
         name = "A" * length + ".png"
         path = store.root / name[:2] / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-        assert store.get(name).path == path
+        assert store.path(name) == path
 
 
 def _age(path: Path, seconds: float, now: float) -> None:
     os.utime(path, (now - seconds, now - seconds))
 
 
-def test_sweep_removes_only_expired(store: LocalImageStore) -> None:
+def test_sweep_goes_by_file_age(store: LocalStore) -> None:
     """TTL is 100 s; ages keep a few seconds off the boundary so a second of grace is allowed."""
     now = time.time()
     old = [store.put(b"old", "png") for _ in range(3)]
     fresh = [store.put(b"new", "webp") for _ in range(2)]
-    for image in old:
-        _age(image.path, 105, now)
-    for image in fresh:
-        _age(image.path, 95, now)
+    for name in old:
+        _age(store.path(name), 105, now)
+    for name in fresh:
+        _age(store.path(name), 95, now)
     assert store.sweep(now=now) == 3
-    for image in old:
-        assert not image.path.exists()
-        with pytest.raises(NotFound):
-            store.get(image.name)
-    for image in fresh:
-        assert store.get(image.name).path.read_bytes() == b"new"
-    assert store.sweep(now=now) == 0  # nothing left to remove
+    for name in old:
+        assert not (store.root / name[:2] / name).exists()
+    for name in fresh:
+        assert store.read(name) == b"new"
 
 
-def test_sweep_uses_wall_clock_by_default(store: LocalImageStore) -> None:
-    image = store.put(b"x", "png")
+def test_sweep_uses_wall_clock_by_default(store: LocalStore) -> None:
+    name = store.put(b"x", "png")
+    path = store.path(name)
     assert store.sweep() == 0
-    _age(image.path, 1000, time.time())
+    _age(path, 1000, time.time())
     assert store.sweep() == 1
-    assert not image.path.exists()
+    assert not path.exists()
 
 
-def test_sweep_later_now_expires_everything(store: LocalImageStore) -> None:
-    images = [store.put(b"x", "jpeg") for _ in range(4)]
-    assert store.sweep(now=time.time() + 105) == 4
-    assert not any(i.path.exists() for i in images)
-
-
-def test_sweep_removes_stale_partial_writes(store: LocalImageStore) -> None:
+def test_sweep_removes_stale_partial_writes(store: LocalStore) -> None:
     now = time.time()
     keep = store.put(b"x", "png")
-    shard = keep.path.parent
-    stale = shard / (keep.name[:2] + "Z" * 22 + ".png.part")
+    shard = store.path(keep).parent
+    stale = shard / (keep[:2] + "Z" * 22 + ".png.part")
     stale.write_bytes(b"half")
     _age(stale, 500, now)
-    recent = shard / (keep.name[:2] + "Y" * 22 + ".png.part")
+    recent = shard / (keep[:2] + "Y" * 22 + ".png.part")
     recent.write_bytes(b"half")  # a write in progress right now
     assert store.sweep(now=now) == 1
     assert not stale.exists()
     assert recent.exists()
-    assert keep.path.exists()
+    assert store.read(keep) == b"x"
 
 
-def test_sweep_ignores_stray_files_in_root(store: LocalImageStore) -> None:
+def test_sweep_removes_old_files_whatever_their_extension(store: LocalStore) -> None:
+    """Replayable answers were once kept among the images: an upgraded store still sweeps
+    them."""
+    now = time.time()
+    legacy = store.root / "Ab" / ("Ab" + "c" * 22 + ".json")
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"{}")
+    _age(legacy, 500, now)
+    assert store.sweep(now=now) == 1
+    assert not legacy.exists()
+
+
+def test_sweep_ignores_stray_files_in_root(store: LocalStore) -> None:
     now = time.time()
     store.root.mkdir(parents=True)
     stray = store.root / "README"
     stray.write_text("not an image")
     _age(stray, 10_000, now)
-    image = store.put(b"x", "png")
-    _age(image.path, 10_000, now)
+    name = store.put(b"x", "png")
+    _age(store.path(name), 10_000, now)
     assert store.sweep(now=now) == 1
     assert stray.exists()
 
 
-def test_sweep_empty_store(store: LocalImageStore) -> None:
-    assert store.sweep() == 0
-
-
-def test_stored_files_are_not_executable(store: LocalImageStore) -> None:
-    mode = store.put(b"x", "png").path.stat().st_mode
+def test_stored_files_are_not_executable(store: LocalStore) -> None:
+    mode = store.path(store.put(b"x", "png")).stat().st_mode
     assert not mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
@@ -327,14 +429,126 @@ def test_link_lives_at_least_the_ttl(fraction: float) -> None:
 def test_sweeper_never_removes_an_image_whose_link_verifies(tmp_path: Path,
                                                             fraction: float) -> None:
     ttl = 30
-    store = LocalImageStore(tmp_path / "images", ttl_seconds=ttl)
+    store = LocalStore(tmp_path / "images", ttl_seconds=ttl)
     signer = URLSigner(SECRET, ttl_seconds=ttl)
     t = NOW + fraction
-    stored = store.put(b"x", "png")
-    os.utime(stored.path, (t, t))  # written at t, signed at t
-    link, expires = signer.sign(stored.name, now=t)
+    name = store.put(b"x", "png")
+    os.utime(store.path(name), (t, t))  # written at t, signed at t
+    link, expires = signer.sign(name, now=t)
     last_valid = expires - 0.0005
     signer.verify(*split(link), now=last_valid)
     assert store.sweep(now=last_valid) == 0
-    assert store.get(stored.name).path.exists()
+    assert store.path(name).exists()
     assert store.sweep(now=expires + 5) == 1  # and it does go once the link is dead
+
+
+# --- GET /v1/media/ ----------------------------------------------------------------------------
+
+FAKE_CONFIG = """
+[providers]
+fake = "fake_providers:FakeProvider"
+
+[models.fake-image]
+backend = "fake"
+[models.fake-image.capabilities]
+max_n = 4
+"""
+
+
+class WithoutFastPath:
+    """A store as an object store would be: it opens images, but has no file to hand over."""
+
+    def __init__(self, inner: ImageStore) -> None:
+        self.inner = inner
+        self.ttl_seconds = inner.ttl_seconds
+        self.opened: list[str] = []
+
+    def put(self, data: bytes, ext: str) -> str:
+        return self.inner.put(data, ext)
+
+    def read(self, name: str) -> bytes:
+        return self.inner.read(name)
+
+    def delete(self, name: str) -> None:
+        self.inner.delete(name)
+
+    def sweep(self, now: float | None = None) -> int:
+        return self.inner.sweep(now)
+
+    def open(self, name: str) -> OpenedImage:
+        opened = self.inner.open(name)
+        self.opened.append(name)
+        return dataclasses.replace(opened, chunks=_in_pieces(opened.chunks), path=None)
+
+
+def _in_pieces(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield from (chunk[i:i + 7] for i in range(0, len(chunk), 7))
+
+
+async def _url_image(srv: Any) -> tuple[str, str]:
+    """A generated image's link (path and query) and its name."""
+    response = await srv.client.post("/v1/images/generations", headers=srv.auth(), json={
+        "model": "fake-image", "prompt": "a link", "response_format": "url"})
+    assert response.status_code == 200, response.text
+    parts = urlsplit(response.json()["data"][0]["url"])
+    return f"{parts.path}?{parts.query}", parts.path.rsplit("/", 1)[1]
+
+
+async def test_media_serves_an_image_from_a_store_without_files(inprocess: Any) -> None:
+    srv = await inprocess(FAKE_CONFIG)
+    service = srv.app.state.service
+    local = service.store
+    service.store = WithoutFastPath(local)
+    link, name = await _url_image(srv)
+    expected = local.read(name)
+
+    got = await srv.client.get(link)
+    assert got.status_code == 200, got.text
+    assert got.content == expected
+    assert got.headers["content-type"] == "image/png"
+    assert got.headers["content-length"] == str(len(expected))
+    assert got.headers["cache-control"].startswith("private, max-age=")
+    head = await srv.client.head(link)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(expected))
+    assert service.store.opened == [name, name]
+
+    # The order of the answers is the store's business no more than before: 404, then 403.
+    assert (await srv.client.get(link.replace(name, "A" * 24 + ".png"))).status_code == 404
+    assert (await srv.client.get(link.split("?")[0])).status_code == 403
+
+
+async def test_media_serves_a_local_file_with_ranges(inprocess: Any) -> None:
+    srv = await inprocess(FAKE_CONFIG)
+    link, name = await _url_image(srv)
+    expected = srv.app.state.service.store.read(name)
+    got = await srv.client.get(link, headers={"range": "bytes=0-3"})
+    assert got.status_code == 206 and got.content == expected[:4]
+
+
+async def test_an_idempotent_answer_is_never_served_as_media(inprocess: Any) -> None:
+    """b64 answers kept for an Idempotency-Key live apart from the images: the image store
+    holds images only, and no link, not even one correctly signed, reaches an answer."""
+    srv = await inprocess(FAKE_CONFIG)
+    service = srv.app.state.service
+    headers = {**srv.auth(), "Idempotency-Key": "kept-apart"}
+    body = {"model": "fake-image", "prompt": "kept apart", "response_format": "b64_json"}
+    first = await srv.client.post("/v1/images/generations", headers=headers, json=body)
+    assert first.status_code == 200, first.text
+    await _url_image(srv)  # and one image in the image store beside it
+
+    answers = [p for p in (srv.data_dir / "answers").rglob("*") if p.is_file()]
+    assert [p.suffix for p in answers] == [".json"]
+    images = [p for p in (srv.data_dir / "images").rglob("*") if p.is_file()]
+    assert len(images) == 1 and images[0].suffix == ".png"
+
+    answer = answers[0].name
+    link, _ = service.signer.sign(answer)
+    for path in (link, f"/v1/media/{answer}"):
+        got = await srv.client.get(path)
+        assert got.status_code == 404, got.text
+        assert got.json()["error"]["code"] == "not_found"
+
+    replay = await srv.client.post("/v1/images/generations", headers=headers, json=body)
+    assert replay.status_code == 200 and replay.json() == first.json()

@@ -34,7 +34,7 @@ from .providers.relay import UpstreamRouter
 from .references import FetchPolicy, ReferenceLoader
 from .service import ImageService
 from .settings import Settings
-from .storage import LocalImageStore, URLSigner
+from .storage import ANSWER_TYPES, ImageStore, LocalStore, URLSigner
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,10 @@ def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageSer
     for name, target in settings.providers.items():
         providers[name] = load_provider_class(target)(settings)
     catalog = Catalog.from_config(settings.models, BUILTIN_BACKENDS | set(providers))
-    store = LocalImageStore(settings.images_dir, settings.url_ttl_seconds)
+    store = LocalStore(settings.images_dir, settings.url_ttl_seconds)
     signer = URLSigner(settings.signing_secret(), settings.url_ttl_seconds)
-    accounts = AccountSystem(settings, store) if with_accounts else None
+    answers = LocalStore(settings.data_dir / "answers", settings.url_ttl_seconds, ANSWER_TYPES)
+    accounts = AccountSystem(settings, answers) if with_accounts else None
     references = ReferenceLoader(FetchPolicy(
         max_bytes=settings.fetch_max_bytes, timeout_seconds=settings.fetch_timeout_seconds,
         max_pixels=settings.fetch_max_pixels, max_redirects=settings.fetch_max_redirects,
@@ -127,7 +128,7 @@ def _announce_admin_key(key: str) -> None:
     )
 
 
-async def _sweep_forever(store: LocalImageStore, interval: float) -> None:
+async def _sweep_forever(store: ImageStore, interval: float) -> None:
     """Delete expired images in the background for as long as the server runs."""
     while True:
         try:

@@ -48,7 +48,7 @@ from .pricing import unit_price_micros
 from .providers.base import Provider, admission, run_with_ticket
 from .references import ReferenceLoader
 from .rules import check_inputs, resolve
-from .storage import LocalImageStore, URLSigner
+from .storage import ImageStore, URLSigner
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ and, like any cancelled job, charged only for what was delivered: nothing)."""
 
 class ImageService:
     def __init__(self, catalog: Catalog, providers: dict[str, Provider],
-                 store: LocalImageStore, signer: URLSigner, references: ReferenceLoader,
+                 store: ImageStore, signer: URLSigner, references: ReferenceLoader,
                  accounts: AccountSystem | None = None,
                  moderator: Moderator | None = None) -> None:
         self.catalog = catalog
@@ -248,8 +248,8 @@ class ImageService:
                 data = encode(item.image, req.output_format, req.output_compression, background)
             image = DeliveredImage(data=data, output_format=req.output_format, seed=item.seed)
             if req.response_format == "url":
-                stored = self.store.put(data, req.output_format)
-                image.url, image.expires_at = self.signer.sign(stored.name)
+                name = self.store.put(data, req.output_format)
+                image.url, image.expires_at = self.signer.sign(name)
             delivered.append(image)
         return delivered
 

@@ -11,8 +11,10 @@ failed first attempt removes its row, so a retry runs again (nothing was charged
 the server process running it (`holder`): when that process is gone (incarnation.py), any
 server's start-up or sweep removes the claim, so a retry runs again at once.
 
-Answers carrying base64 images are kept as a file in the image store, referenced from the row,
-so no image bytes go into the database; they are replayable for as long as image links live.
+Answers carrying base64 images are kept in a store of their own (storage/base.py's `BlobStore`:
+`DATA_DIR/answers/` on the local disk), referenced from the row, so no image bytes go into the
+database and the image store holds images only; they are replayable for as long as image links
+live, and swept with their rows.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import APIError
-from ..storage import LocalImageStore
+from ..storage import BlobStore
 from .ledger import utcnow
 from .tables import IdempotencyRecord
 
@@ -61,10 +63,11 @@ class Scope:
 
 
 class Idempotency:
-    def __init__(self, engine: AsyncEngine, store: LocalImageStore,
+    def __init__(self, engine: AsyncEngine, answers: BlobStore,
                  wait_seconds: float = 900.0, holder: str | None = None) -> None:
         self.engine = engine
-        self.store = store
+        self.answers = answers
+        """Where answers with base64 images are kept (a store of `.json` objects)."""
         self.wait_seconds = wait_seconds
         self.holder = holder
         """This server process (incarnation.py), written on its claims."""
@@ -132,8 +135,7 @@ class Idempotency:
     def _pack(self, answer: dict[str, Any]) -> dict[str, Any]:
         if not _has_base64(answer):
             return answer
-        stored = self.store.put(json.dumps(answer).encode(), "json")
-        return {FILE_REF: stored.name}
+        return {FILE_REF: self.answers.put(json.dumps(answer).encode(), "json")}
 
     def _unpack(self, packed: dict[str, Any] | None) -> dict[str, Any]:
         if packed is None:
@@ -141,11 +143,12 @@ class Idempotency:
         if FILE_REF not in packed:
             return packed
         try:
-            return json.loads(self.store.get(packed[FILE_REF]).path.read_bytes())
+            answer: dict[str, Any] = json.loads(self.answers.read(packed[FILE_REF]))
         except APIError:
             raise IdempotencyConflict(
                 "The first response for this Idempotency-Key has expired.",
                 param="Idempotency-Key", code="idempotency_key_expired") from None
+        return answer
 
 
 async def forget_old(engine: AsyncEngine, *, done_seconds: float, running_seconds: float) -> int:

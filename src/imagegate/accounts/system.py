@@ -8,7 +8,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..settings import Settings
-from ..storage import LocalImageStore
+from ..storage import BlobStore
 from .admin import ADMIN_ACCOUNT, LOCAL_ACCOUNT, Admin
 from .database import create_engine, migrate
 from .idempotency import Idempotency, forget_old, release_claims
@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class AccountSystem:
-    def __init__(self, settings: Settings, store: LocalImageStore,
+    def __init__(self, settings: Settings, answers: BlobStore,
                  engine: AsyncEngine | None = None) -> None:
+        """`answers`: where idempotent answers with base64 images are kept."""
         self.settings = settings
         self.engine = engine or create_engine(settings.resolved_database_url)
         self.incarnation = Incarnations(self.engine, node_id=settings.resolved_node_id,
@@ -35,7 +36,7 @@ class AccountSystem:
         self.authenticator = Authenticator(self.engine, settings.auth_cache_seconds)
         self.limits = KeyLimits()
         self.usage = UsageWriter(self.engine)
-        self.idempotency = Idempotency(self.engine, store,
+        self.idempotency = Idempotency(self.engine, answers,
                                        wait_seconds=settings.reservation_lease_seconds,
                                        holder=self.incarnation.id)
         self.auth_enabled = settings.auth == "on"
@@ -82,7 +83,7 @@ class AccountSystem:
     async def sweep_forever(self) -> None:
         """Beat this process's heartbeat, release what processes that are gone held (and
         reservations from before incarnations past their lease), and forget idempotent answers
-        whose image links have expired."""
+        whose image links have expired (their rows, then their stored bodies)."""
         while True:
             await asyncio.sleep(self.settings.ledger_sweep_seconds)
             try:
@@ -90,6 +91,7 @@ class AccountSystem:
                 await self.release_what_the_dead_held()
                 await forget_old(self.engine, done_seconds=self.settings.url_ttl_seconds,
                                  running_seconds=self.settings.reservation_lease_seconds)
+                await asyncio.to_thread(self.idempotency.answers.sweep)
             except Exception:
                 log.exception("accounts sweep failed")
 

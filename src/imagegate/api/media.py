@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from ..errors import NotFound
 from ..service import ImageService
 from . import deps
 
@@ -16,12 +16,16 @@ router = APIRouter(tags=["media"])
 
 @router.api_route("/v1/media/{name}", methods=["GET", "HEAD"], include_in_schema=False)
 async def get_media(name: str, request: Request,
-                    service: ImageService = Depends(deps.service)) -> FileResponse:
-    stored = service.store.get(name)  # 404 for malformed or unknown names, before anything else
-    if not stored.is_image:  # the store also keeps replayable responses; those are not served
-        raise NotFound("No such image.")
+                    service: ImageService = Depends(deps.service)) -> Response:
+    # 404 for malformed or unknown names, before anything else; nothing is read yet
+    image = await asyncio.to_thread(service.store.open, name)
     expires = request.query_params.get("expires")
     service.signer.verify(name, expires, request.query_params.get("sig"))  # 403
     max_age = max(0, int(expires or 0) - int(time.time()))
-    return FileResponse(stored.path, media_type=stored.media_type,
-                        headers={"cache-control": f"private, max-age={max_age}"})
+    headers = {"cache-control": f"private, max-age={max_age}"}
+    if image.path is not None:  # on this host's disk: let Starlette send the file
+        return FileResponse(image.path, media_type=image.media_type, headers=headers)
+    headers["content-length"] = str(image.size)
+    if request.method == "HEAD":
+        return Response(media_type=image.media_type, headers=headers)
+    return StreamingResponse(image.chunks, media_type=image.media_type, headers=headers)

@@ -297,7 +297,7 @@ async def _read(service: ImageService, found: list[KeptImage]) -> list[bytes]:
     """The kept images' bytes; [] if any of them has been swept already."""
     def read() -> list[bytes]:
         try:
-            return [service.store.get(image.name).path.read_bytes() for image in found]
+            return [service.store.read(image.name) for image in found]
         except (NotFound, FileNotFoundError):
             return []
     return await asyncio.to_thread(read)
@@ -349,7 +349,7 @@ class _Turn:
         already, and failing the answer now would lose them."""
         try:
             names = await asyncio.to_thread(lambda: [
-                self.service.store.put(image.data, image.output_format).name
+                self.service.store.put(image.data, image.output_format)
                 for image in result.images])
             await self.kept.record(self.caller.account_id, self.response_id, [  # type: ignore
                 KeptImage(self.item_id(i), i, name) for i, name in enumerate(names)])

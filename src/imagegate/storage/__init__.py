@@ -1,6 +1,11 @@
-"""Where generated images live, and the signed links that serve them."""
+"""Where generated images (and replayable answers) live, and the signed links that serve images.
 
-from .local import LocalImageStore, StoredImage
+base.py is the interface the rest of the server uses; local.py the store on the local disk.
+"""
+
+from .base import ANSWER_TYPES, IMAGE_TYPES, BlobStore, ImageStore, OpenedImage
+from .local import LocalStore
 from .signing import URLSigner
 
-__all__ = ["LocalImageStore", "StoredImage", "URLSigner"]
+__all__ = ["ANSWER_TYPES", "IMAGE_TYPES", "BlobStore", "ImageStore", "LocalStore",
+           "OpenedImage", "URLSigner"]

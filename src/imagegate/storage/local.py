@@ -1,73 +1,80 @@
-"""Generated images on the local disk, swept when they expire."""
+"""A store in a folder on the local disk, swept when its objects expire."""
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ..errors import NotFound
+from .base import IMAGE_TYPES, OpenedImage, check_name, mint_name
 
-# Names are minted here and only ever matched against this pattern before touching the disk,
-# so a request path can never reach outside the store (no '/', no '..', no other extension).
-_NAME_RE = re.compile(r"^(?P<id>[A-Za-z0-9_-]{22,64})\.(?P<ext>png|jpeg|webp|json)$")
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp",
-               "json": "application/json"}
+CHUNK_BYTES = 256 * 1024
 
 
-@dataclass(frozen=True)
-class StoredImage:
-    name: str
-    path: Path
+class LocalStore:
+    """One flat folder, sharded by the first two characters of the random name.
 
-    @property
-    def media_type(self) -> str:
-        return MEDIA_TYPES[self.name.rsplit(".", 1)[1]]
-
-    @property
-    def is_image(self) -> bool:
-        return self.media_type.startswith("image/")
-
-
-class LocalImageStore:
-    """One flat folder, sharded by the first two characters of the random id.
-
-    Blocking file I/O; callers on the event loop run these methods in a thread.
+    Implements `ImageStore` (and so `BlobStore`); `types` says which extensions it keeps.
+    Blocking file I/O: callers on the event loop run these methods in a thread.
     """
 
-    def __init__(self, root: Path, ttl_seconds: int) -> None:
+    def __init__(self, root: Path, ttl_seconds: int,
+                 types: Mapping[str, str] = IMAGE_TYPES) -> None:
         self.root = root
         self.ttl_seconds = ttl_seconds
+        self.types = types
 
     def _path(self, name: str) -> Path:
         return self.root / name[:2] / name
 
-    def put(self, data: bytes, ext: str) -> StoredImage:
-        name = f"{secrets.token_urlsafe(18)}.{ext}"
+    def put(self, data: bytes, ext: str) -> str:
+        if ext not in self.types:
+            raise ValueError(f"this store does not keep .{ext} files")
+        name = mint_name(ext)
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".part")
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)  # readers never see a half-written file
-        return StoredImage(name, path)
+        return name
 
-    def get(self, name: str) -> StoredImage:
-        if not _NAME_RE.fullmatch(name):
-            raise NotFound("No such image.")
+    def path(self, name: str) -> Path:
+        """The file holding `name`; `NotFound` if the name is malformed (before the disk is
+        touched) or nothing is there."""
+        check_name(name, self.types)
         path = self._path(name)
         if not path.is_file():
             raise NotFound("No such image.")
-        return StoredImage(name, path)
+        return path
+
+    def open(self, name: str) -> OpenedImage:
+        media_type = check_name(name, self.types)
+        path = self.path(name)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # swept between the check and the stat
+            raise NotFound("No such image.") from None
+        return OpenedImage(name, media_type, size, _chunks(path), path=path)
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self.path(name).read_bytes()
+        except FileNotFoundError:  # swept between the check and the read
+            raise NotFound("No such image.") from None
+
+    def delete(self, name: str) -> None:
+        check_name(name, self.types)
+        self._path(name).unlink(missing_ok=True)
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete images older than the link lifetime (and stale partial writes).
+        """Delete files older than the link lifetime (and stale partial writes).
 
         One second of grace: links expire at the signing time rounded up, so a file is never
-        removed while a link to it still verifies.
+        removed while a link to it still verifies. Every file in a shard folder goes by age,
+        whatever its extension.
         """
         cutoff = (now if now is not None else time.time()) - self.ttl_seconds - 1
         removed = 0
@@ -84,3 +91,10 @@ class LocalImageStore:
                 except FileNotFoundError:
                     pass
         return removed
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The file's bytes; a generator, so the file is opened on the first chunk only."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            yield chunk
