@@ -1,11 +1,11 @@
-"""The `upstream` backend's routing (providers/relay.py): weighted choice within the best healthy
-priority tier, fallback on failures the upstream did not take, never a second attempt after a
-timeout, bounded attempts and a total deadline, cool-downs and recovery, per-deployment
-concurrency.
+"""The `upstream` backend's routing (providers/upstream/router.py): weighted choice within the
+best healthy priority tier, fallback on failures the upstream did not take, never a second
+attempt after a timeout, bounded attempts and a total deadline, cool-downs and recovery,
+per-deployment concurrency.
 
 Unit tests drive `UpstreamRouter` with scripted fake adapters (no HTTP). The end-to-end tests run a
 real `imagegate serve` in front of fake OpenAI-compatible Images APIs (tests/upstream_server.py);
-they need providers/openai_images.py and are skipped until it exists.
+they need providers/upstream/openai_images.py and are skipped until it exists.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from upstream_server import serve_app, wait_until
 from imagegate.catalog import Deployment, ModelSpec
 from imagegate.errors import APIError
 from imagegate.generation import GeneratedImage, ProviderResult, ResolvedRequest
-from imagegate.providers import relay
-from imagegate.providers.relay import RoutePolicy, UpstreamRouter
-from imagegate.providers.upstream_http import UpstreamCall
+from imagegate.providers.upstream import router as relay
+from imagegate.providers.upstream.call import UpstreamCall
+from imagegate.providers.upstream.router import RoutePolicy, UpstreamRouter
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -502,9 +502,10 @@ async def test_waiting_for_a_busy_deployment_does_not_cool_it_down(routed) -> No
 # --------------------------------------------------------------------------------------------
 # end to end: a real server in front of fake OpenAI-compatible Images APIs
 
-HAS_OPENAI_IMAGES = importlib.util.find_spec("imagegate.providers.openai_images") is not None
+HAS_OPENAI_IMAGES = importlib.util.find_spec(
+    "imagegate.providers.upstream.openai_images") is not None
 needs_adapter = pytest.mark.skipif(not HAS_OPENAI_IMAGES,
-                                   reason="providers/openai_images.py does not exist yet")
+                                   reason="providers/upstream/openai_images.py does not exist yet")
 UPSTREAM_KEY_ENV = "IMAGEGATE_ROUTING_TEST_UPSTREAM_KEY"
 UPSTREAM_KEY = "sk-upstream-routing-test-0000"
 

@@ -621,23 +621,17 @@ def test_keys_never_written(gateway: Gateway) -> None:
 def test_size_to_gemini_and_imagen_ratios() -> None:
     from types import SimpleNamespace
 
-    from imagegate.aspect_ratios import AT_1K
-    from imagegate.providers.gemini import (
-        IMAGEN_RATIOS,
-        gemini_body,
-        image_size_label,
-        imagen_body,
-        nearest_ratio,
-    )
+    from imagegate.aspect_ratios import AT_1K, nearest_ratio, size_label
+    from imagegate.providers.upstream.gemini import IMAGEN_RATIOS, gemini_body, imagen_body
 
     for ratio, size in AT_1K.items():
         assert nearest_ratio(size.width, size.height) == ratio
-        assert image_size_label(size.width, size.height, ratio) == "1K"
+        assert size_label(size.width, size.height, ratio) == "1K"
     # OpenAI's sizes (gateways.md section 4.3's suggested mapping)
     assert nearest_ratio(1792, 1024) == "16:9" and nearest_ratio(1024, 1792) == "9:16"
     assert nearest_ratio(1536, 1024) == "3:2" and nearest_ratio(1024, 1536) == "2:3"
-    assert image_size_label(2688, 1536, "16:9") == "2K"
-    assert image_size_label(5376, 3072, "16:9") == "4K"
+    assert size_label(2688, 1536, "16:9") == "2K"
+    assert size_label(5376, 3072, "16:9") == "4K"
     for (width, height), ratio in {(896, 1280): "3:4", (1280, 896): "4:3", (768, 1408): "9:16",
                                    (1408, 768): "16:9", (1024, 1024): "1:1"}.items():
         assert nearest_ratio(width, height, IMAGEN_RATIOS) == ratio
@@ -654,21 +648,92 @@ def test_size_to_gemini_and_imagen_ratios() -> None:
         {"sampleCount": 3, "aspectRatio": "1:1", "sampleImageSize": "2K"}
 
 
-def test_bfl_edges_and_polling_hosts() -> None:
+def test_size_tiers_round_trip_and_go_by_pixel_count() -> None:
+    """What a chat client's `image_config` asks for maps back to the same ratio and tier; the
+    tier follows the pixel count (the 1K table is about one megapixel at every ratio), so a
+    wide size is not pushed up a tier by its long edge alone."""
+    from imagegate.aspect_ratios import AT_1K, nearest_ratio, size_for, size_label
+
+    for ratio in AT_1K:
+        for label in ("1K", "2K", "4K"):
+            size = size_for(ratio, label, ratio_param="r", size_param="s")
+            assert size is not None
+            assert nearest_ratio(size.width, size.height) == ratio
+            assert size_label(size.width, size.height, ratio) == label
+    # 2048x1024 is nearest 16:9 (1344x768): its long edge is 1.52x the 1K edge, its pixel
+    # count 1.43x (square root of the areas' ratio): 1K.
+    assert size_label(2048, 1024, "16:9") == "1K"
+    assert size_label(1536, 1536, "1:1") == "1K"  # exactly 1.5x: the default tier
+    assert size_label(1537, 1537, "1:1") == "2K"
+    assert size_label(3072, 3072, "1:1") == "2K" and size_label(3073, 3073, "1:1") == "4K"
+
+
+@pytest.mark.parametrize("width,height", [
+    (1024, 1024), (1536, 1536), (1600, 1600), (2048, 1024), (1024, 2048), (2688, 1536),
+    (3000, 3000), (3100, 3100), (5376, 3072), (1600, 700), (880, 1100), (4096, 1024)])
+def test_one_size_one_tier_for_chat_and_gemini(width: int, height: int) -> None:
+    """The same requested size asks OpenAI-style chat (`image_config`) and Gemini
+    (`imageConfig`) for the same ratio and the same 1K/2K/4K tier."""
     from types import SimpleNamespace
 
-    from imagegate.providers.bfl import _polling, edge
+    from imagegate.providers.upstream.gemini import gemini_body
+    from imagegate.providers.upstream.openai_chat import _request_body
+
+    request = SimpleNamespace(prompt="p", width=width, height=height, n=1, references=[],
+                              user=None)
+    call: Any = SimpleNamespace(request=request, upstream_model="m")
+    chat = _request_body(call)["image_config"]
+    gemini = gemini_body(call, [])["generationConfig"]["imageConfig"]
+    assert chat["aspect_ratio"] == gemini["aspectRatio"]
+    assert chat.get("image_size", "1K") == gemini.get("imageSize", "1K")
+
+
+def _bfl_call(base: str, polling_hosts: list[str] | None = None) -> Any:
+    from types import SimpleNamespace
+
+    from imagegate.catalog import Deployment
+
+    deployment = Deployment(provider="bfl", base_url=base, polling_hosts=polling_hosts or [])
+    return SimpleNamespace(deployment=deployment, url=lambda path: base + "/" + path)
+
+
+def test_bfl_edges_and_polling_hosts() -> None:
+    from imagegate.providers.upstream.bfl import _polling, edge
 
     assert [edge(v) for v in (1024, 1008, 1040, 752, 100, 5000)] == \
         [1024, 1024, 1056, 768, 256, 1440]
 
     base = "https://api.bfl.ai/v1"
-    call = SimpleNamespace(deployment=SimpleNamespace(base_url=base),
-                           url=lambda path: base + "/" + path)
     fallback = (base + "/get_result", {"id": "t1"})
-    same_site = "https://api.us1.bfl.ai/v1/get_result?id=t1"
-    assert _polling(call, "t1", same_site) == (same_site, None)  # type: ignore[arg-type]
+    own = "https://api.bfl.ai/v1/get_result?id=t1"
+    regional = "https://api.us1.bfl.ai/v1/get_result?id=t1"
+    assert _polling(_bfl_call(base), "t1", own) == (own, None)
+    assert _polling(_bfl_call(base), "t1", "https://API.bfl.ai./v1/x") == \
+        ("https://API.bfl.ai./v1/x", None)
+    # A host of the same site gets the key only when the deployment lists it.
+    assert _polling(_bfl_call(base), "t1", regional) == fallback
+    listed = _bfl_call(base, ["api.us1.bfl.ai"])
+    assert _polling(listed, "t1", regional) == (regional, None)
     for foreign in ("http://api.us1.bfl.ai/v1/get_result?id=t1",  # key over plain http: no
+                    "http://api.bfl.ai/v1/get_result?id=t1",  # nor a downgrade of our own host
+                    "https://api.eu1.bfl.ai/v1/get_result?id=t1",  # not listed
                     "https://evil.example/v1/get_result?id=t1",
                     "https://10.0.0.7/v1/get_result?id=t1", "not a url", None, 42):
-        assert _polling(call, "t1", foreign) == fallback, foreign  # type: ignore[arg-type]
+        assert _polling(listed, "t1", foreign) == fallback, foreign
+
+
+def test_bfl_key_never_goes_to_a_host_that_only_shares_a_suffix() -> None:
+    """Two labels in common say nothing under a public suffix such as co.uk: only the exact
+    hosts the deployment names get the key."""
+    from imagegate.providers.upstream.bfl import _polling
+
+    base = "https://api.example.co.uk/v1"
+    fallback = (base + "/get_result", {"id": "t1"})
+    for url in ("https://evil.co.uk/v1/get_result?id=t1",
+                "https://results.example.co.uk/v1/get_result?id=t1",
+                "https://example.co.uk/v1/get_result?id=t1"):
+        assert _polling(_bfl_call(base), "t1", url) == fallback, url
+    named = _bfl_call(base, ["results.example.co.uk"])
+    ok = "https://results.example.co.uk/v1/get_result?id=t1"
+    assert _polling(named, "t1", ok) == (ok, None)
+    assert _polling(named, "t1", "https://evil.co.uk/v1/get_result?id=t1") == fallback

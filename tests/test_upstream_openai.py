@@ -532,7 +532,8 @@ def test_chat_references_are_sent_as_data_urls(gateway: Gateway, fake: Fake) -> 
 
 def test_chat_answer_parsing() -> None:
     """The text beside the images, and refusals, straight from the adapter's parser."""
-    from imagegate.providers.openai_chat import _image_sources, _refused, aspect_ratio
+    from imagegate.aspect_ratios import nearest_ratio
+    from imagegate.providers.upstream.openai_chat import _image_sources, _refused
 
     data = "data:image/png;base64," + _b64(SMALL_PNG)
     sources, text = _image_sources({"content": f"Here you go.\n\n![image]({data})\nEnjoy"})
@@ -548,9 +549,67 @@ def test_chat_answer_parsing() -> None:
     assert _refused({"finish_reason": "stop"}, {"refusal": "I can't help with that."})
     assert _refused({"finish_reason": "stop", "native_finish_reason": "IMAGE_SAFETY"}, {})
     assert not _refused({"finish_reason": "stop"}, {"content": "no"})
-    assert [aspect_ratio(*s) for s in ((1024, 1024), (1792, 1024), (1024, 1792), (64, 64),
+    assert [nearest_ratio(*s) for s in ((1024, 1024), (1792, 1024), (1024, 1792), (64, 64),
                                        (1600, 700), (880, 1100))] == \
         ["1:1", "16:9", "9:16", "1:1", "21:9", "4:5"]
+
+
+async def test_image_links_share_the_routers_client_and_downloader(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream answers with links: every image of every request is fetched and decoded through
+    the router's one downloader (one guarded fetcher, one HTTP client), none made per image."""
+    from imagegate.catalog import Deployment, ModelSpec
+    from imagegate.generation import ResolvedRequest
+    from imagegate.net import safe_fetch
+    from imagegate.providers.upstream.router import UpstreamRouter
+
+    app = FastAPI()
+    fetched: list[str] = []
+
+    @app.post("/v1/images/generations")
+    async def generations(request: Request) -> Any:
+        n = (await request.json())["n"]
+        return {"created": 1, "data": [{"url": f"{request.base_url}files/{i}.png"}
+                                       for i in range(n)]}
+
+    @app.get("/files/{name}")
+    async def file(name: str) -> Response:
+        fetched.append(name)
+        return Response(_png(8, 8, (10, 20, 30)), media_type="image/png")
+
+    fetchers: list[object] = []
+    original_init = safe_fetch.SafeFetcher.__init__
+
+    def counting_init(self: Any, **kw: Any) -> None:
+        fetchers.append(self)
+        original_init(self, **kw)
+
+    monkeypatch.setattr(safe_fetch.SafeFetcher, "__init__", counting_init)
+    clients: list[object] = []
+    original_client_init = httpx.AsyncClient.__init__
+
+    def counting_client_init(self: Any, *args: Any, **kw: Any) -> None:
+        clients.append(self)
+        original_client_init(self, *args, **kw)
+
+    with serve_app(app) as base:
+        spec = ModelSpec(name="dall-e-2", backend="upstream", deployments=[Deployment(
+            provider="openai_images", base_url=f"{base}/v1", timeout_seconds=30)])
+        router = UpstreamRouter()
+        assert len(fetchers) == 1
+        monkeypatch.setattr(httpx.AsyncClient, "__init__", counting_client_init)
+        try:
+            for prompt in ("a lighthouse", "a harbour"):
+                request = ResolvedRequest(
+                    model="dall-e-2", prompt=prompt, n=3, width=256, height=256, quality=None,
+                    style=None, background="opaque", seeds=[1, 2, 3], num_inference_steps=None,
+                    guidance_scale=None, negative_prompt=None)
+                result = await router.generate(spec, request)
+                assert [image.image.size for image in result.images] == [(8, 8)] * 3
+        finally:
+            await router.aclose()
+    assert sorted(fetched) == ["0.png", "0.png", "1.png", "1.png", "2.png", "2.png"]
+    assert len(fetchers) == 1 and clients == []
 
 
 # --------------------------------------------------------------------------------------------

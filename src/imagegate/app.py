@@ -30,7 +30,7 @@ from .catalog import BUILTIN_BACKENDS, Catalog
 from .moderation import Moderator
 from .providers.base import Provider, load_provider_class
 from .providers.local import LocalProvider
-from .providers.relay import UpstreamRouter
+from .providers.upstream.router import UpstreamRouter
 from .references import FetchPolicy, ReferenceLoader
 from .service import ImageService
 from .settings import Settings

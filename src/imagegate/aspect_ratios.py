@@ -1,11 +1,24 @@
-"""Aspect ratio + image size -> pixels, as Gemini image models define them.
+"""Aspect ratio + image size <-> pixels, as Gemini image models define them; the one home of
+this table and of both directions through it.
 
 The table is the one vendors' gemini-2.5-flash-image docs give (OpenRouter lists the same at 1K).
-`image_size` scales it: 1K is the table, 2K twice each edge, 4K four times, 0.5K half. The
-result is a preference that the service then fits to what the chosen model accepts.
+`image_size` scales it: 1K is the table, 2K twice each edge, 4K four times, 0.5K half.
+
+In (`size_for`): a chat request's `image_config` -> the size it prefers, which the service then
+fits to what the chosen model accepts.
+
+Out (`nearest_ratio`, `size_label`): the size a request resolved to -> the ratio and the 1K/2K/4K
+tier an upstream is asked for, the same for every wire format that takes them (Gemini's
+`imageConfig`, OpenAI-style chat's `image_config`, Imagen's `sampleImageSize`). The tier goes by
+pixel count, not by edge: the 1K table keeps every ratio near one megapixel (1024x1024,
+1344x768, 1536x672) while its longer edge runs from 1024 to 1536, and each tier above doubles
+both edges. So a request is measured by the square root of its area over its ratio's 1K area:
+up to 1.5x is 1K, up to 3x is 2K, beyond that 4K.
 """
 
 from __future__ import annotations
+
+import math
 
 from .errors import InvalidRequest
 from .generation import Size
@@ -41,3 +54,19 @@ def size_for(aspect_ratio: str | None, image_size: str | None, *,
                              f"{', '.join(SCALES)}.", param=size_param)
     base, scale = AT_1K[ratio], SCALES[label]
     return Size(int(base.width * scale), int(base.height * scale))
+
+
+def nearest_ratio(width: int, height: int, table: dict[str, Size] = AT_1K) -> str:
+    """The table's ratio nearest to width:height, compared as logs (so 2:1 and 1:2 are equally
+    far from 1:1). `table` is another vendor's subset where it takes fewer (Imagen)."""
+    target = math.log(width / height)
+    return min(table, key=lambda r: abs(math.log(table[r].width / table[r].height) - target))
+
+
+def size_label(width: int, height: int, ratio: str, table: dict[str, Size] = AT_1K) -> str:
+    """'1K', '2K' or '4K' for width x height at `ratio`: by pixel count (see above)."""
+    base = table[ratio]
+    scale = math.sqrt(width * height / (base.width * base.height))
+    if scale <= 1.5:
+        return "1K"
+    return "2K" if scale <= 3 else "4K"

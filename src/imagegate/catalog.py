@@ -153,6 +153,9 @@ class Deployment(BaseModel):
     api_version: str | None = None
     """Azure OpenAI: the api-version query parameter (switches to its path and api-key header)."""
     headers: dict[str, str] = Field(default_factory=dict)
+    polling_hosts: list[str] = Field(default_factory=list)
+    """BFL: hosts besides base_url's whose polling links are followed with the API key (exact
+    names, https only)."""
 
     def label(self, public_name: str) -> str:
         return self.name or f"{self.provider}/{self.upstream_model or public_name}"

@@ -3,9 +3,10 @@ output modalities (OpenRouter's format; new-api and one-api answer in a variant 
 
 Request: `POST {base_url}/chat/completions` with one user message (the prompt, plus the input
 images as `image_url` data-URL parts), `modalities: ["image", "text"]` and
-`image_config.aspect_ratio`: the ratio of the seed-002 table nearest to the requested size
-(`image_size` too when the size is well beyond the 1K table). A chat call makes one image, so
-n > 1 is n calls at once, in order (more images from one call count too).
+`image_config.aspect_ratio`: the ratio of Gemini's table nearest to the requested size, and
+`image_size` (2K or 4K) when the size is beyond the 1K tier, by the same rule as the `gemini`
+format (`aspect_ratios.size_label`). A chat call makes one image, so n > 1 is n calls at once,
+in order (more images from one call count too).
 
 Answer: images in `choices[0].message.images[].image_url.url` (OpenRouter: data URLs), else as
 markdown `![..](data:image/...;base64,...)` or `![..](https://...)` in `content` (new-api), or as
@@ -17,40 +18,21 @@ is a bad response.
 from __future__ import annotations
 
 import asyncio
-import base64
-import math
 import re
 from typing import Any
 
-from ..aspect_ratios import AT_1K
-from ..generation import GeneratedImage, ProviderResult
-from .openai_images import png_bytes, post, request_id
-from .upstream_http import SAFETY_WORDS, UpstreamCall, gather_partial
+from ...aspect_ratios import nearest_ratio, size_label
+from ...generation import GeneratedImage, ProviderResult
+from .call import UpstreamCall
+from .failures import SAFETY_WORDS, gather_partial
+from .images import image_from_base64, image_from_url, png_base64
+from .openai_images import post, request_id
 
 _MARKDOWN_IMAGE = re.compile(
     r"!\[[^\]]*\]\(\s*<?((?:data:image/[\w.+-]+;base64,|https?://)[^)\s>]+)>?\s*\)")
 # Gemini's finish reasons for blocked output, as OpenRouter passes them on.
 _BLOCKED_REASONS = {"SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT", "IMAGE_PROHIBITED_CONTENT",
                     "BLOCKLIST", "SPII", "IMAGE_OTHER"}
-
-
-def aspect_ratio(width: int, height: int) -> str:
-    """The seed-002 ratio nearest to width:height (compared as logs, so 2:1 and 1:2 are equally
-    far from 1:1)."""
-    target = math.log(width / height)
-    return min(AT_1K, key=lambda r: abs(math.log(AT_1K[r].width / AT_1K[r].height) - target))
-
-
-def image_size(width: int, height: int, ratio: str) -> str | None:
-    """`2K`/`4K` when the request is that much larger than the ratio's 1K size; else None (the
-    upstream's default, 1K)."""
-    base = AT_1K[ratio]
-    scale = math.sqrt(width * height / (base.width * base.height))
-    if scale >= 3:
-        return "4K"
-    if scale >= 1.5:
-        return "2K"
-    return None
 
 
 async def generate(call: UpstreamCall) -> ProviderResult:
@@ -74,13 +56,12 @@ def _request_body(call: UpstreamCall) -> dict[str, Any]:
     content: Any = req.prompt
     if req.references:
         content = [{"type": "text", "text": req.prompt}] + [
-            {"type": "image_url", "image_url": {
-                "url": "data:image/png;base64," + base64.b64encode(png_bytes(ref)).decode()}}
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_base64(ref)}}
             for ref in req.references]
-    ratio = aspect_ratio(req.width, req.height)
+    ratio = nearest_ratio(req.width, req.height)
     config = {"aspect_ratio": ratio}
-    size = image_size(req.width, req.height, ratio)
-    if size:
+    size = size_label(req.width, req.height, ratio)
+    if size != "1K":  # the upstream's default
         config["image_size"] = size
     body: dict[str, Any] = {"model": call.upstream_model,
                             "messages": [{"role": "user", "content": content}],
@@ -160,5 +141,5 @@ def _refused(choice: dict[str, Any], message: dict[str, Any]) -> bool:
 
 async def _image(call: UpstreamCall, url: str) -> GeneratedImage:
     if url.startswith("data:"):
-        return call.image_from_base64(url)
-    return await call.image_from_url(url)
+        return image_from_base64(call, url)
+    return await image_from_url(call, url)

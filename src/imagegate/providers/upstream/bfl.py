@@ -20,9 +20,15 @@ Polling starts after 0.5 s and backs off by 1.5x to every 2 s, until the deploym
 retried, since the job may still be running and billed. A poll that fails in passing (5xx, a
 dropped connection, a slow answer) is polled again until that deadline, for the same reason.
 `Request Moderated` / `Content Moderated` are `refused`; `Error`, `Failed` and `Task not found`
-are `bad_response`. The key is sent only to the deployment's own host or, over https, a host of
-the same site (the global endpoint api.bfl.ai hands out api.us1.bfl.ai polling links); any other
-polling link is replaced by {base_url}/get_result?id=ID.
+are `bad_response`.
+
+The key goes to exactly the hosts the deployment names, never to one that merely looks related
+(a shared suffix says nothing: api.example.co.uk and evil.co.uk share `co.uk`): the polling link
+is followed with the key when its host is `base_url`'s (with the same scheme) or one of the
+deployment's `polling_hosts` (over https; the global endpoint api.bfl.ai hands out links on
+regional hosts such as api.us1.bfl.ai, which an operator lists there). Any other polling link is
+replaced by {base_url}/get_result?id=ID. The result's signed `sample` link needs no key and gets
+none.
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ from typing import Any
 
 import httpx
 
-from ..generation import GeneratedImage, ProviderResult
-from .upstream_http import UpstreamCall, UpstreamFailure, gather_partial
+from ...catalog import Deployment
+from ...generation import GeneratedImage, ProviderResult
+from .call import UpstreamCall
+from .failures import UpstreamFailure, gather_partial
+from .images import image_from_url
 
 MIN_EDGE, MAX_EDGE, MULTIPLE = 256, 1440, 32
 FIRST_POLL_SECONDS, MAX_POLL_SECONDS, BACKOFF = 0.5, 2.0, 1.5
@@ -96,7 +105,7 @@ async def _one(call: UpstreamCall, seed: int | None) -> tuple[GeneratedImage, st
     poll_url, params = _polling(call, task_id, task.get("polling_url"))
     result = await _poll(call, poll_url, params, deadline)
     sample = result.get("sample") if isinstance(result, dict) else None
-    image = await call.image_from_url(sample)
+    image = await image_from_url(call, sample)
     image.seed = seed
     return image, task_id
 
@@ -133,23 +142,27 @@ async def _poll(call: UpstreamCall, url: str, params: dict[str, str] | None,
 def _polling(call: UpstreamCall, task_id: str, polling_url: Any
              ) -> tuple[str, dict[str, str] | None]:
     """Where to poll, without ever sending the key to a host the deployment does not name."""
-    base = httpx.URL(call.deployment.base_url)
     if isinstance(polling_url, str) and polling_url:
         try:
             url = httpx.URL(polling_url)
         except (httpx.InvalidURL, ValueError):
             url = None
-        if url is not None and url.host and (
-                (url.scheme in ("http", "https") and url.host == base.host
-                 and url.scheme == base.scheme)
-                or (url.scheme == "https" and _same_site(url.host, base.host))):
+        if url is not None and may_get_key(url, call.deployment):
             return polling_url, None
     return call.url("get_result"), {"id": task_id}
 
 
-def _same_site(host: str, base_host: str) -> bool:
-    """api.us1.bfl.ai and api.bfl.ai: the same last two labels (names only, never IPs)."""
-    labels, base_labels = host.lower().split("."), base_host.lower().split(".")
-    if len(base_labels) < 2 or base_labels[-1].isdigit() or labels[-1].isdigit():
+def may_get_key(url: httpx.URL, deployment: Deployment) -> bool:
+    """`base_url`'s own host over its own scheme, or a listed polling host over https: exact
+    names, compared without case or a trailing dot."""
+    base = httpx.URL(deployment.base_url)
+    host = _host(url.host)
+    if not host or url.scheme not in ("http", "https"):
         return False
-    return labels[-2:] == base_labels[-2:]
+    if host == _host(base.host) and url.scheme == base.scheme:
+        return True
+    return url.scheme == "https" and host in {_host(h) for h in deployment.polling_hosts}
+
+
+def _host(name: str) -> str:
+    return name.strip().rstrip(".").lower()

@@ -1,80 +1,41 @@
-"""What every upstream adapter shares: one call's context, HTTP with failure classification,
-and turning upstream image payloads (base64 or URLs) into checked images.
-
-Failures are classified here, once, because routing depends on the class:
-
-    retryable    429, 5xx, or no connection at all: the upstream did not take the job, so another
-                 deployment may be tried
-    timeout      the upstream took the request and went quiet: it may be generating (and
-                 billing), so it is never retried (new-api's rule)
-    bad_response it answered, but not with what its format promises (malformed JSON, truncated
-                 base64, no image, an image over the cap, an event stream that breaks off)
-    refused      a safety block or refusal: the client's 400 content_policy_violation
-    rejected     another 4xx: the request or our configuration is wrong; retrying won't help
-
-Messages name the provider and never its URL, key or address.
+"""One attempt on one deployment: what an adapter is given (`UpstreamCall`), and its HTTP
+exchanges, each failure classified once (failures.py) because routing depends on the kind.
 
 Sending a request hands the job off (`providers.base.hand_off`): the upstream may bill from
 then on, so the service finishes the job even if its client leaves.
 
-Memory per request stays small: a body is read once into one buffer and parsed from it; base64
-is decoded straight into the bytes that are kept (its text is dropped by the adapters as soon as
-it is decoded), and an image's pixels are decoded only to check it, then dropped: what travels on
-is the upstream's encoded bytes, decoded again only if they must be re-encoded.
+Memory per request stays small: a body is read once into one buffer and parsed from it, under a
+cap on the bytes read; an event stream is parsed as it arrives, under the same kind of cap.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import io
 import json
 import os
-import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-from ..catalog import Deployment, ModelSpec
-from ..errors import APIError
-from ..generation import GeneratedImage, ProgressListener, ResolvedRequest
-from .base import hand_off
-
-T = TypeVar("T")
-
-SAFETY_WORDS = re.compile(r"safety|content.?policy|moderat(?:ion|ed)|prompt.?blocked|"
-                          r"prohibited|nsfw|responsible ai|\bharm(?:ful)?\b", re.IGNORECASE)
-
-
-class UpstreamFailure(Exception):
-    def __init__(self, kind: str, message: str, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-
-    def to_api_error(self) -> APIError:
-        if self.kind == "refused":
-            return APIError(self.message, status=400, type="invalid_request_error",
-                            code="content_policy_violation")
-        code = {"timeout": "upstream_timeout", "bad_response": "upstream_bad_response"}.get(
-            self.kind, "upstream_error")
-        return APIError(self.message, status=502, type="upstream_error", code=code)
+from ...catalog import Deployment, ModelSpec
+from ...generation import ProgressListener, ResolvedRequest
+from ..base import hand_off
+from .failures import SAFETY_WORDS, UpstreamFailure
+from .images import ImageDownloader
+from .sse import server_sent_events
 
 
 @dataclass
 class UpstreamCall:
-    """Everything an adapter needs for one attempt on one deployment."""
+    """Everything an adapter needs for one attempt on one deployment. `client` and
+    `downloader` are the router's, shared by every call for its life."""
 
     deployment: Deployment
     spec: ModelSpec
     request: ResolvedRequest
     client: httpx.AsyncClient
+    downloader: ImageDownloader
     max_image_bytes: int
     provider_label: str
     progress: ProgressListener | None = None
@@ -138,7 +99,8 @@ class UpstreamCall:
                     body = await _read_capped(response, limit)
                 else:
                     streaming = True
-                    async for event, text in _sse_events(response, limit):
+                    async for event, text in server_sent_events(
+                            _capped(response.aiter_bytes(), limit)):
                         if text.strip() == "[DONE]":
                             return
                         yield event, self._parsed(text)
@@ -196,88 +158,6 @@ class UpstreamCall:
                              status=status)
         return self.fail("rejected", f"rejected the request (HTTP {status}).", status=status)
 
-    def image_from_base64(self, data: Any, where: str = "image") -> GeneratedImage:
-        """Decode and check one base64 image. CPU-bound for large images: adapters call it
-        through `asyncio.to_thread`, and drop their reference to `data` first."""
-        if not isinstance(data, str) or not data:
-            raise self.fail("bad_response", f"sent an empty {where}.")
-        if data.startswith("data:"):
-            data = data.split(",", 1)[-1]
-        if len(data) * 3 // 4 > self.max_image_bytes:
-            raise self.fail("bad_response", "sent an image larger than allowed.")
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise self.fail("bad_response", f"sent a {where} that is not valid base64.") from None
-        del data  # (the caller's copy is its own to drop)
-        return self.image_from_bytes(raw)
-
-    def image_from_bytes(self, raw: bytes) -> GeneratedImage:
-        from PIL import Image, UnidentifiedImageError
-
-        if len(raw) > self.max_image_bytes:
-            raise self.fail("bad_response", "sent an image larger than allowed.")
-        try:
-            image = Image.open(io.BytesIO(raw))
-            fmt = (image.format or "").lower()
-            image.load()  # a truncated image fails here, not later in the encoder
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-            raise self.fail("bad_response", "sent data that is not a readable image.") from None
-        known = {"png": "png", "jpeg": "jpeg", "webp": "webp"}.get(fmt)
-        if known is None:
-            return GeneratedImage(image=image)  # re-encoded later: keep the pixels
-        # Checked: keep the encoded bytes only. The image is opened again lazily (its header
-        # now, its pixels only if it has to be re-encoded), so no decoded copy waits in memory.
-        image.close()
-        return GeneratedImage(image=Image.open(io.BytesIO(raw)), data=raw, format=known)
-
-    async def image_from_url(self, url: Any) -> GeneratedImage:
-        """Download an upstream's image (its links expire; ours replace them), capped, with the
-        same guard against internal addresses as client-sent URLs: only the deployment's own
-        host may be private (another imagegate on the same network, say)."""
-        from ..references import FetchPolicy, ReferenceLoader
-
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise self.fail("bad_response", "sent an image link that is not a URL.")
-        own_host = httpx.URL(self.deployment.base_url).host
-        loader = ReferenceLoader(FetchPolicy(
-            max_bytes=self.max_image_bytes, timeout_seconds=self.deployment.timeout_seconds,
-            allowed_hosts=frozenset({own_host})))
-        try:
-            loaded = await loader.load(url, param="upstream")
-        except APIError as exc:
-            raise self.fail("bad_response", "sent an image link that could not be used ("
-                            f"{exc.code}).") from None
-        finally:
-            await loader.aclose()
-        return GeneratedImage(image=loaded.image)
-
-
-# When every per-image call failed, the failure to report: one where the upstream took the job
-# comes before "retryable", or the router would send the whole batch again elsewhere (a second
-# bill for the part that was taken).
-_REPORT_ORDER = {"refused": 0, "timeout": 1, "bad_response": 2, "rejected": 3, "retryable": 4}
-
-
-async def gather_partial(jobs: list[Awaitable[T]]) -> list[T]:
-    """One upstream call per image, all at once: what succeeded is delivered (and charged),
-    what failed is dropped; when nothing succeeded, the most telling failure is raised."""
-    if len(jobs) == 1:
-        return [await jobs[0]]
-    outcomes = await asyncio.gather(*jobs, return_exceptions=True)
-    done: list[T] = []
-    failures: list[UpstreamFailure] = []
-    for outcome in outcomes:
-        if isinstance(outcome, UpstreamFailure):
-            failures.append(outcome)
-        elif isinstance(outcome, BaseException):
-            raise outcome  # a bug or a cancellation, not an upstream's answer
-        else:
-            done.append(outcome)
-    if not done:
-        raise min(failures, key=lambda f: _REPORT_ORDER.get(f.kind, 9))
-    return done
-
 
 class _TooLarge(Exception):
     pass
@@ -289,40 +169,19 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytearray:
     if declared.isdigit() and int(declared) > limit:
         raise _TooLarge()
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        if len(body) + len(chunk) > limit:
-            raise _TooLarge()
+    async for chunk in _capped(response.aiter_bytes(), limit):
         body += chunk
     return body
 
 
-async def _sse_events(response: httpx.Response, limit: int
-                      ) -> AsyncIterator[tuple[str, str]]:
-    """(event name, data) per server-sent event as it arrives: `:` comments (keep-alives) are
-    skipped, several `data:` lines are joined with newlines, a blank line ends an event (one
-    cut off by the end of the stream is dropped, as the SDKs do). The bytes read in all are
-    capped at `limit`."""
-    buffer, size = bytearray(), 0
-    event, data = "", list[str]()
-    async for chunk in response.aiter_bytes():
+async def _capped(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """`chunks` as they come, until more than `limit` bytes have come in all."""
+    size = 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise _TooLarge()
-        buffer += chunk
-        while (end := buffer.find(b"\n")) >= 0:
-            line = bytes(buffer[:end]).rstrip(b"\r").decode("utf-8", "replace")
-            del buffer[: end + 1]
-            if not line:
-                if data:
-                    yield event or "message", "\n".join(data)
-                event, data = "", []
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "event":
-                    event = value
-                elif name == "data":
-                    data.append(value)
+        yield chunk
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from ..generation import GeneratedImage, PartialImage, ProviderResult
-from .upstream_http import SAFETY_WORDS, UpstreamCall, UpstreamFailure
+from ...generation import GeneratedImage, PartialImage, ProviderResult
+from .call import UpstreamCall
+from .failures import SAFETY_WORDS, UpstreamFailure
+from .images import image_from_base64, image_from_url, png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -149,17 +150,6 @@ def request_id(headers: Mapping[str, str], body: dict[str, Any] | None = None) -
 # input and output images
 
 
-def png_bytes(image: Any, mode: str | None = None) -> bytes:
-    if mode and image.mode != mode:
-        image = image.convert(mode)
-    elif image.mode not in ("RGB", "RGBA", "L", "LA"):
-        image = image.convert("RGBA" if "A" in image.getbands() or
-                              "transparency" in image.info else "RGB")
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
 def _image_parts(references: list[Any], mask: Any) -> list[Any]:
     name = "image" if len(references) == 1 else "image[]"
     parts: list[Any] = [(name, (f"image-{i}.png", png_bytes(ref), "image/png"))
@@ -212,7 +202,7 @@ async def _streamed(call: UpstreamCall, path: str, partials: int,
                 await _relay_partial(call, payload, index if isinstance(index, int)
                                      else min(len(images), n - 1))
             elif kind.endswith(".completed"):
-                images.append(await asyncio.to_thread(call.image_from_base64,
+                images.append(await asyncio.to_thread(image_from_base64, call,
                                                       payload.pop("b64_json", None)))
                 tokens = tokens or _prompt_tokens(payload.get("usage"))
                 text = payload.get("revised_prompt")
@@ -230,7 +220,7 @@ async def _relay_partial(call: UpstreamCall, payload: dict[str, Any], image_inde
     goes on upstream, and only the final image is what the client pays for."""
     assert call.progress is not None
     try:
-        image = await asyncio.to_thread(call.image_from_base64, payload.get("b64_json"),
+        image = await asyncio.to_thread(image_from_base64, call, payload.get("b64_json"),
                                         "partial image")
     except UpstreamFailure as failure:
         log.warning("skipped a preview: %s", failure.message)
@@ -277,12 +267,12 @@ def _prompt_tokens(usage: Any) -> int:
 
 
 async def _decoded(call: UpstreamCall, data: Any) -> GeneratedImage:
-    return await asyncio.to_thread(call.image_from_base64, data)
+    return await asyncio.to_thread(image_from_base64, call, data)
 
 
 async def _downloaded(call: UpstreamCall, url: Any) -> GeneratedImage:
     if isinstance(url, str) and url.startswith("data:"):
-        return call.image_from_base64(url)
+        return image_from_base64(call, url)
     if isinstance(url, str) and url.startswith("/"):  # a gateway that answers with a path
         url = str(httpx.URL(call.deployment.base_url).join(url))
-    return await call.image_from_url(url)
+    return await image_from_url(call, url)

@@ -10,13 +10,14 @@ Size -> `imageConfig`:
 
     aspectRatio  the ratio of the Gemini table (aspect_ratios.AT_1K) nearest to width/height,
                  compared on a log scale (1344x768 -> 16:9, 1024x1024 -> 1:1)
-    imageSize    from the size, never from `quality`: the longer edge over the 1K table's longer
-                 edge for that ratio; up to 1.5x is 1K, up to 3x is 2K, beyond that 4K. 1K is
-                 every model's default and gemini-2.5-flash-image knows no other, so 1K is left
-                 out of the request and only 2K / 4K are sent (for models that take them, such
-                 as gemini-3-pro-image). `quality` is not mapped: the price and the size the
-                 client asked for are what decide the resolution, and a quality that silently
-                 doubled the edge would deliver (and bill upstream) something else.
+    imageSize    from the size, never from `quality`, by the rule every wire format shares
+                 (`aspect_ratios.size_label`: by pixel count over the ratio's 1K size; up to
+                 1.5x is 1K, up to 3x is 2K, beyond that 4K). 1K is every model's default and
+                 gemini-2.5-flash-image knows no other, so 1K is left out of the request and
+                 only 2K / 4K are sent (for models that take them, such as gemini-3-pro-image).
+                 `quality` is not mapped: the price and the size the client asked for are what
+                 decide the resolution, and a quality that silently doubled the edge would
+                 deliver (and bill upstream) something else.
 
 Answers: every `inlineData` / `inline_data` part of the first candidate is an image (parts
 marked `thought` are a thinking model's drafts and are skipped); text parts are kept as the
@@ -35,14 +36,13 @@ removed every image and no reason was asked for), are `refused`.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
-import math
 from typing import Any
 
-from ..aspect_ratios import AT_1K
-from ..generation import GeneratedImage, ProviderResult, Size
-from .upstream_http import UpstreamCall, gather_partial
+from ...aspect_ratios import AT_1K, nearest_ratio, size_label
+from ...generation import GeneratedImage, ProviderResult, Size
+from .call import UpstreamCall
+from .failures import gather_partial
+from .images import image_from_base64, png_base64
 
 BLOCKING_FINISH_REASONS = frozenset({
     "SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "BLOCKLIST", "RECITATION", "SPII",
@@ -51,37 +51,10 @@ BLOCKING_FINISH_REASONS = frozenset({
 
 IMAGEN_RATIOS: dict[str, Size] = {r: AT_1K[r] for r in ("1:1", "3:4", "4:3", "9:16", "16:9")}
 
-# Which failure of n concurrent calls the client hears about when none produced an image: any
-# sign that the upstream took a job (and may bill it) comes before "retryable", so the router
-# never runs the whole batch again on another deployment after part of it was taken.
-
-
-def nearest_ratio(width: int, height: int, table: dict[str, Size] = AT_1K) -> str:
-    """The table's aspect ratio closest to width:height on a log scale."""
-    target = math.log(width / height)
-    return min(table, key=lambda r: abs(math.log(table[r].width / table[r].height) - target))
-
-
-def image_size_label(width: int, height: int, ratio: str, table: dict[str, Size] = AT_1K) -> str:
-    """'1K', '2K' or '4K': how far the longer edge goes past the 1K size of that ratio."""
-    base = table[ratio]
-    scale = max(width, height) / max(base.width, base.height)
-    if scale <= 1.5:
-        return "1K"
-    return "2K" if scale <= 3 else "4K"
-
 
 def _headers(call: UpstreamCall) -> dict[str, str]:
     key = call.api_key
     return {"x-goog-api-key": key} if key else {}
-
-
-def _png_base64(image: Any) -> str:
-    if image.mode not in ("RGB", "RGBA", "L", "LA"):
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return base64.b64encode(out.getvalue()).decode("ascii")
 
 
 # --- Gemini generateContent --------------------------------------------------------------------
@@ -91,7 +64,7 @@ def gemini_body(call: UpstreamCall, references_b64: list[str]) -> dict[str, Any]
     req = call.request
     ratio = nearest_ratio(req.width, req.height)
     image_config: dict[str, Any] = {"aspectRatio": ratio}
-    label = image_size_label(req.width, req.height, ratio)
+    label = size_label(req.width, req.height, ratio)
     if label != "1K":
         image_config["imageSize"] = label
     parts: list[dict[str, Any]] = [{"text": req.prompt}]
@@ -105,7 +78,7 @@ def gemini_body(call: UpstreamCall, references_b64: list[str]) -> dict[str, Any]
 
 async def generate(call: UpstreamCall) -> ProviderResult:
     req = call.request
-    references = await asyncio.to_thread(lambda: [_png_base64(r) for r in req.references])
+    references = await asyncio.to_thread(lambda: [png_base64(r) for r in req.references])
     body = gemini_body(call, references)
     url = call.url(f"models/{call.upstream_model}:generateContent")
 
@@ -145,7 +118,7 @@ def _parse_gemini(call: UpstreamCall, answer: dict[str, Any]
         if isinstance(inline, dict):
             mime = str(_get(inline, "mimeType", "mime_type") or "image/")
             if mime.startswith("image/"):
-                images.append(call.image_from_base64(inline.get("data"), "image"))
+                images.append(image_from_base64(call, inline.get("data"), "image"))
         elif isinstance(part.get("text"), str) and part["text"].strip():
             texts.append(part["text"].strip())
     if not images:
@@ -173,7 +146,7 @@ def imagen_body(call: UpstreamCall) -> dict[str, Any]:
     req = call.request
     ratio = nearest_ratio(req.width, req.height, IMAGEN_RATIOS)
     parameters: dict[str, Any] = {"sampleCount": max(1, req.n), "aspectRatio": ratio}
-    if image_size_label(req.width, req.height, ratio, IMAGEN_RATIOS) != "1K":
+    if size_label(req.width, req.height, ratio, IMAGEN_RATIOS) != "1K":
         parameters["sampleImageSize"] = "2K"  # Imagen's largest
     return {"instances": [{"prompt": req.prompt}], "parameters": parameters}
 
@@ -197,7 +170,7 @@ async def generate_imagen(call: UpstreamCall) -> ProviderResult:
         if data is None and item.get("raiFilteredReason"):
             filtered += 1
             continue
-        images.append(call.image_from_base64(data, "image"))
+        images.append(image_from_base64(call, data, "image"))
     if not images:
         if filtered:
             raise call.fail("refused", "refused the prompt under its content policy.")

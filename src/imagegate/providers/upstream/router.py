@@ -27,13 +27,15 @@ from typing import Any
 
 import httpx
 
-from ..catalog import Deployment, ModelSpec
-from ..engine.worker import ServerBusy
-from ..errors import ModelUnavailable
-from ..generation import ProgressListener, ProviderResult, ResolvedRequest
-from ..settings import Settings
-from .base import Ticket
-from .upstream_http import UpstreamCall, UpstreamFailure
+from ...catalog import Deployment, ModelSpec
+from ...engine.worker import ServerBusy
+from ...errors import ModelUnavailable
+from ...generation import ProgressListener, ProviderResult, ResolvedRequest
+from ...settings import Settings
+from ..base import Ticket
+from .call import UpstreamCall
+from .failures import UpstreamFailure
+from .images import ImageDownloader
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,12 @@ class UpstreamRouter:
         self._adapters = adapter_table  # loaded on first use
         self._health: dict[str, _Health] = {}
         self._flights: dict[str, _Flights] = {}
+        # Shared by every call for the router's life: upstream connections are kept alive,
+        # and image links go through one guarded downloader.
         self._client = httpx.AsyncClient(
             follow_redirects=False, trust_env=False,
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
+        self._downloader = ImageDownloader(self.policy.max_image_bytes)
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
         now = time.monotonic()
@@ -152,6 +157,7 @@ class UpstreamRouter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._downloader.aclose()
 
     def _state(self, spec: ModelSpec, deployment: Deployment) -> _Health:
         key = f"{spec.name}\n{deployment.label(spec.name)}\n{deployment.base_url}"
@@ -208,7 +214,8 @@ class UpstreamRouter:
         state = self._state(spec, deployment)
         label = deployment.label(spec.name)
         call = UpstreamCall(deployment=deployment, spec=spec, request=request,
-                            client=self._client, max_image_bytes=self.policy.max_image_bytes,
+                            client=self._client, downloader=self._downloader,
+                            max_image_bytes=self.policy.max_image_bytes,
                             provider_label=f"`{label}`", progress=progress)
         if self._adapters is None:
             self._adapters = adapters()
