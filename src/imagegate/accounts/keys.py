@@ -3,6 +3,10 @@
 Only a SHA-256 of each key is stored, with a short visible prefix; the full key exists once, in
 the answer to its creation. Keys are 256 random bits, so a fast hash is the right one (there is
 nothing to brute-force) and lookups by hash need no per-row salt.
+
+Looked-up keys are cached for `auth_cache_seconds` behind `KeyCache`. `ProcessKeyCache` keeps
+them in this process; a shared backend (invalidation over pub/sub, so an admin change on one
+replica reaches every replica's cache) is one more module implementing `KeyCache`.
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +29,8 @@ from .tables import Account, ApiKey
 
 KEY_PREFIX = "sk-ig-"
 VISIBLE_CHARS = 12
+MAX_CACHED_KEYS = 10_000
+"""Bounded: unknown tokens are cached too, and must not grow the cache without end."""
 NOT_BEARER = "\0not-bearer"
 """The token of an `Authorization` header without the `Bearer` scheme (`Authorization: KEY`):
 refused with a message that says so, rather than "no API key"."""
@@ -70,26 +76,87 @@ class Caller:
                                    param="model", code="model_not_allowed")
 
 
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
 @dataclass(frozen=True)
-class _KeyRecord:
+class KeyRecord:
+    """One key as its row says, checked on every request (the cache keeps these)."""
+
     caller: Caller
     key_hash: str
     enabled: bool
     expires_at: datetime | None
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
+    networks: Networks | None
+
+
+class KeyCache(Protocol):
+    """Key lookups by token hash, kept for a short while so each request needn't read the
+    database. A cached None is a token that matches no key."""
+
+    def get(self, digest: str) -> KeyRecord | None:
+        """The cached lookup of `digest`; KeyError when there is none."""
+        ...
+
+    def put(self, digest: str, record: KeyRecord | None) -> None:
+        ...
+
+    async def forget(self, key_id: int) -> None:
+        """Drop the key `key_id` (after an admin change to it), so the change takes effect
+        at once."""
+        ...
+
+    async def forget_all(self) -> None:
+        """Drop every cached key (after a change that may touch many, such as an account's)."""
+        ...
+
+
+class ProcessKeyCache:
+    """`KeyCache` in this process: at most `maxsize` lookups for `ttl_seconds` each; when full,
+    the least recently used one makes room."""
+
+    def __init__(self, ttl_seconds: float, maxsize: int = MAX_CACHED_KEYS) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._cache: TTLCache[str, KeyRecord | None] = TTLCache(maxsize, ttl_seconds)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def get(self, digest: str) -> KeyRecord | None:
+        return self._cache[digest]
+
+    def put(self, digest: str, record: KeyRecord | None) -> None:
+        if self.ttl_seconds > 0:  # 0: no caching at all
+            self._cache[digest] = record
+
+    async def forget(self, key_id: int) -> None:
+        # An admin action, rare: a scan of the cache beats an index kept in step with evictions.
+        for digest in list(self._cache):
+            try:
+                record = self._cache[digest]
+            except KeyError:  # expired meanwhile
+                continue
+            if record is not None and record.caller.key_id == key_id:
+                self._cache.pop(digest, None)
+
+    async def forget_all(self) -> None:
+        self._cache.clear()
 
 
 class Authenticator:
-    """Bearer token -> Caller, with a short cache so each request needn't read the database."""
+    """Bearer token -> Caller, through `cache`."""
 
-    def __init__(self, engine: AsyncEngine, cache_seconds: float) -> None:
+    def __init__(self, engine: AsyncEngine, cache: KeyCache) -> None:
         self.engine = engine
-        self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, _KeyRecord | None]] = {}
+        self.cache = cache
 
-    def forget(self) -> None:
-        """Drop cached keys (after an admin change), so it takes effect at once."""
-        self._cache.clear()
+    async def forget(self, key_id: int) -> None:
+        """After an admin change to one key: it takes effect at once."""
+        await self.cache.forget(key_id)
+
+    async def forget_all(self) -> None:
+        """After an admin change that may touch many keys: it takes effect at once."""
+        await self.cache.forget_all()
 
     async def authenticate(self, token: str | None, client_ip: str | None) -> Caller:
         if not token:
@@ -113,11 +180,11 @@ class Authenticator:
                                    code="ip_not_allowed")
         return record.caller
 
-    async def _lookup(self, digest: str) -> _KeyRecord | None:
-        now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and now - hit[0] < self.cache_seconds:
-            return hit[1]
+    async def _lookup(self, digest: str) -> KeyRecord | None:
+        try:
+            return self.cache.get(digest)
+        except KeyError:
+            pass
         async with self.engine.connect() as conn:
             row = (await conn.execute(
                 select(ApiKey, Account.unlimited.label("account_unlimited"),
@@ -125,13 +192,11 @@ class Authenticator:
                 .join(Account, Account.id == ApiKey.account_id)
                 .where(ApiKey.key_hash == digest))).first()
         record = None if row is None else _record(row)
-        if len(self._cache) > 10_000:  # bounded: unknown tokens must not grow it without end
-            self._cache.clear()
-        self._cache[digest] = (now, record)
+        self.cache.put(digest, record)
         return record
 
 
-def _record(key: Any) -> _KeyRecord:
+def _record(key: Any) -> KeyRecord:
     """A row of api_keys joined with its account's `account_unlimited` and
     `account_multiplier`."""
     networks = None
@@ -150,10 +215,10 @@ def _record(key: Any) -> _KeyRecord:
         price_multiplier=Decimal(key.price_multiplier or key.account_multiplier),
         unlimited=key.account_unlimited,
     )
-    return _KeyRecord(caller, key.key_hash, key.enabled, expires, networks)
+    return KeyRecord(caller, key.key_hash, key.enabled, expires, networks)
 
 
-def _ip_allowed(client_ip: str | None, networks: tuple) -> bool:
+def _ip_allowed(client_ip: str | None, networks: Networks) -> bool:
     if client_ip is None:
         return False
     try:

@@ -1,9 +1,12 @@
-"""The accounts side of a server, wired from settings: database, keys, ledger, limits."""
+"""The accounts side of a server, wired from settings: database, keys (and their cache), ledger,
+limits, idempotent answers."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -13,9 +16,9 @@ from .admin import ADMIN_ACCOUNT, LOCAL_ACCOUNT, Admin
 from .database import create_engine, migrate
 from .idempotency import Idempotency, forget_old, release_claims
 from .incarnation import Incarnations, NodeIdInUse
-from .keys import Authenticator, Caller
+from .keys import Authenticator, Caller, ProcessKeyCache
 from .ledger import Ledger
-from .limits import KeyLimits
+from .limits import KeyLimits, ProcessLimits
 from .usage import UsageWriter
 
 log = logging.getLogger(__name__)
@@ -33,8 +36,9 @@ class AccountSystem:
                              lease_seconds=settings.reservation_lease_seconds,
                              currency=settings.currency, incarnation=self.incarnation.id)
         self.admin = Admin(self.engine, self.ledger, settings.currency)
-        self.authenticator = Authenticator(self.engine, settings.auth_cache_seconds)
-        self.limits = KeyLimits()
+        self.authenticator = Authenticator(self.engine,
+                                           ProcessKeyCache(settings.auth_cache_seconds))
+        self.limits = KeyLimits(ProcessLimits())
         self.usage = UsageWriter(self.engine)
         self.idempotency = Idempotency(self.engine, answers,
                                        wait_seconds=settings.reservation_lease_seconds,
@@ -69,7 +73,7 @@ class AccountSystem:
             return self.local_caller
         return await self.authenticator.authenticate(token, client_ip)
 
-    def background_tasks(self) -> list:
+    def background_tasks(self) -> list[Coroutine[Any, Any, None]]:
         return [self.sweep_forever(), self.usage.run_forever()]
 
     async def release_what_the_dead_held(self, *, this_node_restarted: bool = False) -> None:

@@ -57,8 +57,8 @@ def _admin(request: Request) -> Admin:
     return request.app.state.service.accounts.admin
 
 
-def _forget_cached_keys(request: Request) -> None:
-    request.app.state.service.accounts.authenticator.forget()
+async def _forget_cached_key(request: Request, key_id: int) -> None:
+    await request.app.state.service.accounts.authenticator.forget(key_id)
 
 
 AccountName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
@@ -153,21 +153,21 @@ async def list_keys(request: Request,
 @router.post("/keys/{key_id}/disable", responses=error_responses(409))
 async def disable_key(key_id: int, request: Request) -> dict[str, Any]:
     info = await _admin(request).set_key_enabled(key_id, False)
-    _forget_cached_keys(request)
+    await _forget_cached_key(request, key_id)
     return info
 
 
 @router.post("/keys/{key_id}/enable")
 async def enable_key(key_id: int, request: Request) -> dict[str, Any]:
     info = await _admin(request).set_key_enabled(key_id, True)
-    _forget_cached_keys(request)
+    await _forget_cached_key(request, key_id)
     return info
 
 
 @router.delete("/keys/{key_id}", responses=error_responses(409))
 async def delete_key(key_id: int, request: Request) -> dict[str, Any]:
     await _admin(request).delete_key(key_id)
-    _forget_cached_keys(request)
+    await _forget_cached_key(request, key_id)
     return {"id": key_id, "deleted": True}
 
 
