@@ -1,17 +1,16 @@
 """`POST /v1/images/edits` and `POST /v1/images/variations`, as the OpenAI SDKs send them.
 
-Multipart: the image as one part named `image` or several named `image[]` (the SDKs send a list
-as `image[]`, even of one), an optional `mask`, and text fields whose values are strings
-(`"2"`, `"true"`). Edits also take OpenAI's JSON form (`images: [{"image_url": ...}]`). Part
-names and content types are not trusted: the bytes are checked to be an image (references.py).
-Both go through the same request path as generations; only the translation differs.
+Multipart (protocol/edit_form.py: `image` or `image[]` parts, an optional `mask`, text fields
+whose values are strings); edits also take OpenAI's JSON form (`images: [{"image_url": ...}]`).
+Part names and content types are not trusted: the bytes are checked to be an image
+(references.py). Both go through the same request path as generations; only the translation
+differs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -23,6 +22,7 @@ from .. import rules
 from ..accounts.keys import Caller
 from ..errors import InvalidRequest
 from ..generation import GenerationRequest
+from ..protocol import edit_form
 from ..protocol.images import ImageEditFields, ImageEditJSON, ImagesResponse
 from ..protocol.wire import MAX_INPUT_IMAGES
 from ..service import ImageService
@@ -44,26 +44,11 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 MAX_IMAGES = MAX_INPUT_IMAGES
 VARIATION_STRENGTH = 0.75  # a variation keeps the composition and changes the details
 
-# Multipart values are strings; these are converted to the JSON type their field has, so that
-# both forms are checked by the same strict model.
-_INT_FIELDS = frozenset({"n", "output_compression", "partial_images", "seed",
-                         "num_inference_steps"})
-_FLOAT_FIELDS = frozenset({"guidance_scale", "strength"})
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
-          "false": False, "0": False, "no": False, "off": False}
-_INT_TEXT = re.compile(r"[+-]?\d{1,40}", re.ASCII)
-_FLOAT_TEXT = re.compile(r"[+-]?(\d{1,40}(\.\d{0,40})?|\.\d{1,40})([eE][+-]?\d{1,4})?", re.ASCII)
-
 
 def _request_body(json_allowed: bool) -> dict[str, Any]:
     """What the handlers parse themselves, for the OpenAPI document: multipart (the SDKs'
     form) and, for edits, OpenAI's JSON form."""
-    binary = {"type": "string", "format": "binary"}
-    fields = ImageEditFields.model_json_schema()["properties"]
-    form = {"type": "object", "required": ["image"], "properties": {
-        "image": binary, "image[]": {"type": "array", "items": binary, "maxItems": MAX_IMAGES},
-        "mask": binary, **fields}}
-    content: dict[str, Any] = {"multipart/form-data": {"schema": form}}
+    content: dict[str, Any] = {"multipart/form-data": {"schema": edit_form.form_schema()}}
     if json_allowed:
         content["application/json"] = {"schema": {"$ref": "#/components/schemas/ImageEditJSON"}}
     return {"requestBody": {"required": True, "content": content}}
@@ -187,13 +172,13 @@ async def _read_multipart(request: Request) -> tuple[ImageEditFields, list, Any]
         raise InvalidRequest(f"The multipart body could not be read: {detail}",
                              code="invalid_multipart") from None
     images: list[tuple[str | bytes, str]] = []
-    for name in ("image", "image[]"):
+    for name in edit_form.IMAGE_PARTS:
         for i, part in enumerate(form.getlist(name)):
             where = name if name == "image" else f"image[{i}]"
             images.append((await _part_bytes(part, where), where))
     mask = None
-    if form.get("mask") is not None:
-        mask = (await _part_bytes(form["mask"], "mask"), "mask")
+    if form.get(edit_form.MASK_PART) is not None:
+        mask = (await _part_bytes(form[edit_form.MASK_PART], "mask"), "mask")
     text = {k: v for k, v in form.multi_items() if isinstance(v, str) and v != ""}
     # What a retry must repeat to count as the same request: the fields and the files' bytes,
     # not the multipart framing (an SDK retry picks a new boundary).
@@ -202,7 +187,7 @@ async def _read_multipart(request: Request) -> tuple[ImageEditFields, list, Any]
         "images": [hashlib.sha256(src if isinstance(src, bytes) else src.encode()).hexdigest()
                    for src, _ in images + ([mask] if mask else [])],
     }).encode()
-    return _validate(ImageEditFields, _form_values(text)), images, mask
+    return _validate(ImageEditFields, edit_form.form_values(text)), images, mask
 
 
 async def _part_bytes(part: Any, where: str) -> str | bytes:
@@ -235,20 +220,6 @@ async def _read_json(request: Request) -> tuple[ImageEditFields, list, Any]:
                                  param="mask.image_url")
         mask = (parsed.mask.image_url, "mask.image_url")
     return parsed, images, mask
-
-
-def _form_values(text: dict[str, str]) -> dict[str, Any]:
-    """A form's strings as the JSON values they stand for; anything else stays a string, for
-    the model to refuse with the field's name."""
-    values: dict[str, Any] = dict(text)
-    for name, value in text.items():
-        if name in _INT_FIELDS and _INT_TEXT.fullmatch(value):
-            values[name] = int(value)
-        elif name in _FLOAT_FIELDS and _FLOAT_TEXT.fullmatch(value):
-            values[name] = float(value)
-        elif name == "stream" and value.lower() in _BOOLS:
-            values[name] = _BOOLS[value.lower()]
-    return values
 
 
 def _validate(model: type[ModelT], values: dict[str, Any]) -> ModelT:

@@ -56,8 +56,8 @@ class ImageGenerationRequest(WireModel):
 
 class ImageEditFields(WireModel):
     """The fields of an edit or variation besides its images. A multipart form's values are all
-    strings (`"2"`, `"true"`): api/edits.py converts them to JSON types first, so both forms are
-    held to the same strict types and limits."""
+    strings (`"2"`, `"true"`): protocol/edit_form.py converts them to JSON types first, so both
+    forms are held to the same strict types and limits."""
 
     model_config = ConfigDict(extra="ignore")
 
