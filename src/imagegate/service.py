@@ -18,7 +18,9 @@ the operator whatever happens, so it is finished in the background: its images a
 charged, and the usage row says 499 `client_disconnected` with what was delivered.
 
 Endpoints translate their wire format into a `GenerationRequest` and the `GenerationResult` back;
-everything in between happens here, in this order.
+everything in between happens here, in this order. What else a router needs (authentication, an
+`Idempotency-Key`'s answer, the operator's actions, the local engine's state) it asks of the
+service too, never of the accounts or a provider directly.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .accounts.admin import Admin
+from .accounts.idempotency import Scope as IdempotencyScope
 from .accounts.keys import Caller
+from .accounts.response_images import ResponseImages
 from .accounts.system import AccountSystem
+from .accounts.usage_rows import list_rejects
 from .catalog import Catalog, ModelSpec
 from .errors import APIError, GenerationFailed, ModelUnavailable
 from .generation import (
@@ -45,7 +52,14 @@ from .generation import (
 from .imaging import encode
 from .moderation import Moderator
 from .pricing import unit_price_micros
-from .providers.base import Provider, admission, run_with_ticket
+from .providers.base import (
+    EngineStats,
+    PreloadStatus,
+    Provider,
+    admission,
+    optional,
+    run_with_ticket,
+)
 from .references import ReferenceLoader
 from .rules import check_inputs, resolve
 from .storage import ImageStore, URLSigner
@@ -211,6 +225,67 @@ class ImageService:
         task.cancel()
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)
+
+    # --- what the routers ask besides generations: they never reach into the accounts or the
+    # providers themselves.
+
+    async def authenticate(self, token: str | None, client_ip: str | None) -> Caller:
+        """The caller an API key stands for (401 / 403)."""
+        return await self._accounts.authenticate(token, client_ip)
+
+    async def once_per_key(self, scope: IdempotencyScope, key: str, body: bytes,
+                           produce: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """`produce`'s answer, or the one the first request with this `Idempotency-Key` got:
+        a retry is charged once (409 for another body under the same key)."""
+        return await self._accounts.idempotency.run(scope, key, body, produce)
+
+    @property
+    def admin(self) -> Admin:
+        """The operator's actions: accounts, keys, top-ups, usage."""
+        return self._accounts.admin
+
+    async def forget_cached_key(self, key_id: int) -> None:
+        """After an admin change to a key: it takes effect at once, not when the cache expires."""
+        await self._accounts.authenticator.forget(key_id)
+
+    async def flush_usage(self) -> None:
+        """Write the usage rows still queued, so a listing includes every request so far."""
+        await self._accounts.usage.flush()
+
+    async def usage_rejects(self, limit: int) -> list[dict[str, Any]]:
+        """The newest usage rows the database refused, newest first."""
+        return await list_rejects(self._accounts.engine, limit)
+
+    def response_images(self) -> ResponseImages | None:
+        """Which stored images each Responses API answer returned, for the next turn (None
+        without accounts: nothing is kept)."""
+        if self.accounts is None:
+            return None
+        return ResponseImages(self.accounts.engine, self.accounts.settings.url_ttl_seconds)
+
+    def preload_status(self) -> PreloadStatus:
+        """The local models still loading at start-up, and those that failed to load."""
+        return optional(self.providers.get("local")).preload_status()
+
+    async def local_models(self) -> dict[str, dict[str, Any]]:
+        """Each served local model as the local engine describes it (weights, loaded, queue)."""
+        local = self.providers.get("local")
+        if local is None:
+            return {}
+        specs = [spec for spec in self.catalog.served() if spec.backend == "local"]
+        # Describing looks at the disk (weights present?): off the event loop.
+        return await asyncio.to_thread(lambda: {spec.name: local.describe(spec)
+                                                for spec in specs})
+
+    def engine_stats(self) -> dict[str, EngineStats]:
+        """Per local model, what its worker is doing and has done."""
+        return optional(self.providers.get("local")).engine_stats()
+
+    @property
+    def _accounts(self) -> AccountSystem:
+        if self.accounts is None:
+            raise RuntimeError("this service runs without accounts (imagegate generate)")
+        return self.accounts
 
     async def _load_inputs(self, req: GenerationRequest,
                            max_edge: int | None) -> tuple[list[Any], Any]:

@@ -54,11 +54,11 @@ router = APIRouter(prefix="/admin", tags=["admin"],
 
 
 def _admin(request: Request) -> Admin:
-    return request.app.state.service.accounts.admin
+    return deps.service(request).admin
 
 
 async def _forget_cached_key(request: Request, key_id: int) -> None:
-    await request.app.state.service.accounts.authenticator.forget(key_id)
+    await deps.service(request).forget_cached_key(key_id)
 
 
 AccountName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
@@ -181,7 +181,7 @@ async def usage(request: Request, key: int | None = Query(None, ge=1, le=MAX_ID)
                 since: Instant | None = None,
                 format: str = Query("json", pattern="^(json|csv)$"),
                 limit: int = Query(10_000, ge=1, le=100_000)) -> Any:
-    await request.app.state.service.accounts.usage.flush()  # include what is still queued
+    await deps.service(request).flush_usage()  # include what is still queued
     rows = await _admin(request).usage(key_id=key, model=model, account=account, since=since,
                                        limit=limit)
     if format == "csv":

@@ -36,9 +36,8 @@ def public_base_url(request: Request) -> str:
 
 async def caller(request: Request) -> Caller:
     """The authenticated caller: `Authorization: Bearer KEY` or `x-api-key: KEY` (401/403)."""
-    accounts = request.app.state.service.accounts
     client_ip = request.client.host if request.client else None
-    return await accounts.authenticate(bearer_token(request), client_ip)
+    return await service(request).authenticate(bearer_token(request), client_ip)
 
 
 async def admin(request: Request) -> Caller:
@@ -71,12 +70,12 @@ async def once_per_idempotency_key(request: Request, who: Caller,
     key = request.headers.get("idempotency-key")
     if key is None:
         return await until_disconnected(request, produce())
-    idempotency = request.app.state.service.accounts.idempotency
     # Multipart endpoints leave a fingerprint of what they parsed (their body was streamed).
     body = getattr(request.state, "fingerprint", None) or await request.body()
     scope = IdempotencyScope(account_id=who.account_id, key_id=who.key_id,
                              endpoint=_endpoint_name(request))
-    return await until_disconnected(request, idempotency.run(scope, key, body, produce))
+    return await until_disconnected(request, service(request).once_per_key(scope, key, body,
+                                                                           produce))
 
 
 def _endpoint_name(request: Request) -> str:

@@ -3,7 +3,6 @@ readiness, which waits for the models named in `preload`."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -17,13 +16,8 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health")
 async def health(service: ImageService = Depends(deps.service)) -> dict[str, Any]:
-    local = service.providers.get("local")
-    models: dict[str, Any] = {}
-    if local is not None:
-        specs = [spec for spec in service.catalog.served() if spec.backend == "local"]
-        models = await asyncio.to_thread(lambda: {s.name: local.describe(s) for s in specs})
-    body: dict[str, Any] = {"status": "ok", "models": models}
-    loading = _preload_status(service)["loading"]
+    body: dict[str, Any] = {"status": "ok", "models": await service.local_models()}
+    loading = service.preload_status().loading
     if loading:
         body["loading"] = loading
     return body
@@ -44,16 +38,10 @@ _READINESS = {"type": "object", "required": ["status"], "properties": {
 async def ready(service: ImageService = Depends(deps.service)) -> JSONResponse:
     """200 once every preloaded model has loaded; 503 while one is loading or if one failed,
     so a load balancer or Kubernetes sends no traffic to a server that is still warming up."""
-    status = _preload_status(service)
-    if status["loading"]:
-        return JSONResponse({"status": "loading", **status}, status_code=503)
-    if status["failed"]:
-        return JSONResponse({"status": "failed", **status}, status_code=503)
+    status = service.preload_status()
+    body = {"loading": status.loading, "failed": status.failed}
+    if status.loading:
+        return JSONResponse({"status": "loading", **body}, status_code=503)
+    if status.failed:
+        return JSONResponse({"status": "failed", **body}, status_code=503)
     return JSONResponse({"status": "ready"})
-
-
-def _preload_status(service: ImageService) -> dict[str, Any]:
-    local = service.providers.get("local")
-    if local is None or not hasattr(local, "preload_status"):
-        return {"loading": [], "failed": {}}
-    return local.preload_status()

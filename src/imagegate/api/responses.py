@@ -73,7 +73,7 @@ async def create_response(
     service: ImageService = Depends(deps.service),
 ) -> Response:
     plan = translate(body, service, default_model=deps.settings(request).default_model)
-    turn = _Turn(service, _kept_images(request, service), caller, body, plan,
+    turn = _Turn(service, service.response_images(), caller, body, plan,
                  deps.request_id(request))
     if body.stream:
         return await _stream(request, turn)
@@ -301,12 +301,6 @@ async def _read(service: ImageService, found: list[KeptImage]) -> list[bytes]:
         except (NotFound, FileNotFoundError):
             return []
     return await asyncio.to_thread(read)
-
-
-def _kept_images(request: Request, service: ImageService) -> ResponseImages | None:
-    if service.accounts is None:
-        return None
-    return ResponseImages(service.accounts.engine, deps.settings(request).url_ttl_seconds)
 
 
 # --- GenerationResult -> response ------------------------------------------------------------

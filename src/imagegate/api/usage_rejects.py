@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
-from ..accounts.usage_rows import list_rejects
 from . import deps
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(deps.admin)])
@@ -34,5 +33,4 @@ class UsageRejectList(BaseModel):
 async def usage_rejects(request: Request,
                         limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
     """The newest usage rows that could not be stored, newest first."""
-    accounts = request.app.state.service.accounts
-    return {"object": "list", "data": await list_rejects(accounts.engine, limit)}
+    return {"object": "list", "data": await deps.service(request).usage_rejects(limit)}

@@ -8,6 +8,11 @@ until the job ends, so a refusal never touches a balance, even for a moment.
 A backend with a queue gives itself an `admit(spec, request)` method: an async context manager
 that yields a `Ticket` (raising `ServerBusy` when full) and frees the place on exit. A custom
 provider without one is admitted at once.
+
+A backend that runs models itself (the local engine) also reports on them: which are loading at
+start-up (`preload_status`, for `/health/ready`) and what each model's worker is doing
+(`engine_stats`, for `/metrics`). These are `ProviderBase`'s methods, whose defaults say there is
+nothing to report; `optional()` gives any provider's, so callers never probe for them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ..catalog import ModelSpec
@@ -36,6 +42,60 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PreloadStatus:
+    """The models named in `preload` that are still loading, and those that failed to load
+    (model -> a reason fit for clients)."""
+
+    loading: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What one model's worker is doing, and has done, as `/metrics` shows it."""
+
+    waiting: int = 0
+    running: bool = False
+    batch_images: int = 0
+    """Images in the pipeline call running now (0 when idle)."""
+    batches: int = 0
+    """Pipeline calls that served more than one request."""
+    step_seconds: float = 0.0
+    job_seconds: float = 0.0
+    """Running averages."""
+    jobs_done: int = 0
+    jobs_cancelled: int = 0
+    rejected: int = 0
+    loaded: bool = False
+    memory_bytes: int = 0
+    loads: int = 0
+    unloads: int = 0
+
+
+class ProviderBase:
+    """What a provider may report besides the `Provider` methods, each with its default:
+    nothing. The local engine subclasses it; so may a custom provider that has models of its
+    own to report on."""
+
+    def preload_status(self) -> PreloadStatus:
+        """The models loading at start-up, and those that failed to."""
+        return PreloadStatus()
+
+    def engine_stats(self) -> dict[str, EngineStats]:
+        """Model name -> its worker's numbers."""
+        return {}
+
+
+_NOTHING_TO_REPORT = ProviderBase()
+
+
+def optional(provider: Provider | None) -> ProviderBase:
+    """`provider`'s reports: its own when it subclasses `ProviderBase`, else the defaults (a
+    provider written against `Provider` alone, or none at all)."""
+    return provider if isinstance(provider, ProviderBase) else _NOTHING_TO_REPORT
 
 
 class Ticket:

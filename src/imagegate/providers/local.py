@@ -19,7 +19,7 @@ from ..catalog import Catalog, ModelSpec
 from ..errors import APIError, GenerationFailed, ModelUnavailable
 from ..generation import ProgressListener, ProviderResult, ResolvedRequest
 from ..settings import Settings
-from .base import Ticket, current_ticket
+from .base import EngineStats, PreloadStatus, ProviderBase, Ticket, current_ticket
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def local_engine_installed() -> bool:
     return all(importlib.util.find_spec(name) for name in ("torch", "diffusers"))
 
 
-class LocalProvider:
+class LocalProvider(ProviderBase):
     name = "local"
 
     def __init__(self, settings: Settings) -> None:
@@ -77,9 +77,18 @@ class LocalProvider:
                              "job_seconds": round(worker.stats.job_seconds, 4)}
         return info
 
-    def workers(self) -> dict[str, Any]:
-        """Model name -> its worker, for metrics."""
-        return dict(self._workers)
+    def engine_stats(self) -> dict[str, EngineStats]:
+        stats = {}
+        for name, worker in list(self._workers.items()):
+            done = worker.stats
+            stats[name] = EngineStats(
+                waiting=worker.pending, running=done.running, batch_images=done.batch_images,
+                batches=done.batches, step_seconds=done.step_seconds,
+                job_seconds=done.job_seconds, jobs_done=done.jobs_done,
+                jobs_cancelled=done.jobs_cancelled, rejected=done.rejected,
+                loaded=worker.loaded, memory_bytes=worker.memory_bytes, loads=done.loads,
+                unloads=done.unloads)
+        return stats
 
     def _worker(self, spec: ModelSpec) -> Any:
         """The model's worker, created (not yet loaded) on first use."""
@@ -133,16 +142,16 @@ class LocalProvider:
         else:
             log.info("preloaded %s", name)
 
-    def preload_status(self) -> dict[str, Any]:
-        """Preloads still running, and those whose model failed to load (model -> client-safe
-        reason; a later successful load by a request clears it)."""
+    def preload_status(self) -> PreloadStatus:
+        """Preloads still running, and those whose model failed to load (a later successful
+        load by a request clears it)."""
         loading = [name for name, f in self._preloads.items() if not f.done()]
         failed = {}
         for name in self._preloads:
             worker = self._workers.get(name)
             if name not in loading and worker is not None and worker.state == "failed":
                 failed[name] = worker.error or f"`{name}` could not be loaded."
-        return {"loading": loading, "failed": failed}
+        return PreloadStatus(loading, failed)
 
     def _enforce_budget(self, loaded: Any) -> None:
         """Called on `loaded`'s worker thread after it loaded: while the loaded models' weights
