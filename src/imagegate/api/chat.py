@@ -15,12 +15,9 @@ the same base64 is never sent twice. `n` images are `n` choices of one image eac
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -28,8 +25,8 @@ from pydantic import ValidationError
 
 from ..accounts.keys import Caller
 from ..aspect_ratios import size_for
-from ..errors import APIError, InvalidRequest
-from ..generation import DeliveredImage, GenerationRequest, GenerationResult
+from ..errors import InvalidRequest
+from ..generation import DeliveredImage, GenerationRequest, GenerationResult, PartialImage
 from ..protocol.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -41,14 +38,21 @@ from ..protocol.chat import (
     ImageURL,
     ImageURLObject,
 )
+from ..protocol.stream_events import (
+    ChatCompletionChunk,
+    ChunkChoice,
+    ChunkDelta,
+    ChunkImage,
+    ChunkUsage,
+    ErrorObject,
+)
 from ..service import ImageService
-from . import deps
+from . import deps, streaming
 from .errors import EVENT_STREAM, GENERATION_STATUSES, describe_validation_error, error_responses
 from .images import check_n
-from .sse import HEAD_START_SECONDS, KEEPALIVE, KEEPALIVE_SECONDS, sse_response
+from .streaming import Event
 
 router = APIRouter(tags=["chat"])
-
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
@@ -73,14 +77,10 @@ async def create_chat_completion(
 
     if not body.stream:
         return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
-
-    # Streaming: errors that come quickly (validation, 402, 404) still get their own status.
-    task = asyncio.ensure_future(produce())
-    done, _ = await asyncio.wait({task}, timeout=HEAD_START_SECONDS)
-    if done:
-        answer = task.result()  # raises the APIError, rendered with its status
-        return sse_response(_stream_whole(answer, body))
-    return sse_response(_stream_when_ready(task, body, gen, request_id, service.let_go))
+    # Chat streams no previews: the listener is not passed on.
+    return await streaming.stream(request, lambda _listener: service.generate(
+        gen, request_id=request_id, caller=caller, endpoint="chat.completions"),
+        _ChatEvents(body, gen, request_id, base_url, links))
 
 
 def to_generation_request(body: ChatCompletionRequest, *, default_model: str
@@ -212,75 +212,52 @@ def _completion_id(request_id: str) -> str:
 # --- streaming --------------------------------------------------------------------------------
 
 
-def _chunk(completion_id: str, created: int, model: str, delta: dict[str, Any],
-           finish_reason: str | None = None, usage: dict[str, Any] | None = None,
-           index: int = 0) -> str:
-    payload: dict[str, Any] = {
-        "id": completion_id, "object": "chat.completion.chunk", "created": created,
-        "model": model,
-        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
-    }
-    if usage is not None:
-        payload["usage"] = usage
-    return f"data: {json.dumps(payload)}\n\n"
+class _ChatEvents:
+    """The chunks of a streamed completion: each choice's role as the stream opens, then per
+    choice one delta with its whole answer, then each choice's stop (the usage on the last),
+    then `[DONE]`. An error after the stream began is an error chunk before `[DONE]`, as
+    OpenAI sends it mid-stream."""
+
+    def __init__(self, body: ChatCompletionRequest, gen: GenerationRequest, request_id: str,
+                 base_url: str, links_in_images: bool) -> None:
+        self.body, self.gen = body, gen
+        self.base_url, self.links_in_images = base_url, links_in_images
+        self.id, self.created = _completion_id(request_id), int(time.time())
+
+    def _chunk(self, model: str, delta: ChunkDelta, finish_reason: Literal["stop"] | None = None,
+               usage: ChunkUsage | None = None, index: int = 0) -> Event:
+        payload = ChatCompletionChunk(
+            id=self.id, object="chat.completion.chunk", created=self.created, model=model,
+            choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)])
+        if usage is not None:
+            payload["usage"] = usage
+        return Event(payload)
+
+    def opening(self) -> list[Event]:
+        return [self._chunk(self.gen.model, {"role": "assistant", "content": ""}, index=index)
+                for index in range(self.gen.n)]
+
+    def preview(self, partial: PartialImage) -> list[Event]:
+        return []
+
+    def completed(self, result: GenerationResult) -> list[Event]:
+        answer = to_chat_completion(result, self.base_url, links_in_images=self.links_in_images)
+        include_usage = bool((self.body.stream_options or {}).get("include_usage"))
+        events = [self._chunk(answer.model, {"content": choice.message.content, "images": [
+            ChunkImage(type="image_url", image_url={"url": image.image_url.url})
+            for image in choice.message.images]}, index=choice.index)
+            for choice in answer.choices]
+        for i, choice in enumerate(answer.choices):
+            last = i == len(answer.choices) - 1
+            usage = answer.usage
+            events.append(self._chunk(answer.model, {}, "stop", ChunkUsage(
+                prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens) if include_usage and last else None,
+                index=choice.index))
+        return [*events, DONE]
+
+    def failed(self, error: ErrorObject) -> list[Event]:
+        return [Event({"error": error}), DONE]
 
 
-def _role_chunks(completion_id: str, created: int, model: str, n: int) -> list[str]:
-    """The stream's opening: each choice's role, before any image exists."""
-    return [_chunk(completion_id, created, model, {"role": "assistant", "content": ""},
-                   index=index) for index in range(n)]
-
-
-async def _stream_whole(answer: dict[str, Any], body: ChatCompletionRequest
-                        ) -> AsyncIterator[str]:
-    """A finished completion as chunks: roles, the images (whole, one delta per choice), stop,
-    [DONE]."""
-    cid, created, model = answer["id"], answer["created"], answer["model"]
-    for line in _role_chunks(cid, created, model, len(answer["choices"])):
-        yield line
-    for line in _image_chunks(answer, body):
-        yield line
-
-
-def _image_chunks(answer: dict[str, Any], body: ChatCompletionRequest) -> list[str]:
-    """Each choice's image delta, then each choice's stop; the usage rides on the last."""
-    cid, created, model = answer["id"], answer["created"], answer["model"]
-    choices = answer["choices"]
-    include_usage = bool((body.stream_options or {}).get("include_usage"))
-    lines = [_chunk(cid, created, model, {"content": choice["message"]["content"],
-                                          "images": choice["message"]["images"]},
-                    index=choice["index"]) for choice in choices]
-    for i, choice in enumerate(choices):
-        last = i == len(choices) - 1
-        lines.append(_chunk(cid, created, model, {}, "stop",
-                            answer["usage"] if include_usage and last else None,
-                            index=choice["index"]))
-    return [*lines, "data: [DONE]\n\n"]
-
-
-async def _stream_when_ready(task: asyncio.Future, body: ChatCompletionRequest,
-                             gen: GenerationRequest, request_id: str,
-                             let_go: Callable[[asyncio.Future], None]) -> AsyncIterator[str]:
-    """Start the stream before the images exist, keep it alive, then send them; an error that
-    comes after the 200 went out is sent as an error event, as OpenAI does mid-stream."""
-    cid, created = _completion_id(request_id), int(time.time())
-    try:
-        for line in _role_chunks(cid, created, gen.model, gen.n):
-            yield line
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
-            if done:
-                break
-            yield KEEPALIVE
-        try:
-            answer = task.result()
-        except APIError as exc:
-            yield f"data: {json.dumps(exc.body())}\n\n"
-            yield "data: [DONE]\n\n"
-            return
-        answer = {**answer, "id": cid, "created": created}  # one id and time for every chunk
-        for line in _image_chunks(answer, body):
-            yield line
-    finally:
-        if not task.done():  # the client went away (service.py decides the money)
-            let_go(task)
+DONE = Event("[DONE]")

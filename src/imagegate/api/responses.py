@@ -14,8 +14,8 @@ Each answer's images are kept (accounts/response_images.py) for as long as the i
 images, so the next turn can edit them.
 
 Streaming sends OpenAI's `response.*` events, with previews as
-`response.image_generation_call.partial_image`; the status rules are those of the image stream
-(image_stream.py): an early error keeps its HTTP status, a later one is an `error` event followed
+`response.image_generation_call.partial_image`; the status rules are those of every stream
+(streaming.py): an early error keeps its HTTP status, a later one is an `error` event followed
 by `response.failed`.
 """
 
@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +33,8 @@ from fastapi.responses import JSONResponse, Response
 
 from ..accounts.keys import Caller
 from ..accounts.response_images import KeptImage, ResponseImages
-from ..errors import APIError, InvalidRequest, ModelNotFound, NotFound, error_body
-from ..generation import GenerationRequest, GenerationResult, ProgressListener
+from ..errors import InvalidRequest, ModelNotFound, NotFound
+from ..generation import GenerationRequest, GenerationResult, PartialImage, ProgressListener
 from ..protocol.responses import (
     ImageGenerationCall,
     ImageGenerationTool,
@@ -50,11 +48,19 @@ from ..protocol.responses import (
     ResponseRequest,
     ResponseUsage,
 )
+from ..protocol.stream_events import (
+    ErrorObject,
+    ImageCallEvent,
+    ImageCallPartialEvent,
+    OutputItemEvent,
+    ResponseErrorEvent,
+    ResponseStateEvent,
+)
 from ..service import ImageService
-from . import deps, previews
+from . import deps, streaming
 from .errors import EVENT_STREAM, GENERATION_STATUSES, error_responses
 from .images import parse_size
-from .sse import KEEPALIVE, sse_response
+from .streaming import Event
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["responses"])
@@ -404,77 +410,78 @@ class _Turn:
 
 
 async def _stream(request: Request, turn: _Turn) -> Response:
-    queue, task, first = await previews.start(request, turn.generate, turn.plan.partial_images)
-    return sse_response(_events(turn, first, queue, task, turn.service.let_go))
+    return await streaming.stream(request, turn.generate, _ResponseEvents(turn),
+                                  partial_images=turn.plan.partial_images)
 
 
-class _Sequence:
-    """Numbers the events, as OpenAI's `sequence_number`."""
+class _ResponseEvents:
+    """The `response.*` events of one turn, numbered as OpenAI's `sequence_number`."""
 
-    def __init__(self) -> None:
+    def __init__(self, turn: _Turn) -> None:
+        self.turn = turn
+        self.item_id = turn.item_id(0)
+        self.quality, self.background = turn.options()
         self.next = 0
 
-    def event(self, type: str, **fields: Any) -> str:
-        payload = {"type": type, **fields, "sequence_number": self.next}
+    def _number(self) -> int:
         self.next += 1
-        return f"event: {type}\ndata: {json.dumps(payload)}\n\n"
+        return self.next - 1
 
+    def _state(self, type: str, response: dict[str, Any]) -> Event:
+        return Event(ResponseStateEvent(type=type, response=response,
+                                        sequence_number=self._number()), type)
 
-async def _events(turn: _Turn, first: Any, queue: asyncio.Queue, task: asyncio.Future,
-                  let_go: Callable[[asyncio.Future], None]) -> AsyncIterator[str]:
-    seq = _Sequence()
-    item_id = turn.item_id(0)
-    quality, background = turn.options()
-    try:
-        started = turn.shell("in_progress")
-        yield seq.event("response.created", response=started)
-        yield seq.event("response.in_progress", response=started)
-        yield seq.event("response.output_item.added", output_index=0, item={
-            "type": "image_generation_call", "id": item_id, "status": "in_progress"})
-        for step in ("in_progress", "generating"):
-            yield seq.event(f"response.image_generation_call.{step}", output_index=0,
-                            item_id=item_id)
-        item = first
-        while item is not previews.DONE:
-            if item is None:
-                yield KEEPALIVE
-            else:
-                data = await asyncio.to_thread(previews.preview_bytes, item, turn.plan.gen)
-                yield seq.event("response.image_generation_call.partial_image",
-                                output_index=item.image_index, item_id=turn.item_id(
-                                    item.image_index),
-                                partial_image_index=item.partial_index,
-                                partial_image_b64=base64.b64encode(data).decode("ascii"),
-                                size=f"{item.width}x{item.height}", quality=quality,
-                                background=background,
-                                output_format=turn.plan.gen.output_format)
-            item = await previews.next_item(queue)
-        try:
-            answer = turn.response(task.result())
-        except Exception as exc:
-            if isinstance(exc, APIError):
-                error = exc.body()["error"]
-            else:  # logged by the service; the client gets no internals
-                log.exception("streamed response failed")
-                error = error_body("The server had an error while generating.",
-                                   type="server_error", code="internal_error")["error"]
-            yield seq.event("error", code=error["code"], message=error["message"],
-                            param=error["param"])
-            yield seq.event("response.failed", response=turn.shell("failed", error=ResponseError(
-                code=_failed_code(error["code"], error["type"]), message=error["message"],
-                param=error["param"], type=error["type"])))
-            return
+    def _item(self, type: str, index: int, item: dict[str, Any]) -> Event:
+        return Event(OutputItemEvent(type=type, output_index=index, item=item,
+                                     sequence_number=self._number()), type)
+
+    def _call(self, type: str, index: int, item_id: str) -> Event:
+        return Event(ImageCallEvent(type=type, output_index=index, item_id=item_id,
+                                    sequence_number=self._number()), type)
+
+    def opening(self) -> list[Event]:
+        started = self.turn.shell("in_progress")
+        return [
+            self._state("response.created", started),
+            self._state("response.in_progress", started),
+            self._item("response.output_item.added", 0, {
+                "type": "image_generation_call", "id": self.item_id, "status": "in_progress"}),
+            *(self._call(f"response.image_generation_call.{step}", 0, self.item_id)
+              for step in ("in_progress", "generating")),
+        ]
+
+    def preview(self, partial: PartialImage) -> list[Event]:
+        gen = self.turn.plan.gen
+        data = streaming.preview_bytes(partial, gen)
+        payload = ImageCallPartialEvent(
+            type="response.image_generation_call.partial_image",
+            output_index=partial.image_index, item_id=self.turn.item_id(partial.image_index),
+            partial_image_index=partial.partial_index,
+            partial_image_b64=base64.b64encode(data).decode("ascii"),
+            size=f"{partial.width}x{partial.height}", quality=self.quality,
+            background=self.background, output_format=gen.output_format,
+            sequence_number=self._number())
+        return [Event(payload, payload["type"])]
+
+    def completed(self, result: GenerationResult) -> list[Event]:
+        answer = self.turn.response(result)
+        events = []
         for index, output in enumerate(answer["output"]):
             if output["type"] == "image_generation_call":
-                yield seq.event("response.image_generation_call.completed",
-                                output_index=index, item_id=output["id"])
+                events.append(self._call("response.image_generation_call.completed", index,
+                                         output["id"]))
             else:
-                yield seq.event("response.output_item.added", output_index=index, item=output)
-            yield seq.event("response.output_item.done", output_index=index, item=output)
-        yield seq.event("response.completed", response=answer)
-    finally:
-        if not task.done():  # the client went away (service.py decides the money)
-            let_go(task)
+                events.append(self._item("response.output_item.added", index, output))
+            events.append(self._item("response.output_item.done", index, output))
+        return [*events, self._state("response.completed", answer)]
+
+    def failed(self, error: ErrorObject) -> list[Event]:
+        event = ResponseErrorEvent(type="error", code=error["code"], message=error["message"],
+                                   param=error["param"], sequence_number=self._number())
+        failed = self.turn.shell("failed", error=ResponseError(
+            code=_failed_code(error["code"], error["type"]), message=error["message"],
+            param=error["param"], type=error["type"]))
+        return [Event(event, "error"), self._state("response.failed", failed)]
 
 
 _FAILED_CODES = {
