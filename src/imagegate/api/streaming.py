@@ -100,14 +100,19 @@ async def stream(request: Request, generate: Generate[ResultT], events: StreamEv
     return _EventStream(job, _frames(job, first, events), let_go)
 
 
-_DONE = object()
-"""Queued when the generation has ended, well or not."""
+class _Ended:
+    """Queued when the generation has ended, well or not."""
+
+
+_ENDED = _Ended()
+_Item = PartialImage | _Ended
+"""What a stream's queue holds: previews, then the end."""
 
 
 class _QueueListener(ProgressListener):
     """Hands previews from the worker thread to the stream's queue."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any],
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Item],
                  partial_images: int) -> None:
         self.partial_images = partial_images
         self._loop, self._queue = loop, queue
@@ -118,17 +123,17 @@ class _QueueListener(ProgressListener):
 
 
 class _Job(Generic[ResultT]):
-    """A running generation and the queue of what it has to say: previews, then `_DONE`."""
+    """A running generation and the queue of what it has to say: previews, then the end."""
 
     def __init__(self, generate: Generate[ResultT], partial_images: int) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         listener = _QueueListener(asyncio.get_running_loop(), self.queue, partial_images)
         self.task: asyncio.Future[ResultT] = asyncio.ensure_future(generate(listener))
-        self.task.add_done_callback(lambda _: self.queue.put_nowait(_DONE))
+        self.task.add_done_callback(lambda _: self.queue.put_nowait(_ENDED))
 
     async def head_start(self, request: Request,
-                         let_go: Callable[[asyncio.Future[Any]], None]) -> Any:
-        """The first preview or `_DONE` if either comes within the head start, else None."""
+                         let_go: Callable[[asyncio.Future[Any]], None]) -> _Item | None:
+        """The first preview or the end if either comes within the head start, else None."""
         getter = asyncio.ensure_future(self.queue.get())
         watcher = asyncio.ensure_future(deps.wait_for_disconnect(request))
         try:
@@ -142,7 +147,7 @@ class _Job(Generic[ResultT]):
             watcher.cancel()
         if getter.done():
             first = getter.result()
-            if first is _DONE:
+            if isinstance(first, _Ended):
                 self.task.result()  # (an error is rendered by the exception handlers)
             return first
         getter.cancel()
@@ -151,15 +156,15 @@ class _Job(Generic[ResultT]):
             raise deps.ClientDisconnected()
         return None
 
-    async def next_item(self) -> Any:
-        """The next preview or `_DONE`; None when a keep-alive is due first."""
+    async def next_item(self) -> _Item | None:
+        """The next preview or the end; None when a keep-alive is due first."""
         try:
             return await asyncio.wait_for(self.queue.get(), KEEPALIVE_SECONDS)
         except asyncio.TimeoutError:
             return None
 
 
-async def _frames(job: _Job[ResultT], first: Any, events: StreamEvents[ResultT]
+async def _frames(job: _Job[ResultT], first: _Item | None, events: StreamEvents[ResultT]
                   ) -> AsyncGenerator[str, None]:
     opening = events.opening()
     for event in opening:
@@ -167,7 +172,7 @@ async def _frames(job: _Job[ResultT], first: Any, events: StreamEvents[ResultT]
     if first is None and not opening:
         yield KEEPALIVE  # the 200 goes out now: the client sees its stream begin
     item = first
-    while item is not _DONE:
+    while not isinstance(item, _Ended):
         if item is not None:
             for event in await asyncio.to_thread(events.preview, item):
                 yield event.frame()
