@@ -89,7 +89,7 @@ def fox_pair(heavy, workdir: Path) -> tuple[Run, Path, Path]:
     return heavy["fox_pair"](), workdir / "out-1.png", workdir / "out-2.png"
 
 
-def test_generate_two_images(fox_pair, workdir: Path) -> None:
+def test_generate_two_images(fox_pair, workdir: Path, cli_env: dict[str, str]) -> None:
     result, first, second = fox_pair
     assert result.returncode == 0, result.stderr
     assert first.is_file() and second.is_file()
@@ -104,6 +104,8 @@ def test_generate_two_images(fox_pair, workdir: Path) -> None:
     assert "out-1.png" in result.stderr and "seed 7" in result.stderr
     assert "out-2.png" in result.stderr and "seed 8" in result.stderr
     assert "Traceback" not in result.stderr
+    # Files, not links: nothing was signed, so no signing secret was made.
+    assert not (Path(cli_env["IMAGEGATE_DATA_DIR"]) / "url-secret").exists()
 
 
 def test_generate_webp_same_seed(heavy, fox_pair, workdir: Path) -> None:

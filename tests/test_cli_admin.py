@@ -18,6 +18,8 @@ from typing import Callable
 import httpx
 import pytest
 
+from imagegate import __version__
+
 pytestmark = pytest.mark.e2e  # runs `python -m imagegate` as a process
 
 PRICED_TINY_SD = """
@@ -46,9 +48,10 @@ class Run:
         return self
 
     def failed(self, *phrases: str) -> "Run":
-        """Exit 1 with one `error:` line on stderr, nothing on stdout, no traceback."""
+        """Exit 1 with one `error:` line on stderr (after the summary of where state lives, if
+        the settings were read), nothing on stdout, no traceback."""
         assert self.returncode == 1, f"{self.args}: rc {self.returncode}\n{self.stderr}"
-        lines = self.stderr.strip().splitlines()
+        lines = without_summary(self.stderr).strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), self.stderr
         assert self.stdout == ""
         for phrase in phrases:
@@ -60,6 +63,17 @@ class Run:
 
 
 Cli = Callable[..., Run]
+
+
+def without_summary(stderr: str) -> str:
+    """stderr less the summary every command prints first: `imagegate VERSION`, then lines
+    indented by two spaces."""
+    lines = stderr.splitlines()
+    if lines and lines[0] == f"imagegate {__version__}":
+        lines = lines[1:]
+        while lines and lines[0].startswith("  "):
+            lines = lines[1:]
+    return "\n".join(lines)
 
 
 def make_cli(data_dir: Path, *, in_process: bool = False, **settings: str) -> Cli:
@@ -151,6 +165,7 @@ def test_db_upgrade_prints_the_url_without_its_password(cli: Cli, tmp_path: Path
                       database_url="postgresql://ops:s3cret-pw@127.0.0.1:1/imagegate")
     for run in run_all(broken, ("db", "upgrade"), ("accounts", "list"), ("usage",)):
         run.failed("postgresql+asyncpg://ops:***@127.0.0.1:1/imagegate")
+        assert "database  postgresql+asyncpg://ops:***@127.0.0.1:1/imagegate" in run.stderr
         assert "s3cret-pw" not in run.stderr
 
 

@@ -120,13 +120,13 @@ def test_unknown_preload_name_stops_serve(monkeypatch: pytest.MonkeyPatch,
                                           tmp_path: Path) -> None:
     import uvicorn
 
-    import imagegate.cli
+    import imagegate.cli.server
 
     def must_not_listen(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("serve started with an unknown preload name")
 
     monkeypatch.setattr(uvicorn, "run", must_not_listen)
-    monkeypatch.setattr(imagegate.cli, "_configure_logging", lambda level: None)
+    monkeypatch.setattr(imagegate.cli.server, "_configure_logging", lambda level: None)
     result = _invoke("serve", IMAGEGATE_DATA_DIR=str(tmp_path),
                      IMAGEGATE_PRELOAD="tiny-sd,no-such-model")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output

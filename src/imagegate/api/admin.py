@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -20,9 +18,9 @@ from ..accounts.admin import (
     MAX_NAME_CHARS,
     MAX_NOTE_CHARS,
     MAX_RPM,
-    USAGE_COLUMNS,
     Admin,
 )
+from ..accounts.usage_export import usage_csv
 from ..errors import InvalidRequest
 from ..pricing import parse_money
 from ..protocol.wire import (
@@ -187,11 +185,3 @@ async def usage(request: Request, key: int | None = Query(None, ge=1, le=MAX_ID)
     if format == "csv":
         return PlainTextResponse(usage_csv(rows), media_type="text/csv")
     return {"object": "list", "data": rows}
-
-
-def usage_csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(USAGE_COLUMNS))
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()

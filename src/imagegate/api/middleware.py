@@ -1,17 +1,19 @@
-"""ASGI middleware: request ids, the body-size cap, retry advice on errors, and the last line of
-defence against 500s.
+"""ASGI middleware: request ids, the body-size cap, retry advice on errors, the answer to requests
+a stopping server cuts short, and the last line of defence against 500s.
 
 Written as plain ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import uuid
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,6 +45,18 @@ def retry_headers(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple
     if retryable and b"retry-after" not in names:
         extra.append((b"retry-after", str(DEFAULT_RETRY_AFTER_SECONDS).encode()))
     return extra
+
+
+def mark_stopping(app: Starlette) -> None:
+    """The server is stopping without waiting for the requests in flight (a second Ctrl-C): a
+    request of `app` cancelled from now on was cut short by the server, not by its client, and
+    is answered 503 `server_shutting_down`."""
+    app.state.stopping = True
+
+
+def _stopping(scope: Scope) -> bool:
+    app = scope.get("app")
+    return bool(getattr(getattr(app, "state", None), "stopping", False))
 
 
 def new_request_id() -> str:
@@ -108,6 +122,17 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, capped_receive, send_with_id)
+        except asyncio.CancelledError:
+            if not _stopping(scope):
+                raise  # someone awaiting this request stopped waiting: theirs to handle
+            # One line, and no re-raise: uvicorn would log a traceback for the cancellation and
+            # answer a plain-text 500.
+            log.warning("request %s cut short: the server is shutting down", request_id)
+            if not started:
+                await _send_json(send_with_id, 503, error_body(
+                    "The server is shutting down and could not finish this request. Retry it "
+                    "in a moment.",
+                    type="server_error", code="server_shutting_down"))
         except Exception:
             log.exception("unhandled error in request %s", request_id)
             if not started:

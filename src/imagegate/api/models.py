@@ -8,11 +8,11 @@ list, for clients that offer every listed model.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
 from ..catalog import ModelSpec
+from ..model_info import describe_model
 from ..protocol.models import ModelCard, ModelList
 from ..service import ImageService
 from . import deps
@@ -44,23 +44,4 @@ async def get_model(model_id: str, request: Request,
 
 def model_card(spec: ModelSpec, service: ImageService, created: int) -> ModelCard:
     return ModelCard(id=spec.name, created=created, owned_by=spec.owned_by,
-                     imagegate=describe_model(spec, service))
-
-
-def describe_model(spec: ModelSpec, service: ImageService) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "backend": spec.backend,
-        "description": spec.description,
-        "outputs": spec.outputs,
-        "capabilities": spec.capabilities.model_dump(exclude_none=True),
-        "pricing": spec.pricing.model_dump(mode="json"),
-    }
-    provider = service.providers.get(spec.backend)
-    available = provider is not None and (spec.backend != "upstream" or bool(spec.deployments))
-    if provider is not None:
-        described = provider.describe(spec)
-        # A provider may know better (local: the engine installed, the weights on disk).
-        available = available and bool(described.pop("available", True))
-        info.update(described)
-    info["available"] = available
-    return info
+                     imagegate=describe_model(spec, service.providers))

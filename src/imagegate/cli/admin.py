@@ -5,8 +5,10 @@ actions as the admin API (accounts/admin.py), directly on the database, so they 
 not a server is running. Every command migrates the database first, runs its work in one
 `asyncio.run`, and disposes the engine before it returns.
 
-Output: what a script wants to read (a new key, tables, JSON, CSV) goes to stdout; confirmations
-and summaries go to stderr. Errors are one line on stderr and exit status 1.
+Output: what a script wants to read (a new key, tables, JSON, CSV) goes to stdout; the summary
+of where state lives (printed first), confirmations and totals go to stderr. A bad setting is
+one line naming it, exit status 2 (as for `serve`); every other error is one line on stderr,
+exit status 1.
 
 A running server trusts a key it has verified for `auth_cache_seconds` (default 5), so a key
 disabled or deleted here stops working there within that time.
@@ -23,31 +25,40 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import APIError
-from .settings import Settings
+from ..errors import APIError
+from ..settings import Settings
+from .common import (
+    Command,
+    ConfigOption,
+    Group,
+    console,
+    fail,
+    load_settings,
+    one_line,
+    print_summary,
+    safe_url,
+)
 
 if TYPE_CHECKING:
-    from .accounts.admin import Admin
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from ..accounts.admin import Admin
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
-
-ConfigOption = typer.Option(None, "--config", "-c", help="TOML config file.", exists=True,
-                            dir_okay=False)
-
-keys_app = typer.Typer(help="API keys: create, list, disable, enable, delete.",
+keys_app = typer.Typer(help="API keys: create, list, disable, enable, delete.", cls=Group,
                        no_args_is_help=True, add_completion=False)
-accounts_app = typer.Typer(help="Accounts and their prepaid balances.", no_args_is_help=True,
-                           add_completion=False)
-db_app = typer.Typer(help="The accounts database.", no_args_is_help=True, add_completion=False)
+accounts_app = typer.Typer(help="Accounts and their prepaid balances.", cls=Group,
+                           no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="The accounts database.", cls=Group, no_args_is_help=True,
+                     add_completion=False)
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -57,40 +68,19 @@ _MAX_MICROS = 2**63 - 1
 # plumbing ---------------------------------------------------------------------------------
 
 
-def _fail(message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def _load_settings(config: Optional[Path]) -> Settings:
-    from pydantic import ValidationError
-
-    try:
-        return Settings.load(config)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        _fail(f"invalid setting {field}: {first.get('msg', 'invalid')}")
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
-
-
-def _safe_url(url: str) -> str:
-    """The database URL as it may be printed: any password replaced by ***."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not parseable: say nothing about it rather than risk a secret
-        return "(the configured database URL)"
+def _settings(config: Optional[Path]) -> Settings:
+    """The settings (a bad one: one line, exit 2), after which the summary goes to stderr."""
+    settings = load_settings(config)
+    print_summary(settings)
+    return settings
 
 
 def _run(settings: Settings, work: Callable[["Admin"], Awaitable[T]]) -> T:
     """Open the configured database, migrate it, run `work(admin)`, dispose the engine. Every
     expected failure becomes a one-line error and exit status 1."""
-    from .accounts.admin import Admin
-    from .accounts.database import create_engine, migrate
-    from .accounts.ledger import Ledger
+    from ..accounts.admin import Admin
+    from ..accounts.database import create_engine, migrate
+    from ..accounts.ledger import Ledger
 
     url = settings.resolved_database_url
 
@@ -109,23 +99,18 @@ def _run(settings: Settings, work: Callable[["Admin"], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except APIError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     except typer.Exit:
         raise
     except (OSError, ImportError) as exc:
-        _fail(f"cannot open the database {_safe_url(url)}: {_one_line(exc)}")
+        fail(f"cannot open the database {safe_url(url)}: {one_line(exc)}")
     except Exception as exc:
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(exc, SQLAlchemyError) or type(exc).__module__.startswith("asyncpg"):
             detail = getattr(exc, "orig", None) or exc
-            _fail(f"database error ({_safe_url(url)}): {_one_line(detail)}")
+            fail(f"database error ({safe_url(url)}): {one_line(detail)}")
         raise
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -165,7 +150,7 @@ def _print_json(value: Any) -> None:
 
 
 def _money(micros: int, currency: str) -> str:
-    from .pricing import format_money
+    from ..pricing import format_money
 
     return format_money(micros, currency)
 
@@ -181,7 +166,7 @@ def parse_when(text: str, *, future: bool, param: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        _fail(f"{param}: {text!r} is neither an ISO 8601 time (2025-01-31T12:00:00Z) nor a "
+        fail(f"{param}: {text!r} is neither an ISO 8601 time (2025-01-31T12:00:00Z) nor a "
               "duration such as 30d, 24h, 90m or 2w.")
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
@@ -196,14 +181,14 @@ def parse_amount(text: str) -> int:
     except InvalidOperation:
         value = None
     if value is None or not value.is_finite():
-        _fail(f"{text!r} is not a decimal amount (write it like 12.50 or -3).")
+        fail(f"{text!r} is not a decimal amount (write it like 12.50 or -3).")
     micros = value * 1_000_000  # type: ignore[operator]
     if micros != micros.to_integral_value():
-        _fail(f"{text!r} has more than six decimal places; amounts are kept in millionths.")
+        fail(f"{text!r} has more than six decimal places; amounts are kept in millionths.")
     if micros == 0:
-        _fail("The amount must not be zero.")
+        fail("The amount must not be zero.")
     if abs(micros) > _MAX_MICROS:
-        _fail(f"{text!r} is too large.")
+        fail(f"{text!r} is too large.")
     return int(micros)
 
 
@@ -214,7 +199,7 @@ def _check_multiplier(text: str) -> None:
     except InvalidOperation:
         ok = False
     if not ok:
-        _fail(f"{text!r} is not a valid price multiplier (a decimal such as 0.8 or 1.25).")
+        fail(f"{text!r} is not a valid price multiplier (a decimal such as 0.8 or 1.25).")
 
 
 def _account_names(accounts: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -227,7 +212,7 @@ def _warn_unknown_models(settings: Settings, models: list[str]) -> None:
     if not models:
         return
     try:
-        from .catalog import BUILTIN_BACKENDS, Catalog
+        from ..catalog import BUILTIN_BACKENDS, Catalog
 
         catalog = Catalog.from_config(settings.models, BUILTIN_BACKENDS | set(settings.providers))
     except Exception:  # a broken [models] table is `serve`'s to report, not ours
@@ -242,7 +227,7 @@ def _warn_unknown_models(settings: Settings, models: list[str]) -> None:
 # keys -------------------------------------------------------------------------------------
 
 
-@keys_app.command("create")
+@keys_app.command("create", cls=Command)
 def keys_create(
     account: str = typer.Option(..., "--account", "-a", help="Account name (or id) that pays."),
     name: str = typer.Option(..., "--name", "-n", help="A label for the key."),
@@ -263,15 +248,15 @@ def keys_create(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Create an API key. The key is printed once, alone on stdout; only its hash is kept."""
-    settings = _load_settings(config)
+    settings = _settings(config)
     expires_at = parse_when(expires, future=True, param="--expires") if expires else None
     if expires_at is not None and expires_at <= datetime.now(timezone.utc):
-        _fail(f"--expires {expires!r} is in the past.")
+        fail(f"--expires {expires!r} is in the past.")
     if not name.strip() or len(name) > 200:
-        _fail("--name must be 1 to 200 characters.")
+        fail("--name must be 1 to 200 characters.")
     for option, limit in (("--rpm", rpm), ("--concurrency", concurrency)):
         if limit is not None and limit < 1:
-            _fail(f"{option} must be at least 1.")
+            fail(f"{option} must be at least 1.")
     if price_multiplier is not None:
         _check_multiplier(price_multiplier)
     _warn_unknown_models(settings, model or [])
@@ -322,7 +307,7 @@ def _key_state(info: dict[str, Any]) -> str:
     return "enabled"
 
 
-@keys_app.command("list")
+@keys_app.command("list", cls=Command)
 def keys_list(
     account: Optional[str] = typer.Option(None, "--account", "-a",
                                           help="Only this account's keys."),
@@ -330,7 +315,7 @@ def keys_list(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """List API keys (their prefixes: full keys are never stored)."""
-    settings = _load_settings(config)
+    settings = _settings(config)
 
     async def work(admin_: "Admin") -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
         return await admin_.keys(account), _account_names(await admin_.accounts())
@@ -368,42 +353,42 @@ def _limits(info: dict[str, Any]) -> str:
 
 
 def _set_enabled(key_id: int, enabled: bool, config: Optional[Path]) -> None:
-    settings = _load_settings(config)
+    settings = _settings(config)
     info = _run(settings, lambda admin_: admin_.set_key_enabled(key_id, enabled))
     console.print(f"key {info['id']} {escape(repr(info['name']))} ({info['prefix']}…) is now "
                   f"{'enabled' if enabled else 'disabled'}; a running server notices within "
                   f"{settings.auth_cache_seconds:g} s.", soft_wrap=True)
 
 
-@keys_app.command("disable")
+@keys_app.command("disable", cls=Command)
 def keys_disable(key_id: int = typer.Argument(..., metavar="ID", help="Key id (keys list)."),
                  config: Optional[Path] = ConfigOption) -> None:
-    """Disable a key: requests with it get 401 api_key_disabled. Reversible."""
+    """Disable a key: requests with it get 401 invalid_api_key. Reversible."""
     _set_enabled(key_id, False, config)
 
 
-@keys_app.command("enable")
+@keys_app.command("enable", cls=Command)
 def keys_enable(key_id: int = typer.Argument(..., metavar="ID", help="Key id (keys list)."),
                 config: Optional[Path] = ConfigOption) -> None:
     """Enable a disabled key again."""
     _set_enabled(key_id, True, config)
 
 
-@keys_app.command("delete")
+@keys_app.command("delete", cls=Command)
 def keys_delete(
     key_id: int = typer.Argument(..., metavar="ID", help="Key id (keys list)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Don't ask for confirmation."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Delete a key for good (its usage records stay). `disable` is the reversible way."""
-    settings = _load_settings(config)
+    settings = _settings(config)
     info = _run(settings, lambda admin_: admin_.key(key_id))
     label = f"key {info['id']} {info['name']!r} ({info['prefix']}…)"
     if not yes:
         if not sys.stdin.isatty():
-            _fail(f"not deleting {label} without --yes (no terminal to confirm on).")
+            fail(f"not deleting {label} without --yes (no terminal to confirm on).")
         if not typer.confirm(f"Delete {label}?", default=False, err=True):
-            _fail("not deleted.")
+            fail("not deleted.")
     _run(settings, lambda admin_: admin_.delete_key(key_id))
     console.print(f"deleted {escape(label)}", soft_wrap=True)
 
@@ -411,7 +396,7 @@ def keys_delete(
 # accounts ---------------------------------------------------------------------------------
 
 
-@accounts_app.command("create")
+@accounts_app.command("create", cls=Command)
 def accounts_create(
     name: str = typer.Argument(..., help="Account name (not all digits: those look up ids)."),
     unlimited: bool = typer.Option(False, "--unlimited",
@@ -423,12 +408,12 @@ def accounts_create(
 ) -> None:
     """Create an account (balance 0; top it up with `accounts topup`)."""
     if not name.strip() or len(name) > 200:
-        _fail("The account name must be 1 to 200 characters.")
+        fail("The account name must be 1 to 200 characters.")
     _check_multiplier(price_multiplier)
     if name.isdigit():
-        _fail(f"{name!r} is all digits, which commands read as an account id; pick a name with "
+        fail(f"{name!r} is all digits, which commands read as an account id; pick a name with "
               "a letter in it.")
-    settings = _load_settings(config)
+    settings = _settings(config)
     info = _run(settings, lambda admin_: admin_.create_account(
         name, unlimited=unlimited, price_multiplier=price_multiplier))
     console.print(f"created account {info['id']} {escape(info['name'])}: "
@@ -437,7 +422,7 @@ def accounts_create(
                   f"{_money(info['balance_micros'], info['currency'])}", soft_wrap=True)
 
 
-@accounts_app.command("topup", context_settings={"ignore_unknown_options": True})
+@accounts_app.command("topup", cls=Command, context_settings={"ignore_unknown_options": True})
 def accounts_topup(
     name: str = typer.Argument(..., help="Account name (or id)."),
     amount: str = typer.Argument(..., help="Exact decimal in currency units, e.g. 12.50; "
@@ -447,7 +432,7 @@ def accounts_topup(
 ) -> None:
     """Add money to an account's balance (or take it away, with a negative AMOUNT)."""
     micros = parse_amount(amount)
-    settings = _load_settings(config)
+    settings = _settings(config)
     info = _run(settings, lambda admin_: admin_.topup(name, micros, note))
     verb = "credited {} to" if micros > 0 else "debited {} from"
     console.print(verb.format(_money(abs(micros), info["currency"]))
@@ -455,14 +440,14 @@ def accounts_topup(
                   f"balance {_money(info['balance_micros'], info['currency'])}", soft_wrap=True)
 
 
-@accounts_app.command("show")
+@accounts_app.command("show", cls=Command)
 def accounts_show(
     name: str = typer.Argument(..., help="Account name (or id)."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout (amounts in micros)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """An account's balance, what is held for running requests, what it spent."""
-    settings = _load_settings(config)
+    settings = _settings(config)
 
     async def work(admin_: "Admin") -> tuple[dict[str, Any], list[dict[str, Any]]]:
         info = await admin_.account(name)
@@ -487,13 +472,13 @@ def accounts_show(
     sys.stdout.write("".join(f"{label:<{width}}  {value}\n" for label, value in lines))
 
 
-@accounts_app.command("list")
+@accounts_app.command("list", cls=Command)
 def accounts_list(
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout (amounts in micros)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """All accounts with their balances."""
-    settings = _load_settings(config)
+    settings = _settings(config)
     accounts = _run(settings, lambda admin_: admin_.accounts())
     if as_json:
         _print_json(accounts)
@@ -530,7 +515,7 @@ def usage(
 ) -> None:
     """Usage records, one per request: what was asked, delivered and charged."""
     since_at = parse_when(since, future=False, param="--since") if since else None
-    settings = _load_settings(config)
+    settings = _settings(config)
 
     async def work(admin_: "Admin") -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
         rows = await admin_.usage(key_id=key, model=model, account=account, since=since_at,
@@ -539,7 +524,7 @@ def usage(
 
     rows, owners = _run(settings, work)
     if as_csv:
-        from .api.admin import usage_csv
+        from ..accounts.usage_export import usage_csv
 
         sys.stdout.write(usage_csv(rows))
         return
@@ -570,12 +555,12 @@ def usage(
 # db ---------------------------------------------------------------------------------------
 
 
-@db_app.command("upgrade")
+@db_app.command("upgrade", cls=Command)
 def db_upgrade(config: Optional[Path] = ConfigOption) -> None:
     """Migrate the database to the newest schema (what `serve` does at start-up)."""
-    from .accounts.database import create_engine, migrate
+    from ..accounts.database import create_engine, migrate
 
-    settings = _load_settings(config)
+    settings = _settings(config)
     url = settings.resolved_database_url
 
     async def main() -> tuple[str | None, str | None]:
@@ -590,15 +575,15 @@ def db_upgrade(config: Optional[Path] = ConfigOption) -> None:
     try:
         before, after = asyncio.run(main())
     except Exception as exc:
-        _fail(f"cannot upgrade {_safe_url(url)}: {_one_line(getattr(exc, 'orig', None) or exc)}")
+        fail(f"cannot upgrade {safe_url(url)}: {one_line(getattr(exc, 'orig', None) or exc)}")
     if before == after:
-        sys.stdout.write(f"{_safe_url(url)}: already at revision {after}\n")
+        sys.stdout.write(f"{safe_url(url)}: already at revision {after}\n")
     else:
-        sys.stdout.write(f"{_safe_url(url)}: upgraded from revision {before or '(empty)'} "
+        sys.stdout.write(f"{safe_url(url)}: upgraded from revision {before or '(empty)'} "
                          f"to {after}\n")
 
 
-async def _revision(engine: Any) -> str | None:
+async def _revision(engine: "AsyncEngine") -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     async with engine.connect() as conn:
