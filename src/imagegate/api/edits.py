@@ -21,9 +21,9 @@ from starlette.datastructures import UploadFile
 from .. import rules
 from ..accounts.keys import Caller
 from ..errors import InvalidRequest
-from ..generation import GenerationRequest
+from ..generation import GenerationRequest, ResponseFormat
 from ..protocol import edit_form
-from ..protocol.images import ImageEditFields, ImageEditJSON, ImagesResponse
+from ..protocol.images import ImageEditFields, ImageEditJSON, ImageInputFields, ImagesResponse
 from ..protocol.wire import MAX_INPUT_IMAGES
 from ..service import ImageService
 from . import deps
@@ -34,21 +34,25 @@ from .errors import (
     document_models,
     error_responses,
 )
-from .image_stream import check_partial_images, stream_images
-from .images import check_n, default_response_format, parse_size, to_images_response
+from .image_stream import stream_images
+from .images import check_n, to_generation_request, to_images_response
 from .middleware import BodyTooLarge
 
 router = APIRouter(tags=["images"])
 ModelT = TypeVar("ModelT", bound=BaseModel)
+Source = tuple[str | bytes, str]
+"""An input image (a file's bytes, or a URL) and the wire parameter it came from."""
+Inputs = tuple[ImageInputFields, list[Source], Source | None]
+"""What a request sends: its fields, its images and its mask."""
 
 MAX_IMAGES = MAX_INPUT_IMAGES
 VARIATION_STRENGTH = 0.75  # a variation keeps the composition and changes the details
 
 
-def _request_body(json_allowed: bool) -> dict[str, Any]:
+def _request_body(fields: type[BaseModel], json_allowed: bool) -> dict[str, Any]:
     """What the handlers parse themselves, for the OpenAPI document: multipart (the SDKs'
     form) and, for edits, OpenAI's JSON form."""
-    content: dict[str, Any] = {"multipart/form-data": {"schema": edit_form.form_schema()}}
+    content: dict[str, Any] = {"multipart/form-data": {"schema": edit_form.form_schema(fields)}}
     if json_allowed:
         content["application/json"] = {"schema": {"$ref": "#/components/schemas/ImageEditJSON"}}
     return {"requestBody": {"required": True, "content": content}}
@@ -57,32 +61,28 @@ def _request_body(json_allowed: bool) -> dict[str, Any]:
 document_models(ImageEditJSON)
 
 
-@router.post("/images/edits", response_model=ImagesResponse, openapi_extra=_request_body(True),
+@router.post("/images/edits", response_model=ImagesResponse,
+             openapi_extra=_request_body(ImageEditFields, True),
              responses={**EVENT_STREAM, **error_responses(*GENERATION_STATUSES)})
 async def create_edit(request: Request, caller: Caller = Depends(deps.caller),
                       service: ImageService = Depends(deps.service)) -> Response:
-    fields, images, mask = await _read_inputs(request, json_allowed=True)
-    if not fields.prompt:
-        raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt",
-                             code="missing_required_parameter")
-    gen = _generation_request(request, fields, images, mask, prompt=fields.prompt)
+    fields, images, mask = await _read_inputs(request, ImageEditFields, json_allowed=True)
+    gen = _generation_request(request, service, fields, images, mask,
+                              server_format=deps.settings(request).edits_response_format)
     check_n(service, gen)
-    if fields.response_format is None and not fields.stream:
-        gen.response_format = default_response_format(
-            service, gen.model, deps.settings(request).edits_response_format)
-    partial_images = check_partial_images(fields.partial_images)
     if fields.stream:
         return await stream_images(request, service, caller, gen, endpoint="images.edits",
-                                   event_prefix="image_edit", partial_images=partial_images)
+                                   event_prefix="image_edit",
+                                   partial_images=fields.partial_images or 0)
     return await _respond(request, caller, service, gen, "images.edits")
 
 
 @router.post("/images/variations", response_model=ImagesResponse,
-             openapi_extra=_request_body(False),
+             openapi_extra=_request_body(ImageInputFields, False),
              responses=error_responses(*GENERATION_STATUSES))
 async def create_variation(request: Request, caller: Caller = Depends(deps.caller),
                            service: ImageService = Depends(deps.service)) -> JSONResponse:
-    fields, images, mask = await _read_inputs(request, json_allowed=False)
+    fields, images, mask = await _read_inputs(request, ImageInputFields, json_allowed=False)
     if fields.stream:
         raise InvalidRequest("Variations are not streamed; leave out `stream`.",
                              param="stream", code="unsupported_parameter")
@@ -90,12 +90,11 @@ async def create_variation(request: Request, caller: Caller = Depends(deps.calle
         raise InvalidRequest("A variation takes exactly one image.", param="image")
     if mask is not None:
         raise InvalidRequest("Variations take no mask.", param="mask")
-    gen = _generation_request(request, fields, images, None, prompt=fields.prompt or "")
+    # DALL-E 2's endpoint, and its default: links.
+    gen = _generation_request(request, service, fields, images, None,
+                              server_format=deps.settings(request).images_response_format)
     gen.prompt_optional = True
     check_n(service, gen)
-    if fields.response_format is None:  # DALL-E 2's endpoint, and its default: links
-        gen.response_format = default_response_format(
-            service, gen.model, deps.settings(request).images_response_format)
     if gen.strength is None:
         gen.strength = VARIATION_STRENGTH
     return await _respond(request, caller, service, gen, "images.variations")
@@ -112,49 +111,32 @@ async def _respond(request: Request, caller: Caller, service: ImageService,
     return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
 
 
-def _generation_request(request: Request, fields: ImageEditFields,
-                        images: list[tuple[str | bytes, str]],
-                        mask: tuple[str | bytes, str] | None, *, prompt: str
-                        ) -> GenerationRequest:
-    for name, value, allowed in (("response_format", fields.response_format, ("url", "b64_json")),
-                                 ("output_format", fields.output_format,
-                                  ("png", "jpeg", "webp"))):
-        if value is not None and value not in allowed:
-            raise InvalidRequest(f"Invalid `{name}` {value!r}; supported values are "
-                                 f"{list(allowed)}.", param=name)
+def _generation_request(request: Request, service: ImageService, fields: ImageInputFields,
+                        images: list[Source], mask: Source | None, *,
+                        server_format: ResponseFormat) -> GenerationRequest:
+    """The shared fields as a generation's (api/images.py), with the images and `strength`."""
     if not images:
         raise InvalidRequest("Missing required parameter: 'image'.", param="image",
                              code="missing_required_parameter")
     if len(images) > MAX_IMAGES:
         raise InvalidRequest(f"At most {MAX_IMAGES} images may be sent.",
                              param=rules.images_field(images[-1][1]))
-    return GenerationRequest(
-        model=fields.model or deps.settings(request).default_model,
-        prompt=prompt,
-        n=1 if fields.n is None else fields.n,
-        size=parse_size(fields.size),
-        quality=fields.quality,
-        response_format=fields.response_format or "url",  # type: ignore[arg-type]
-        output_format=fields.output_format or "png",  # type: ignore[arg-type]
-        output_compression=fields.output_compression,
-        background=fields.background,
-        user=fields.user,
-        seed=fields.seed,
-        num_inference_steps=fields.num_inference_steps,
-        guidance_scale=fields.guidance_scale,
-        negative_prompt=fields.negative_prompt,
-        strength=fields.strength,
-        references=images,
-        mask=mask,
-    )
+    gen = to_generation_request(service, fields,
+                                default_model=deps.settings(request).default_model,
+                                server_format=server_format)
+    gen.strength = fields.strength
+    gen.references = images
+    gen.mask = mask
+    return gen
 
 
-async def _read_inputs(request: Request, *, json_allowed: bool
-                       ) -> tuple[ImageEditFields, list[tuple[str | bytes, str]],
-                                  tuple[str | bytes, str] | None]:
+async def _read_inputs(request: Request, fields: type[ImageInputFields], *,
+                       json_allowed: bool) -> Inputs:
+    """A form's fields held to `fields` (an edit's or a variation's), or OpenAI's JSON edit
+    form (`ImageEditJSON`), with the images and the mask."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
-        return await _read_multipart(request)
+        return await _read_multipart(request, fields)
     if json_allowed and media_type == "application/json":
         return await _read_json(request)
     expected = "multipart/form-data" + (" or application/json" if json_allowed else "")
@@ -162,7 +144,7 @@ async def _read_inputs(request: Request, *, json_allowed: bool
                          f"{expected}.", code="unsupported_content_type")
 
 
-async def _read_multipart(request: Request) -> tuple[ImageEditFields, list, Any]:
+async def _read_multipart(request: Request, fields: type[ImageInputFields]) -> Inputs:
     try:
         form = await request.form(max_files=MAX_IMAGES + 1, max_fields=64)
     except BodyTooLarge:
@@ -171,12 +153,12 @@ async def _read_multipart(request: Request) -> tuple[ImageEditFields, list, Any]
         detail = getattr(exc, "detail", None) or str(exc)
         raise InvalidRequest(f"The multipart body could not be read: {detail}",
                              code="invalid_multipart") from None
-    images: list[tuple[str | bytes, str]] = []
+    images: list[Source] = []
     for name in edit_form.IMAGE_PARTS:
         for i, part in enumerate(form.getlist(name)):
             where = name if name == "image" else f"image[{i}]"
             images.append((await _part_bytes(part, where), where))
-    mask = None
+    mask: Source | None = None
     if form.get(edit_form.MASK_PART) is not None:
         mask = (await _part_bytes(form[edit_form.MASK_PART], "mask"), "mask")
     text = {k: v for k, v in form.multi_items() if isinstance(v, str) and v != ""}
@@ -187,7 +169,7 @@ async def _read_multipart(request: Request) -> tuple[ImageEditFields, list, Any]
         "images": [hashlib.sha256(src if isinstance(src, bytes) else src.encode()).hexdigest()
                    for src, _ in images + ([mask] if mask else [])],
     }).encode()
-    return _validate(ImageEditFields, edit_form.form_values(text)), images, mask
+    return _validate(fields, edit_form.form_values(text)), images, mask
 
 
 async def _part_bytes(part: Any, where: str) -> str | bytes:
@@ -198,7 +180,7 @@ async def _part_bytes(part: Any, where: str) -> str | bytes:
     raise InvalidRequest(f"`{where}` must be a file.", param=where)
 
 
-async def _read_json(request: Request) -> tuple[ImageEditFields, list, Any]:
+async def _read_json(request: Request) -> Inputs:
     try:
         body = json.loads(await request.body())
     except ValueError:
@@ -207,13 +189,13 @@ async def _read_json(request: Request) -> tuple[ImageEditFields, list, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
     parsed = _validate(ImageEditJSON, body)
-    images = []
+    images: list[Source] = []
     for i, item in enumerate(parsed.images or []):
         if item.image_url is None:
             raise InvalidRequest("Each image needs an `image_url` (file ids are not "
                                  "supported).", param=f"images[{i}].image_url")
         images.append((item.image_url, f"images[{i}].image_url"))
-    mask = None
+    mask: Source | None = None
     if parsed.mask is not None:
         if parsed.mask.image_url is None:
             raise InvalidRequest("The mask needs an `image_url` (file ids are not supported).",

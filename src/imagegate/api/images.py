@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -14,6 +15,7 @@ from ..generation import GenerationRequest, GenerationResult, ResponseFormat, Si
 from ..protocol.images import (
     ImageData,
     ImageGenerationRequest,
+    ImageRequestFields,
     ImagesResponse,
     ImagesUsage,
     InputTokensDetails,
@@ -21,7 +23,7 @@ from ..protocol.images import (
 from ..service import ImageService
 from . import deps
 from .errors import EVENT_STREAM, GENERATION_STATUSES, error_responses
-from .image_stream import check_partial_images, stream_images
+from .image_stream import stream_images
 
 router = APIRouter(tags=["images"])
 
@@ -36,18 +38,16 @@ async def create_image(
     service: ImageService = Depends(deps.service),
 ) -> Response:
     settings = deps.settings(request)
-    gen = to_generation_request(body, default_model=settings.default_model)
+    gen = to_generation_request(service, body, default_model=settings.default_model,
+                                server_format=settings.images_response_format)
+    gen.style = body.style
     check_n(service, gen)
-    if body.response_format is None and not body.stream:
-        gen.response_format = default_response_format(service, gen.model,
-                                                      settings.images_response_format)
-    partial_images = check_partial_images(body.partial_images)
     if body.stream:
         return await stream_images(request, service, caller, gen, endpoint="images.generations",
                                    event_prefix="image_generation",
-                                   partial_images=partial_images)
+                                   partial_images=body.partial_images or 0)
 
-    async def produce() -> dict:
+    async def produce() -> dict[str, Any]:
         result = await service.generate(gen, request_id=deps.request_id(request), caller=caller)
         answer = to_images_response(result, deps.public_base_url(request))
         return answer.model_dump(exclude_none=True)
@@ -65,16 +65,22 @@ def check_n(service: ImageService, gen: GenerationRequest) -> None:
     rules.check_n(spec, gen)
 
 
-def default_response_format(service: ImageService, model: str,
-                            server_default: ResponseFormat) -> ResponseFormat:
-    """What a request that sends no `response_format` gets: the model's catalog entry decides,
-    else the server's setting for the endpoint (docs/api.md, "Defaults"). A stream is not
-    asked this: its events carry base64 always (and a link when `url` is asked)."""
+def response_format(service: ImageService, model: str, fields: ImageRequestFields,
+                    server_format: ResponseFormat) -> ResponseFormat:
+    """The `response_format` an Images request gets, decided here for every endpoint
+    (docs/api.md, "Defaults"): the one it sends; else `url` for a stream (whose events carry
+    base64 always, and the link beside it); else the model's catalog entry; else
+    `server_format`, the server's setting for the endpoint (`images_response_format`,
+    `edits_response_format`)."""
+    if fields.response_format is not None:
+        return fields.response_format
+    if fields.stream:
+        return "url"
     try:
         spec = service.catalog.get(model)
     except ModelNotFound:
-        return server_default  # the service gives the 404
-    return spec.response_format(server_default)
+        return server_format  # the service gives the 404
+    return spec.response_format(server_format)
 
 
 def parse_size(value: str | None, param: str = "size") -> Size | None:
@@ -89,23 +95,28 @@ def parse_size(value: str | None, param: str = "size") -> Size | None:
     return size
 
 
-def to_generation_request(body: ImageGenerationRequest, *, default_model: str) -> GenerationRequest:
+def to_generation_request(service: ImageService, fields: ImageRequestFields, *,
+                          default_model: str, server_format: ResponseFormat
+                          ) -> GenerationRequest:
+    """The fields every Images endpoint shares, translated once; an endpoint adds its own (a
+    generation's `style`, an edit's images and `strength`). `server_format`: the server's
+    `response_format` setting for the endpoint."""
+    model = fields.model or default_model
     return GenerationRequest(
-        model=body.model or default_model,
-        prompt=body.prompt,
-        n=1 if body.n is None else body.n,
-        size=parse_size(body.size),
-        quality=body.quality,
-        style=body.style,
-        response_format=body.response_format or "url",
-        output_format=body.output_format or "png",
-        output_compression=body.output_compression,
-        background=body.background,
-        user=body.user,
-        seed=body.seed,
-        num_inference_steps=body.num_inference_steps,
-        guidance_scale=body.guidance_scale,
-        negative_prompt=body.negative_prompt,
+        model=model,
+        prompt=fields.prompt or "",
+        n=1 if fields.n is None else fields.n,
+        size=parse_size(fields.size),
+        quality=fields.quality,
+        response_format=response_format(service, model, fields, server_format),
+        output_format=fields.output_format or "png",
+        output_compression=fields.output_compression,
+        background=fields.background,
+        user=fields.user,
+        seed=fields.seed,
+        num_inference_steps=fields.num_inference_steps,
+        guidance_scale=fields.guidance_scale,
+        negative_prompt=fields.negative_prompt,
     )
 
 

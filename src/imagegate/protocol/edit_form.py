@@ -3,9 +3,10 @@ it: the image as one part named `image` or several named `image[]` (the SDKs sen
 `image[]`, even of one), an optional `mask`, and text fields whose values are strings (`"2"`,
 `"true"`).
 
-The text fields are `ImageEditFields` (protocol/images.py), the model OpenAI's JSON form is held
-to as well: `form_values` turns the strings into the JSON values they stand for first, so both
-forms meet the same strict types and limits.
+The text fields are an edit's `ImageEditFields` or a variation's `ImageInputFields`
+(protocol/images.py), the fields OpenAI's JSON edit form and a generation are held to as well:
+`form_values` turns the strings into the JSON values they stand for first, so every form meets
+the same strict types and limits.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .images import ImageEditFields
+from pydantic import BaseModel
+
 from .wire import MAX_INPUT_IMAGES
 
 IMAGE_PARTS = ("image", "image[]")
@@ -32,7 +34,7 @@ _FLOAT_TEXT = re.compile(r"[+-]?(\d{1,40}(\.\d{0,40})?|\.\d{1,40})([eE][+-]?\d{1
 
 def form_values(text: Mapping[str, str]) -> dict[str, Any]:
     """A form's strings as the JSON values they stand for; anything else stays a string, for
-    `ImageEditFields` to refuse with the field's name."""
+    the fields' model to refuse with the field's name."""
     values: dict[str, Any] = dict(text)
     for name, value in text.items():
         if name in _INT_FIELDS and _INT_TEXT.fullmatch(value):
@@ -44,11 +46,13 @@ def form_values(text: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def form_schema() -> dict[str, Any]:
-    """The form as an OpenAPI schema: the parts and `ImageEditFields`' fields."""
+def form_schema(fields: type[BaseModel]) -> dict[str, Any]:
+    """The form as an OpenAPI schema: the parts and the fields' model (an edit's or a
+    variation's), with what the model requires."""
     binary = {"type": "string", "format": "binary"}
-    return {"type": "object", "required": ["image"], "properties": {
+    schema = fields.model_json_schema()
+    return {"type": "object", "required": ["image", *schema.get("required", [])], "properties": {
         "image": binary,
         "image[]": {"type": "array", "items": binary, "maxItems": MAX_INPUT_IMAGES},
         MASK_PART: binary,
-        **ImageEditFields.model_json_schema()["properties"]}}
+        **schema["properties"]}}

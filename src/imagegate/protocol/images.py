@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from ..generation import OutputFormat, ResponseFormat
 from .wire import (
     MAX_INPUT_IMAGES,
     Compression,
@@ -13,6 +14,7 @@ from .wire import (
     Flag,
     ImageURL,
     ModelName,
+    Moderation,
     Number,
     PartialImages,
     Prompt,
@@ -24,8 +26,10 @@ from .wire import (
 )
 
 
-class ImageGenerationRequest(WireModel):
-    """`POST /v1/images/generations`. `null` anywhere means "the default".
+class ImageRequestFields(WireModel):
+    """The fields every Images API request shares (generations, edits, variations), each with
+    its rule written once, so a bad value gets the same error from all three. `null` anywhere
+    means "the default".
 
     Unknown keys are ignored rather than rejected: clients built for other vendors send extras
     (`extra_body`), and refusing them is the most common compatibility complaint about gateways.
@@ -33,17 +37,16 @@ class ImageGenerationRequest(WireModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: Prompt
+    prompt: Prompt | None = None
     model: ModelName | None = None
     n: Count | None = None
     size: Word | None = None
     quality: Word | None = None
-    style: Word | None = None
-    response_format: Literal["url", "b64_json"] | None = None
-    output_format: Literal["png", "jpeg", "webp"] | None = None
+    response_format: ResponseFormat | None = None
+    output_format: OutputFormat | None = None
     output_compression: Compression | None = None
     background: Word | None = None
-    moderation: Literal["low", "auto"] | None = None
+    moderation: Moderation | None = None
     user: UserId | None = None
     stream: Flag | None = None
     partial_images: PartialImages | None = None
@@ -54,31 +57,25 @@ class ImageGenerationRequest(WireModel):
     negative_prompt: Prompt | None = None
 
 
-class ImageEditFields(WireModel):
-    """The fields of an edit or variation besides its images. A multipart form's values are all
-    strings (`"2"`, `"true"`): protocol/edit_form.py converts them to JSON types first, so both
-    forms are held to the same strict types and limits."""
+class ImageGenerationRequest(ImageRequestFields):
+    """`POST /v1/images/generations`."""
 
-    model_config = ConfigDict(extra="ignore")
+    prompt: Prompt
+    style: Word | None = None
 
-    prompt: Prompt | None = None
-    model: ModelName | None = None
-    n: Count | None = None
-    size: Word | None = None
-    quality: Word | None = None
-    response_format: Word | None = None
-    output_format: Word | None = None
-    output_compression: Compression | None = None
-    background: Word | None = None
-    moderation: Word | None = None
-    user: UserId | None = None
-    stream: Flag | None = None
-    partial_images: PartialImages | None = None
-    seed: Seed | None = None
-    num_inference_steps: Steps | None = None
-    guidance_scale: Number | None = None
-    negative_prompt: Prompt | None = None
+
+class ImageInputFields(ImageRequestFields):
+    """The fields of a variation besides its image, and the base of an edit's. A multipart
+    form's values are all strings (`"2"`, `"true"`): protocol/edit_form.py converts them to JSON
+    types first, so both forms are held to the same strict types and limits."""
+
     strength: Number | None = None
+
+
+class ImageEditFields(ImageInputFields):
+    """The fields of an edit besides its images: a variation's, with a prompt required."""
+
+    prompt: Prompt
 
 
 class ImageReference(BaseModel):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -67,6 +67,8 @@ PartialImages = Annotated[StrictInt, Field(ge=0, le=MAX_PARTIAL_IMAGES)]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 """A finite JSON number (an integer is accepted, a string or a boolean is not)."""
 Flag = StrictBool
+Moderation = Literal["low", "auto"]
+"""OpenAI's values, accepted for compatibility: the server's own moderation settings decide."""
 
 
 def either(text: Any, other: Any) -> Any:
