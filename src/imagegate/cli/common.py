@@ -97,9 +97,9 @@ def load_settings(config: Optional[Path], **overrides: Any) -> Settings:
         env = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
         if env:
             bad_setting(f"IMAGEGATE_{env.group(1).upper()}",
-                        f"not valid JSON ({_first_line(exc.__cause__ or exc)})")
+                        f"not valid JSON ({one_line(exc.__cause__ or exc)})")
         typer.echo(f"imagegate: cannot read the config file {_config_path(config)}: "
-                   f"{_first_line(exc)}", err=True)
+                   f"{one_line(exc)}", err=True)
         raise typer.Exit(2)
 
 
@@ -137,11 +137,6 @@ def _expected(error: Mapping[str, Any]) -> str:
         return "expected one of " + ", ".join(choices)
     msg = str(error.get("msg") or "invalid value")
     return msg[:1].lower() + msg[1:]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def service_without_links(settings: Settings) -> "ImageService":
@@ -199,8 +194,8 @@ def _models_line(settings: Settings, service: "ImageService | None") -> str:
         if service is None:
             service = service_without_links(settings)
         groups = model_states(service.catalog.served(), service.providers)
-    except Exception as exc:  # a broken [models] table: `serve` says so; a summary must not
-        return f"(cannot read the model table: {one_line(exc)})"
+    except Exception as exc:  # a broken [models] table or provider: `serve` says so; a
+        return f"(not listed: {one_line(exc)})"  # summary must not stop the command
     hints = {"missing weights": " (imagegate pull NAME)"}
     return "; ".join(f"{state}{hints.get(state, '')}: {', '.join(names)}"
                      for state, names in groups.items()) or "none served"

@@ -37,20 +37,22 @@ def generate(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Generate images in this process, without a server."""
-    from ..api.images import parse_size
-    from ..generation import GenerationRequest
+    from ..generation import GenerationRequest, Size
 
     fmt = _SUFFIX_FORMATS.get(output.suffix.lower())
     if fmt is None:
         fail(f"Unsupported output extension {output.suffix!r}: use .png, .jpg or .webp.")
     if not output.parent.is_dir():
         fail(f"The output folder {output.parent} does not exist.")
+    wanted = None if size in (None, "auto") else Size.parse(size)
+    if size not in (None, "auto") and wanted is None:
+        fail(f"Invalid size {size!r}: expected WIDTHxHEIGHT such as 1024x1024, or auto.")
     settings = load_settings(config)
     # The images come back as bytes, never as links: nothing to sign, so no DATA_DIR/url-secret.
     service = service_without_links(settings)
     try:
         request = GenerationRequest(
-            model=model or settings.default_model, prompt=prompt, n=n, size=parse_size(size),
+            model=model or settings.default_model, prompt=prompt, n=n, size=wanted,
             quality=quality, response_format="b64_json",
             output_format=fmt,
             seed=seed,
