@@ -139,7 +139,7 @@ def _expected(error: Mapping[str, Any]) -> str:
     return msg[:1].lower() + msg[1:]
 
 
-def service_without_links(settings: Settings) -> "ImageService":
+def service_without_links(settings: Settings) -> ImageService:
     """The request path without accounts, for commands that answer in this process and sign no
     links: a throwaway signing secret, so neither DATA_DIR/url-secret nor the database is
     created wherever the command happens to run."""
@@ -168,7 +168,7 @@ def safe_url(url: str) -> str:
         return "(the configured database URL)"
 
 
-def print_summary(settings: Settings, service: "ImageService | None" = None) -> None:
+def print_summary(settings: Settings, service: ImageService | None = None) -> None:
     """Where this command's state lives, on stderr: version, data directory, database, auth,
     image storage and which models can run. `service`: the server's, when it has one built;
     otherwise the models are looked at the way `imagegate models` does."""
@@ -189,20 +189,22 @@ def print_summary(settings: Settings, service: "ImageService | None" = None) -> 
     typer.echo("\n".join(lines), err=True)
 
 
-def _models_line(settings: Settings, service: "ImageService | None") -> str:
+def _models_line(settings: Settings, service: ImageService | None) -> str:
+    # A broken [models] table or provider class is for `serve` to refuse; a summary printed
+    # before an operator command must not stop it.
     try:
         if service is None:
             service = service_without_links(settings)
-        groups = model_states(service.catalog.served(), service.providers)
-    except Exception as exc:  # a broken [models] table or provider: `serve` says so; a
-        return f"(not listed: {one_line(exc)})"  # summary must not stop the command
+        groups = _model_states(service.catalog.served(), service.providers)
+    except Exception as exc:
+        return f"(not listed: {one_line(exc)})"
     hints = {"missing weights": " (imagegate pull NAME)"}
     return "; ".join(f"{state}{hints.get(state, '')}: {', '.join(names)}"
                      for state, names in groups.items()) or "none served"
 
 
-def model_states(specs: "list[ModelSpec]", providers: Mapping[str, "Provider"]
-                 ) -> dict[str, list[str]]:
+def _model_states(specs: list[ModelSpec], providers: Mapping[str, Provider]
+                  ) -> dict[str, list[str]]:
     """Served model names by state: `ready`, `missing weights`, `unavailable` (no engine
     installed, no deployment, no provider), in catalog order, empty states left out."""
     from ..model_info import describe_model
