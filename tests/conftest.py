@@ -16,10 +16,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -175,6 +178,36 @@ def pg_url() -> Iterator[str]:
         yield f"{prefix}/{name}"
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Server settings choosing the database: the default SQLite file in the data dir, or a
+    fresh PostgreSQL database (`pg_url`; skipped without one)."""
+    if request.param == "sqlite":
+        return {}
+    return {"database_url": request.getfixturevalue("pg_url")}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database's async URL, SQLite or PostgreSQL, for tests of the accounts' tables
+    without a server. (A sync fixture: `pg_url` runs its own event loop, so it can't be asked
+    from a running one.)"""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    return request.getfixturevalue("pg_url").replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on `database_url`, migrated to the newest tables."""
+    from imagegate.accounts.database import create_engine, migrate
+
+    engine = create_engine(database_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
 
 
 @contextmanager

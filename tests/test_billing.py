@@ -14,7 +14,6 @@ import asyncio
 import decimal
 import signal
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,8 +23,8 @@ import httpx
 import openai
 import pytest
 from fake_providers import calls
+from gateway import Gateway, wait_for
 
-ADMIN_KEY = "sk-ig-billing-tests-admin-key-000000000000"
 UNIT = 10_000  # micros per fake-image
 
 CONFIG = """
@@ -75,80 +74,21 @@ backend = "fake"
 # servers and clients
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest) -> dict[str, str]:
-    """Extra server settings choosing the database: SQLite in the data dir, or PostgreSQL."""
-    if request.param == "sqlite":
-        return {}
-    return {"database_url": request.getfixturevalue("pg_url")}
+def _kill(gateway: Gateway) -> None:
+    """SIGKILL: the server dies as in a crash, its shutdown never runs."""
+    gateway.server.process.send_signal(signal.SIGKILL)
+    gateway.server.process.wait(10)
 
 
-class Gateway:
-    """One running server, and an admin client for it."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.base_url = server.base_url
-        self.data_dir = server.data_dir
-        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
-                                  headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-
-    # admin API
-    def create_account(self, name: str, *, topup_micros: int = 0, **fields: Any) -> dict:
-        response = self.admin.post("/admin/accounts", json={"name": name, **fields})
-        assert response.status_code == 201, response.text
-        if topup_micros:
-            self.topup(name, amount_micros=topup_micros)
-        return self.account(name)
-
-    def topup(self, name: str, **body: Any) -> dict:
-        response = self.admin.post(f"/admin/accounts/{name}/topup", json=body)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def create_key(self, account: str, **fields: Any) -> str:
-        response = self.admin.post("/admin/keys", json={"account": account, "name": "test",
-                                                        **fields})
-        assert response.status_code == 201, response.text
-        return response.json()["key"]
-
-    def account(self, name: str) -> dict:
-        response = self.admin.get(f"/admin/accounts/{name}")
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def usage(self, account: str) -> list[dict]:
-        response = self.admin.get("/admin/usage", params={"account": account})
-        assert response.status_code == 200, response.text
-        return response.json()["data"]
-
-    def usage_row(self, account: str, request_id: str) -> dict:
-        rows = [r for r in self.usage(account) if r["request_id"] == request_id]
-        assert len(rows) == 1, rows
-        return rows[0]
-
-    # images API
-    def generate(self, key: str, prompt: str = "default", *, headers: dict | None = None,
-                 timeout: float = 60, **body: Any) -> httpx.Response:
-        body = {"model": "fake-image", "prompt": prompt, **body}
-        return httpx.post(self.base_url + "/v1/images/generations", json=body, timeout=timeout,
-                          headers={"Authorization": f"Bearer {key}", **(headers or {})})
-
-    def sdk(self, key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0)
-
-    def kill(self) -> None:
-        self.server.process.send_signal(signal.SIGKILL)
-        self.server.process.wait(10)
-
-    def stop(self) -> None:
-        self.admin.close()
-        if self.server.process.poll() is None:
-            self.server.process.terminate()
-            try:
-                self.server.process.wait(10)
-            except Exception:
-                self.server.process.kill()
+def _stop(gateway: Gateway) -> None:
+    """Stop a server this test started (if it still runs), so that it holds no port or CPU."""
+    gateway.close()
+    if gateway.server.process.poll() is None:
+        gateway.server.process.terminate()
+        try:
+            gateway.server.process.wait(10)
+        except Exception:
+            gateway.server.process.kill()
 
 
 @pytest.fixture
@@ -158,15 +98,13 @@ def open_gateway(start_server: Callable, database: dict[str, str]) -> Iterator[C
     opened: list[Gateway] = []
 
     def open_(**settings: Any) -> Gateway:
-        server = start_server(CONFIG, **{"auth": "on", "admin_key": ADMIN_KEY, **database,
-                                         **settings})
-        gateway = Gateway(server)
+        gateway = Gateway.start(start_server, CONFIG, **database, **settings)
         opened.append(gateway)
         return gateway
 
     yield open_
     for gateway in opened:
-        gateway.stop()
+        _stop(gateway)
 
 
 @pytest.fixture
@@ -199,22 +137,12 @@ def _assert_error(response: httpx.Response, status: int, type_: str, code: str |
     return error
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 # --------------------------------------------------------------------------------------------
 # 1. concurrency: no micro spent twice
 
 
 async def test_concurrent_requests_spend_exactly_the_balance(gateway: Gateway) -> None:
-    gateway.create_account("racer", topup_micros=50 * UNIT)  # exactly 50 images' worth
-    key = gateway.create_key("racer")
+    key = gateway.funded_key("racer", 50 * UNIT)  # exactly 50 images' worth
     prompt = _unique()
 
     limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
@@ -264,8 +192,7 @@ FAILURES = [
 
 
 def test_failure_after_reservation_costs_nothing(gateway: Gateway) -> None:
-    gateway.create_account("unlucky", topup_micros=10 * UNIT)
-    key = gateway.create_key("unlucky")
+    key = gateway.funded_key("unlucky", 10 * UNIT)
 
     for word, code in FAILURES:
         prompt = _unique(word)
@@ -290,8 +217,7 @@ def test_failure_after_reservation_costs_nothing(gateway: Gateway) -> None:
 
 
 def test_partial_result_charges_only_delivered_images(gateway: Gateway) -> None:
-    gateway.create_account("partial", topup_micros=10 * UNIT)
-    key = gateway.create_key("partial")
+    key = gateway.funded_key("partial", 10 * UNIT)
 
     response = gateway.generate(key, _unique("partial"), n=3)
 
@@ -321,15 +247,14 @@ def test_partial_result_charges_only_delivered_images(gateway: Gateway) -> None:
 def test_client_that_disconnects_is_not_charged(gateway: Gateway) -> None:
     """The client gives up while its images are being made: the work is cancelled, the
     reservation released, and the usage row says the client went away (499)."""
-    gateway.create_account("leaver", topup_micros=10 * UNIT)
-    key = gateway.create_key("leaver")
+    key = gateway.funded_key("leaver", 10 * UNIT)
 
     with pytest.raises(httpx.ReadTimeout):
         gateway.generate(key, _unique("slow:3"), n=2, timeout=0.8)
 
     # The reservation was taken while the request ran, and is given back once it is cancelled.
-    _wait_for(lambda: any(r["status"] == 499 for r in gateway.usage("leaver")), 60,
-              "the usage row of the cancelled request")
+    wait_for(lambda: any(r["status"] == 499 for r in gateway.usage("leaver")),
+             "the usage row of the cancelled request")
     account = gateway.account("leaver")
     assert (account["balance_micros"], account["held_micros"], account["spent_micros"]) == (
         10 * UNIT, 0, 0)
@@ -370,16 +295,16 @@ def test_sigkill_restart_releases_the_reservations_of_every_dead_process(
     orphan_key = first.create_key("orphan")
 
     threads = [_hang_in_background(first, sleeper_key, 2)]
-    _wait_for(lambda: first.account("sleeper")["held_micros"] == 2 * UNIT, 60,
-              "the sleeper's reservation")
+    wait_for(lambda: first.account("sleeper")["held_micros"] == 2 * UNIT,
+             "the sleeper's reservation")
     threads.append(_hang_in_background(other, orphan_key, 3))
-    _wait_for(lambda: first.account("orphan")["held_micros"] == 3 * UNIT, 60,
-              "the orphan's reservation")
+    wait_for(lambda: first.account("orphan")["held_micros"] == 3 * UNIT,
+             "the orphan's reservation")
     assert first.account("sleeper")["balance_micros"] == 3 * UNIT  # held is off the balance
     assert first.account("orphan")["balance_micros"] == 2 * UNIT
 
-    first.kill()
-    other.kill()
+    _kill(first)
+    _kill(other)
     for thread in threads:
         thread.join(30)
 
@@ -401,8 +326,7 @@ def test_sigkill_restart_releases_the_reservations_of_every_dead_process(
 
 
 async def test_idempotent_retries_generate_and_charge_once(gateway: Gateway) -> None:
-    gateway.create_account("idem", topup_micros=10 * UNIT)
-    key = gateway.create_key("idem")
+    key = gateway.funded_key("idem", 10 * UNIT)
     prompt = _unique("slow:0.5")  # long enough that all five overlap
     body = {"model": "fake-image", "prompt": prompt, "n": 1}
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "retry-me-1"}
@@ -438,8 +362,7 @@ async def test_idempotent_retries_generate_and_charge_once(gateway: Gateway) -> 
 
 
 def test_idempotency_b64_replays_and_failed_attempts_run_again(gateway: Gateway) -> None:
-    gateway.create_account("again", topup_micros=10 * UNIT)
-    key = gateway.create_key("again")
+    key = gateway.funded_key("again", 10 * UNIT)
 
     # b64_json answers (kept as a file, not in the database) replay identically too.
     prompt = _unique()
@@ -475,8 +398,7 @@ def test_idempotency_b64_replays_and_failed_attempts_run_again(gateway: Gateway)
     assert gateway.account("again")["balance_micros"] == 0
 
     # Keys are per account: another account's same key is its own request.
-    gateway.create_account("stranger", topup_micros=UNIT)
-    stranger = gateway.create_key("stranger")
+    stranger = gateway.funded_key("stranger", UNIT)
     response = gateway.generate(stranger, prompt, n=1, headers={"Idempotency-Key": "poor"})
     assert response.status_code == 200, response.text
     assert len(calls(gateway.data_dir, prompt)) == 2
@@ -567,8 +489,7 @@ def test_prices_with_account_and_key_multipliers(gateway: Gateway) -> None:
 
 def test_insufficient_balance_is_402_and_unlimited_accounts_never_get_it(
         gateway: Gateway) -> None:
-    gateway.create_account("broke", topup_micros=UNIT - 1)
-    broke = gateway.create_key("broke")
+    broke = gateway.funded_key("broke", UNIT - 1)
 
     response = gateway.generate(broke, _unique())
     error = _assert_error(response, 402, "insufficient_quota", "insufficient_balance")

@@ -13,20 +13,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
+from gateway import Gateway, wait_for
 from sqlalchemy import func, select
 
 from imagegate.accounts.database import create_engine
 from imagegate.accounts.tables import Account, IdempotencyRecord, LedgerEntry, Reservation
 
-ADMIN_KEY = "sk-ig-crash-recovery-admin-key-00000000"
 UNIT = 10_000  # micros per fake-image
 ACCOUNTS = 4
 PER_ACCOUNT = 5  # 20 generations in all
@@ -44,25 +42,10 @@ per_image = "0.01"
 """
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    return {"database_url": request.getfixturevalue("pg_url")}
-
-
 def _database_url(data_dir: Path, database: dict[str, str]) -> str:
     url = database.get("database_url") or f"sqlite:///{data_dir / 'imagegate.db'}"
     return url.replace("sqlite://", "sqlite+aiosqlite://", 1).replace(
         "postgresql://", "postgresql+asyncpg://", 1)
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _read(url: str) -> dict[str, Any]:
@@ -95,47 +78,40 @@ def _read(url: str) -> dict[str, Any]:
 
 def test_kill_9_during_20_generations_then_restart(start_server: Callable,
                                                    database: dict[str, str]) -> None:
-    settings = {"auth": "on", "admin_key": ADMIN_KEY, "node_id": "crash-node", **database}
-    first = start_server(CONFIG, **settings)
+    settings = {"node_id": "crash-node", **database}
+    first = Gateway.start(start_server, CONFIG, **settings)
     url = _database_url(first.data_dir, database)
-    admin = httpx.Client(base_url=first.base_url, timeout=240,
-                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-    keys = {}
-    for i in range(ACCOUNTS):
-        name = f"crash-{i}"
-        assert admin.post("/admin/accounts", json={"name": name}).status_code == 201
-        assert admin.post(f"/admin/accounts/{name}/topup",
-                          json={"amount_micros": TOPUP}).status_code == 200
-        keys[name] = admin.post("/admin/keys", json={"account": name, "name": "k"}).json()["key"]
-    admin.close()
+    keys = {f"crash-{i}": first.funded_key(f"crash-{i}", TOPUP) for i in range(ACCOUNTS)}
+    first.close()
 
     requests = [(name, f"idem-{name}-{j}", f"gate:{GATE} {uuid.uuid4().hex}")
                 for name in keys for j in range(PER_ACCOUNT)]
 
-    def send(base_url: str, key: str, idem: str, prompt: str, timeout: float) -> httpx.Response:
-        return httpx.post(base_url + "/v1/images/generations", timeout=timeout,
-                          json={"model": "fake-image", "prompt": prompt},
-                          headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem})
+    def send(gateway: Gateway, name: str, idem: str, prompt: str,
+             timeout: float) -> httpx.Response:
+        return gateway.generate(keys[name], prompt, headers={"Idempotency-Key": idem},
+                                timeout=timeout)
 
     def doomed(name: str, idem: str, prompt: str) -> None:
         try:
-            send(first.base_url, keys[name], idem, prompt, 300)
+            send(first, name, idem, prompt, 300)
         except httpx.HTTPError:
             pass  # the server dies under it
 
     threads = [threading.Thread(target=doomed, args=r, daemon=True) for r in requests]
     for thread in threads:
         thread.start()
-    wait_for(lambda: _read(url)["held"] == len(requests), "20 generations to be running", 120)
+    wait_for(lambda: _read(url)["held"] == len(requests), "20 generations to be running", 120,
+             interval=0.1)  # each look opens the database afresh
     assert _read(url)["running"] == len(requests)
 
-    first.process.send_signal(signal.SIGKILL)
-    first.process.wait(30)
+    first.server.process.send_signal(signal.SIGKILL)
+    first.server.process.wait(30)
     for thread in threads:
         thread.join(60)
     (first.data_dir / GATE).touch()  # from now on a generation of these prompts finishes
 
-    restarted = start_server(CONFIG, data_dir=first.data_dir, **settings)
+    restarted = Gateway.start(start_server, CONFIG, data_dir=first.data_dir, **settings)
     after = _read(url)
     assert after["held"] == 0
     assert after["running"] == 0
@@ -145,7 +121,7 @@ def test_kill_9_during_20_generations_then_restart(start_server: Callable,
 
     # A retry with the same key and body runs again at once: no wait for the 900 s lease.
     name, idem, prompt = requests[0]
-    retried = send(restarted.base_url, keys[name], idem, prompt, 60)
+    retried = send(restarted, name, idem, prompt, 60)
     assert retried.status_code == 200, retried.text
     assert len(retried.json()["data"]) == 1
     final = _read(url)

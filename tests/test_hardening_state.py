@@ -24,9 +24,8 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,14 @@ import httpx
 import pytest
 from conftest import _inherited_env, free_port
 from fake_providers import calls
+from gateway import ADMIN_KEY, Gateway, wait_for
 from PIL import Image
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegate.accounts import ledger as ledger_module
 from imagegate.accounts import usage as usage_module
-from imagegate.accounts.database import MIGRATIONS, create_engine, migrate
+from imagegate.accounts.database import MIGRATIONS, create_engine
 from imagegate.accounts.idempotency import Idempotency, Scope, release_claims
 from imagegate.accounts.incarnation import FileLocks, Incarnations, NodeIdInUse
 from imagegate.accounts.ledger import Ledger
@@ -57,7 +57,6 @@ from imagegate.accounts.usage import ROW_DEFAULTS, UsageWriter
 from imagegate.storage import ANSWER_TYPES, LocalStore
 
 UNIT = 10_000  # micros per fake-image
-ADMIN_KEY = "sk-ig-hardening-state-admin-key-0000000"
 
 CONFIG = """
 [providers]
@@ -84,30 +83,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
 
 
 # --------------------------------------------------------------------------------------------
-# fixtures
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
-    return request.getfixturevalue("pg_url").replace("postgresql://", "postgresql+asyncpg://", 1)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_settings(request: pytest.FixtureRequest) -> dict[str, str]:
-    """Server settings choosing the database (a sync fixture, like `database_url`)."""
-    if request.param == "sqlite":
-        return {}
-    return {"database_url": request.getfixturevalue("pg_url")}
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
+# helpers (the databases, `database_url` and `engine`, are conftest.py's)
 
 
 def _row(request_id: str | None = None, **values: Any) -> dict[str, Any]:
@@ -221,8 +197,8 @@ async def test_a_settle_with_a_bad_usage_row_still_charges(
 
 async def test_admin_usage_keeps_answering_and_shows_rejected_rows(
         inprocess: Callable, monkeypatch: pytest.MonkeyPatch,
-        db_settings: dict[str, str]) -> None:
-    srv = await inprocess(CONFIG, **db_settings)
+        database: dict[str, str]) -> None:
+    srv = await inprocess(CONFIG, **database)
     monkeypatch.setattr(usage_module, "safe_usage", lambda row: row)  # reach the database raw
     writer = srv.app.state.service.accounts.usage
     good, bad = _row(), _row(n=2**63, model="bad\ud800")
@@ -248,47 +224,18 @@ async def test_admin_usage_keeps_answering_and_shows_rejected_rows(
 # 2. a second server cannot take a live server's money
 
 
-class Gateway:
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
-                                  headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+def _generate_in_background(gateway: Gateway, key: str, prompt: str,
+                            results: list[httpx.Response | httpx.HTTPError]) -> threading.Thread:
+    """Generate in a thread; its answer (or the client's error) is appended to `results`."""
+    def run() -> None:
+        try:
+            results.append(gateway.generate(key, prompt))
+        except httpx.HTTPError as exc:
+            results.append(exc)
 
-    def account_with_key(self, name: str, micros: int) -> str:
-        assert self.admin.post("/admin/accounts", json={"name": name}).status_code == 201
-        assert self.admin.post(f"/admin/accounts/{name}/topup",
-                               json={"amount_micros": micros}).status_code == 200
-        response = self.admin.post("/admin/keys", json={"account": name, "name": "t"})
-        assert response.status_code == 201, response.text
-        return response.json()["key"]
-
-    def account(self, name: str) -> dict:
-        response = self.admin.get(f"/admin/accounts/{name}")
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def generate_in_background(self, key: str, prompt: str, results: list,
-                               headers: dict | None = None) -> threading.Thread:
-        def run() -> None:
-            try:
-                results.append(httpx.post(
-                    self.server.base_url + "/v1/images/generations", timeout=240,
-                    json={"model": "fake-image", "prompt": prompt},
-                    headers={"Authorization": f"Bearer {key}", **(headers or {})}))
-            except httpx.HTTPError as exc:
-                results.append(exc)
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        return thread
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def _serve_and_wait(data_dir: Path, port: int, **settings: str) -> subprocess.CompletedProcess:
@@ -306,16 +253,16 @@ def _serve_and_wait(data_dir: Path, port: int, **settings: str) -> subprocess.Co
 
 @pytest.mark.parametrize("clash", ["same-port", "same-node-id"])
 def test_a_second_server_cannot_release_a_live_servers_reservations(
-        start_server: Callable, db_settings: dict[str, str], clash: str) -> None:
+        start_server: Callable, database: dict[str, str], clash: str) -> None:
     node = {"node_id": "shared-node"} if clash == "same-node-id" else {}
-    first = Gateway(start_server(CONFIG, auth="on", admin_key=ADMIN_KEY, **db_settings, **node))
-    key = first.account_with_key("payer", 5 * UNIT)
-    results: list = []
-    thread = first.generate_in_background(key, f"gate:open {uuid.uuid4().hex}", results)
+    first = Gateway.start(start_server, CONFIG, **database, **node)
+    key = first.funded_key("payer", 5 * UNIT)
+    results: list[httpx.Response | httpx.HTTPError] = []
+    thread = _generate_in_background(first, key, f"gate:open {uuid.uuid4().hex}", results)
     wait_for(lambda: first.account("payer")["held_micros"] == UNIT, "the reservation")
 
-    port = int(first.server.base_url.rsplit(":", 1)[1]) if clash == "same-port" else free_port()
-    second = _serve_and_wait(first.server.data_dir, port, **db_settings, **node)
+    port = int(first.base_url.rsplit(":", 1)[1]) if clash == "same-port" else free_port()
+    second = _serve_and_wait(first.data_dir, port, **database, **node)
     assert second.returncode != 0
     said = " ".join(second.stderr.split())
     if clash == "same-port":
@@ -324,15 +271,14 @@ def test_a_second_server_cannot_release_a_live_servers_reservations(
         assert "node id 'shared-node' is in use by a running server" in said, said
     assert first.account("payer")["held_micros"] == UNIT  # still held by the live server
 
-    (first.server.data_dir / "open").touch()
+    (first.data_dir / "open").touch()
     thread.join(60)
     [response] = results
     assert response.status_code == 200, response
     payer = first.account("payer")
     assert (payer["balance_micros"], payer["held_micros"], payer["spent_micros"]) == (
         4 * UNIT, 0, UNIT)
-    usage = first.admin.get("/admin/usage", params={"account": "payer"}).json()["data"]
-    assert [row["cost_micros"] for row in usage] == [UNIT]
+    assert [row["cost_micros"] for row in first.usage("payer")] == [UNIT]
 
 
 async def _die(process: Incarnations) -> None:

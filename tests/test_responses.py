@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 import openai
 import pydantic
 import pytest
+from gateway import Gateway
 from PIL import Image
 
 from imagegate.catalog import Catalog
@@ -29,7 +31,6 @@ from imagegate.errors import GenerationFailed, InvalidRequest
 from imagegate.generation import GeneratedImage, PartialImage, ProviderResult
 from imagegate.protocol.responses import ResponseRequest
 
-ADMIN_KEY = "sk-ig-responses-tests-admin-key-0000000000"
 SMALL = "0.003"  # a 64x64 tiny-sd image, in currency units
 SMALL_MICROS = 3_000
 FULL_MICROS = 10_000  # any other size
@@ -71,43 +72,11 @@ def _assert_error(response: httpx.Response, status: int, param: str | None,
     return body["error"]
 
 
-class Gateway:
-    def __init__(self, server: Any) -> None:
-        self.base_url = server.base_url
-        self.admin = httpx.Client(base_url=server.base_url, timeout=60,
-                                  headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-
-    def key(self, account: str, micros: int = 0) -> str:
-        created = self.admin.post("/admin/accounts", json={"name": account})
-        assert created.status_code == 201, created.text
-        if micros:
-            topup = self.admin.post(f"/admin/accounts/{account}/topup",
-                                    json={"amount_micros": micros})
-            assert topup.status_code == 200, topup.text
-        key = self.admin.post("/admin/keys", json={"account": account, "name": "test"})
-        assert key.status_code == 201, key.text
-        return key.json()["key"]
-
-    def balance(self, account: str) -> int:
-        return self.admin.get(f"/admin/accounts/{account}").json()["balance_micros"]
-
-    def usage(self, account: str) -> list[dict]:
-        response = self.admin.get("/admin/usage", params={"account": account})
-        assert response.status_code == 200, response.text
-        return response.json()["data"]
-
-    def sdk(self, key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0)
-
-    def post(self, key: str, body: dict, **headers: str) -> httpx.Response:
-        return httpx.post(self.base_url + "/v1/responses", json=body, timeout=120,
-                          headers={"Authorization": f"Bearer {key}", **headers})
-
-
 @pytest.fixture(scope="module")
-def gateway(start_server) -> Gateway:
-    server = start_server(CONFIG, auth="on", admin_key=ADMIN_KEY, default_model="tiny-sd")
-    return Gateway(server)
+def gateway(start_server) -> Iterator[Gateway]:
+    gateway = Gateway.start(start_server, CONFIG, default_model="tiny-sd")
+    yield gateway
+    gateway.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +84,7 @@ def gateway(start_server) -> Gateway:
 
 
 def test_sdk_generates_with_the_tool_billed_like_the_images_api(gateway: Gateway) -> None:
-    key = gateway.key("tool", micros=100 * SMALL_MICROS)
+    key = gateway.funded_key("tool", 100 * SMALL_MICROS)
     client = gateway.sdk(key)
     response = client.responses.create(model="gpt-4.1", input="a lighthouse at dusk",
                                        tools=[TOOL])
@@ -147,7 +116,7 @@ def test_sdk_generates_with_the_tool_billed_like_the_images_api(gateway: Gateway
 
 
 def test_sdk_streams_partial_images_and_the_completed_response(gateway: Gateway) -> None:
-    key = gateway.key("stream", micros=10 * SMALL_MICROS)
+    key = gateway.funded_key("stream", 10 * SMALL_MICROS)
     stream = gateway.sdk(key).responses.create(
         model="gpt-4.1", input="a red kite", stream=True,
         tools=[{**TOOL, "quality": "high", "partial_images": 2}])  # tiny-sd: 4 steps
@@ -192,7 +161,7 @@ def test_sdk_streams_partial_images_and_the_completed_response(gateway: Gateway)
 
 
 def test_input_image_data_url_is_image_to_image(gateway: Gateway) -> None:
-    key = gateway.key("img2img", micros=10 * SMALL_MICROS)
+    key = gateway.funded_key("img2img", 10 * SMALL_MICROS)
     response = gateway.sdk(key).responses.create(model="tiny-sd", input=[{
         "role": "user", "content": [
             {"type": "input_text", "text": "the same, in blue"},
@@ -207,9 +176,10 @@ def test_input_image_data_url_is_image_to_image(gateway: Gateway) -> None:
         mask.paste((0, 0, 0, 0), (16, 16, 48, 48))
         out = io.BytesIO()
         mask.save(out, "PNG")
-        return gateway.post(key, {"model": "gpt-4.1", "input": [{"role": "user", "content": [
-            {"type": "input_text", "text": "a window"},
-            {"type": "input_image", "image_url": _data_url(_png(64, 64))}]}],
+        return gateway.post("/v1/responses", key, {
+            "model": "gpt-4.1", "input": [{"role": "user", "content": [
+                {"type": "input_text", "text": "a window"},
+                {"type": "input_image", "image_url": _data_url(_png(64, 64))}]}],
             "tools": [{"type": "image_generation",
                        "input_image_mask": {"image_url": _data_url(out.getvalue())}}]})
 
@@ -220,7 +190,7 @@ def test_input_image_data_url_is_image_to_image(gateway: Gateway) -> None:
 
 
 def test_previous_response_id_edits_the_earlier_image(gateway: Gateway) -> None:
-    key = gateway.key("multi-turn", micros=100 * SMALL_MICROS)
+    key = gateway.funded_key("multi-turn", 100 * SMALL_MICROS)
     client = gateway.sdk(key)
     first = client.responses.create(model="gpt-4.1", input="a boat",
                                     tools=[{"type": "image_generation", "size": "96x64"}])
@@ -240,10 +210,10 @@ def test_previous_response_id_edits_the_earlier_image(gateway: Gateway) -> None:
     assert _decode(third.output[0].result).size == (96, 64)
 
     # Another account cannot reach it; an unknown id is the same clear 400.
-    stranger = gateway.key("stranger", micros=10 * SMALL_MICROS)
+    stranger = gateway.funded_key("stranger", 10 * SMALL_MICROS)
     for who, rid in ((stranger, first.id), (key, "resp_0123456789")):
-        refused = gateway.post(who, {"model": "tiny-sd", "input": "again",
-                                     "previous_response_id": rid})
+        refused = gateway.post("/v1/responses", who, {"model": "tiny-sd", "input": "again",
+                                                      "previous_response_id": rid})
         error = _assert_error(refused, 400, "previous_response_id",
                               "previous_response_not_found")
         assert rid in error["message"]
@@ -252,18 +222,18 @@ def test_previous_response_id_edits_the_earlier_image(gateway: Gateway) -> None:
 
 
 def test_wrong_tool_and_text_only_requests_are_clear_400s(gateway: Gateway) -> None:
-    key = gateway.key("refused", micros=10 * SMALL_MICROS)
-    wrong_tool = gateway.post(key, {"model": "tiny-sd", "input": "what is new",
-                                    "tools": [{"type": "web_search"}]})
+    key = gateway.funded_key("refused", 10 * SMALL_MICROS)
+    wrong_tool = gateway.post("/v1/responses", key, {
+        "model": "tiny-sd", "input": "what is new", "tools": [{"type": "web_search"}]})
     error = _assert_error(wrong_tool, 400, "tools[0].type", "unsupported_tool")
     assert "image_generation" in error["message"] and "web_search" in error["message"]
 
-    text_only = gateway.post(key, {"model": "gpt-4.1", "input": "hello"})
+    text_only = gateway.post("/v1/responses", key, {"model": "gpt-4.1", "input": "hello"})
     error = _assert_error(text_only, 400, "tools", "text_output_not_supported")
     assert "image_generation" in error["message"] and "gpt-4.1" in error["message"]
 
-    as_json = gateway.post(key, {"model": "tiny-sd", "input": "a cat",
-                                 "text": {"format": {"type": "json_object"}}})
+    as_json = gateway.post("/v1/responses", key, {"model": "tiny-sd", "input": "a cat",
+                                                  "text": {"format": {"type": "json_object"}}})
     _assert_error(as_json, 400, "text.format.type", "text_output_not_supported")
 
     with pytest.raises(openai.BadRequestError) as caught:
@@ -273,7 +243,7 @@ def test_wrong_tool_and_text_only_requests_are_clear_400s(gateway: Gateway) -> N
 
 
 def test_without_balance_402_also_when_streaming(gateway: Gateway) -> None:
-    client = gateway.sdk(gateway.key("broke"))
+    client = gateway.sdk(gateway.funded_key("broke", 0))
     with pytest.raises(openai.APIStatusError) as caught:
         client.responses.create(model="tiny-sd", input="a cat", tools=[TOOL])
     assert caught.value.status_code == 402
@@ -293,7 +263,7 @@ def test_without_balance_402_also_when_streaming(gateway: Gateway) -> None:
 
 
 def test_idempotency_key_replays_the_answer_and_charges_once(gateway: Gateway) -> None:
-    key = gateway.key("idem", micros=10 * SMALL_MICROS)
+    key = gateway.funded_key("idem", 10 * SMALL_MICROS)
     client = gateway.sdk(key)
     body: dict[str, Any] = {"model": "tiny-sd", "input": "once", "tools": [TOOL],
                             "extra_headers": {"Idempotency-Key": "responses-once"}}
@@ -539,13 +509,6 @@ async def test_text_besides_the_image_is_a_message_item(inprocess) -> None:
     adapter = pydantic.TypeAdapter(openai.types.responses.ResponseStreamEvent)
     for event in events:
         adapter.validate_python(event)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    return {"database_url": request.getfixturevalue("pg_url")}
 
 
 async def test_stored_answers_are_the_callers_own_and_expire(database, inprocess) -> None:

@@ -11,17 +11,17 @@ import base64
 import io
 import json
 import re
-import time
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import openai
 import pytest
+from gateway import Gateway, wait_for
 from PIL import Image
 
-ADMIN_KEY = "sk-ig-streaming-tests-admin-key-0000000000"
 UNIT = 10_000  # micros per image, both models
+FUNDS = 100 * UNIT  # each test's account
 
 CONFIG = """
 [providers]
@@ -47,46 +47,20 @@ def _pixels(b64: str) -> np.ndarray:
     return np.asarray(_decode(b64).convert("RGB"), dtype=np.int16)
 
 
-class Gateway:
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
-                                  headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-
-    def key(self, account: str, topup_micros: int = 100 * UNIT) -> str:
-        assert self.admin.post("/admin/accounts", json={"name": account}).status_code == 201
-        if topup_micros:
-            assert self.admin.post(f"/admin/accounts/{account}/topup",
-                                   json={"amount_micros": topup_micros}).status_code == 200
-        response = self.admin.post("/admin/keys", json={"account": account, "name": "t"})
-        assert response.status_code == 201, response.text
-        return response.json()["key"]
-
-    def balance(self, account: str) -> int:
-        return self.admin.get(f"/admin/accounts/{account}").json()["balance_micros"]
-
-    def usage(self, account: str) -> list[dict]:
-        return self.admin.get("/admin/usage", params={"account": account}).json()["data"]
-
-    def sdk(self, key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.server.api_url, api_key=key, max_retries=0,
-                             timeout=240)
-
-
 @pytest.fixture(scope="module")
-def gateway(start_server) -> Gateway:  # type: ignore[no-untyped-def]
-    server = start_server(CONFIG, auth="on", admin_key=ADMIN_KEY)
-    gateway = Gateway(server)
-    warm = gateway.key("warm-up")
+def gateway(start_server) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+    gateway = Gateway.start(start_server, CONFIG)
+    warm = gateway.funded_key("warm-up", FUNDS)
     gateway.sdk(warm).images.generate(prompt="warm", response_format="b64_json", **TINY)
-    return gateway
+    yield gateway
+    gateway.close()
 
 
 # --- the SDK's streaming iterator ------------------------------------------------------------
 
 
 def test_sdk_reads_partial_and_completed_events(gateway: Gateway) -> None:
-    key = gateway.key("stream-basic")
+    key = gateway.funded_key("stream-basic", FUNDS)
     stream = gateway.sdk(key).images.generate(
         prompt="a lighthouse at dusk", stream=True, partial_images=2,
         **{**TINY, "extra_body": {"num_inference_steps": 4, "seed": 7}})
@@ -109,11 +83,11 @@ def test_sdk_reads_partial_and_completed_events(gateway: Gateway) -> None:
     final = _pixels(completed.b64_json)
     first, second = (_pixels(p.b64_json) for p in partials)
     assert np.abs(first - final).mean() > 1 and np.abs(second - first).mean() > 1
-    assert gateway.balance("stream-basic") == 100 * UNIT - UNIT
+    assert gateway.balance("stream-basic") == FUNDS - UNIT
 
 
 def test_streamed_image_is_the_one_the_seed_gives_without_streaming(gateway: Gateway) -> None:
-    client = gateway.sdk(gateway.key("stream-same"))
+    client = gateway.sdk(gateway.funded_key("stream-same", FUNDS))
     body = {**TINY, "extra_body": {"num_inference_steps": 4, "seed": 1234}}
     plain = client.images.generate(prompt="a red kite", response_format="b64_json", **body)
     events = list(client.images.generate(prompt="a red kite", stream=True, partial_images=1,
@@ -123,7 +97,7 @@ def test_streamed_image_is_the_one_the_seed_gives_without_streaming(gateway: Gat
 
 
 def test_n_images_each_get_their_previews_and_completed_event(gateway: Gateway) -> None:
-    key = gateway.key("stream-n")
+    key = gateway.funded_key("stream-n", FUNDS)
     events = list(gateway.sdk(key).images.generate(
         prompt="two boats", n=2, stream=True, partial_images=1, **TINY))
     partials = [e for e in events if e.type == "image_generation.partial_image"]
@@ -131,11 +105,11 @@ def test_n_images_each_get_their_previews_and_completed_event(gateway: Gateway) 
     assert sorted(p.model_extra["image_index"] for p in partials) == [0, 1]
     assert [c.model_extra["image_index"] for c in completed] == [0, 1]
     assert events[-2:] == completed  # the completed events come last
-    assert gateway.balance("stream-n") == 100 * UNIT - 2 * UNIT
+    assert gateway.balance("stream-n") == FUNDS - 2 * UNIT
 
 
 def test_url_format_streams_the_image_and_its_link(gateway: Gateway) -> None:
-    key = gateway.key("stream-url")
+    key = gateway.funded_key("stream-url", FUNDS)
     events = list(gateway.sdk(key).images.generate(
         prompt="a hosted one", stream=True, response_format="url", **TINY))
     assert [e.type for e in events] == ["image_generation.completed"]  # partial_images: 0
@@ -146,7 +120,7 @@ def test_url_format_streams_the_image_and_its_link(gateway: Gateway) -> None:
 
 
 def test_fewer_steps_than_partials_gives_fewer_partials(gateway: Gateway) -> None:
-    key = gateway.key("stream-few")
+    key = gateway.funded_key("stream-few", FUNDS)
     events = list(gateway.sdk(key).images.generate(
         prompt="quick", stream=True, partial_images=3,
         **{**TINY, "extra_body": {"num_inference_steps": 2}}))
@@ -155,7 +129,7 @@ def test_fewer_steps_than_partials_gives_fewer_partials(gateway: Gateway) -> Non
 
 
 def test_edit_stream(gateway: Gateway) -> None:
-    key = gateway.key("stream-edit")
+    key = gateway.funded_key("stream-edit", FUNDS)
     source = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(source, "PNG")
     stream = gateway.sdk(key).images.edit(
@@ -164,12 +138,12 @@ def test_edit_stream(gateway: Gateway) -> None:
     events = list(stream)
     assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
     assert _decode(events[-1].b64_json).size == (64, 64)
-    assert gateway.balance("stream-edit") == 100 * UNIT - UNIT
+    assert gateway.balance("stream-edit") == FUNDS - UNIT
 
 
 def test_wire_format(gateway: Gateway) -> None:
     """What non-SDK clients parse: `event:` equals the payload's type, one JSON `data:` line."""
-    key = gateway.key("stream-wire")
+    key = gateway.funded_key("stream-wire", FUNDS)
     body = {"model": "tiny-sd", "prompt": "raw", "size": "64x64", "stream": True,
             "partial_images": 1, "num_inference_steps": 4}
     with httpx.stream("POST", gateway.server.api_url + "/images/generations", json=body,
@@ -193,13 +167,13 @@ def test_streams_share_a_batch_and_each_gets_its_own_previews(gateway: Gateway) 
     import threading
 
     base = gateway.server.base_url
-    client = gateway.sdk(gateway.key("stream-batch"))
+    client = gateway.sdk(gateway.funded_key("stream-batch", FUNDS))
     blocker = threading.Thread(target=lambda: client.images.generate(
         prompt="a long one", size="1024x1024", response_format="b64_json", model="tiny-sd",
         extra_body={"num_inference_steps": 30}))
     batches = _metric(base, "imagegate_engine_batches_total")
     blocker.start()
-    _wait(lambda: _metric(base, "imagegate_engine_running") == 1, "the long job to start")
+    wait_for(lambda: _metric(base, "imagegate_engine_running") == 1, "the long job to start")
     streams: dict[int, list] = {}
 
     def stream(seed: int) -> None:
@@ -210,7 +184,7 @@ def test_streams_share_a_batch_and_each_gets_its_own_previews(gateway: Gateway) 
     threads = [threading.Thread(target=stream, args=(seed,)) for seed in (11, 22)]
     for thread in threads:
         thread.start()
-    _wait(lambda: _metric(base, "imagegate_engine_waiting") == 2, "both streams to queue")
+    wait_for(lambda: _metric(base, "imagegate_engine_waiting") == 2, "both streams to queue")
     for thread in [blocker, *threads]:
         thread.join(120)
     assert _metric(base, "imagegate_engine_batches_total") == batches + 1
@@ -226,32 +200,25 @@ def test_streams_share_a_batch_and_each_gets_its_own_previews(gateway: Gateway) 
     assert np.abs(first - second).mean() > 1  # each stream previews its own latents
 
 
-def _wait(predicate, what: str, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 # --- errors -----------------------------------------------------------------------------------
 
 
 def test_errors_before_the_stream_keep_their_status(gateway: Gateway) -> None:
-    broke = gateway.sdk(gateway.key("stream-broke", topup_micros=0))
+    broke = gateway.sdk(gateway.funded_key("stream-broke", 0))
     with pytest.raises(openai.APIStatusError) as caught:
         list(broke.images.generate(prompt="no money", stream=True, **TINY))
     assert caught.value.status_code == 402
-    rich = gateway.sdk(gateway.key("stream-bad"))
+    rich = gateway.sdk(gateway.funded_key("stream-bad", FUNDS))
     with pytest.raises(openai.NotFoundError):
         list(rich.images.generate(prompt="x", stream=True, model="no-such-model"))
     with pytest.raises(openai.BadRequestError) as caught:
         list(rich.images.generate(prompt="x", stream=True, partial_images=5, **TINY))
     assert caught.value.body["param"] == "partial_images"
-    assert gateway.balance("stream-bad") == 100 * UNIT
+    assert gateway.balance("stream-bad") == FUNDS
 
 
 def test_an_error_after_the_stream_began_is_an_error_event(gateway: Gateway) -> None:
-    key = gateway.key("stream-late")
+    key = gateway.funded_key("stream-late", FUNDS)
     client = gateway.sdk(key)
     # The 200 goes out after the 2-second head start, before the failure at 4 s (one event loop
     # keeps the two timers in order however busy the machine is): the SDK returns the stream.
@@ -260,13 +227,13 @@ def test_an_error_after_the_stream_began_is_an_error_event(gateway: Gateway) -> 
     with pytest.raises(openai.APIError) as caught:
         list(stream)
     assert "failed on purpose" in caught.value.message
-    assert gateway.balance("stream-late") == 100 * UNIT
+    assert gateway.balance("stream-late") == FUNDS
     [row] = gateway.usage("stream-late")
     assert row["images_delivered"] == 0 and row["cost_micros"] == 0
 
 
 def test_variations_are_not_streamed(gateway: Gateway) -> None:
-    key = gateway.key("stream-variation")
+    key = gateway.funded_key("stream-variation", FUNDS)
     source = io.BytesIO()
     Image.new("RGB", (64, 64), (0, 90, 0)).save(source, "PNG")
     response = httpx.post(gateway.server.api_url + "/images/variations",
@@ -288,7 +255,7 @@ def _metric(base_url: str, name: str) -> float:
 
 
 def test_leaving_mid_stream_stops_the_job_and_costs_nothing(gateway: Gateway) -> None:
-    key = gateway.key("stream-leave")
+    key = gateway.funded_key("stream-leave", FUNDS)
     base = gateway.server.base_url
     body = {"model": "tiny-sd", "prompt": "a long one", "size": "1024x1024", "stream": True,
             "partial_images": 3, "num_inference_steps": 40}
@@ -299,17 +266,13 @@ def test_leaving_mid_stream_stops_the_job_and_costs_nothing(gateway: Gateway) ->
         for line in response.iter_lines():
             if line.startswith("event: image_generation.partial_image"):
                 break  # one preview seen (after step 10 of 40): leave
-    left = time.monotonic()
-    while _metric(base, "imagegate_engine_running") == 1:
-        assert time.monotonic() - left < 60, "the job kept running after the client left"
-        time.sleep(0.05)
+    wait_for(lambda: _metric(base, "imagegate_engine_running") != 1,
+             "the job to stop after the client left")
     assert _metric(base, "imagegate_engine_jobs_cancelled_total") == cancelled + 1
-    deadline = time.monotonic() + 60
-    while not gateway.usage("stream-leave") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: gateway.usage("stream-leave"), "the usage row of the stream")
     [row] = gateway.usage("stream-leave")
     assert (row["status"], row["images_delivered"], row["cost_micros"]) == (499, 0, 0)
-    assert gateway.balance("stream-leave") == 100 * UNIT
+    assert gateway.balance("stream-leave") == FUNDS
 
 
 # --- previews are of the latents --------------------------------------------------------------
