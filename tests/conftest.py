@@ -75,12 +75,13 @@ def _inherited_env() -> dict[str, str]:
     through monkeypatch or typer's CliRunner, while other servers start in background threads;
     those must not leak into them.) Other variables, such as upstream keys named by
     `api_key_env`, are inherited."""
-    from imagegate.settings import Settings
+    from imagegate.settings import FLAT_NAMES, Settings
 
-    ours = {f"IMAGEGATE_{name.upper()}" for name in Settings.model_fields} | {"IMAGEGATE_CONFIG"}
+    ours = {f"IMAGEGATE_{name.upper()}" for name in [*Settings.model_fields, *FLAT_NAMES]}
+    ours.add("IMAGEGATE_CONFIG")
     while True:
         try:
-            return {k: v for k, v in os.environ.items() if k not in ours}
+            return {k: v for k, v in os.environ.items() if k.upper() not in ours}
         except RuntimeError:  # changed by another thread while we copied: copy again
             continue
 

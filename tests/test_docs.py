@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.settings import Settings
+from imagegate.settings import FLAT_NAMES, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -60,33 +60,46 @@ def _backticked(text: str) -> set[str]:
 
 
 def _documented_settings(text: str) -> dict[str, str]:
-    """TOML key -> environment variable cell of the table under "## Settings"."""
+    """TOML key (dotted for a group's: `fetch.max_bytes`) -> environment variable cell of the
+    tables under "## Settings"."""
     rows: dict[str, str] = {}
     for row in _table_rows(_section(text, "## Settings")):
         cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
         if len(cells) < 2:
             continue
-        key = re.fullmatch(r"`([a-z_][a-z0-9_]*)`", cells[0])
+        key = re.fullmatch(r"`([a-z_][a-z0-9_.]*)`", cells[0])
         if key:
             rows[key.group(1)] = cells[1]
     return rows
 
 
+def _code_settings() -> dict[str, str]:
+    """Every setting in the code, TOML key -> its environment variable: the top-level fields
+    that are not groups, and every grouped field under its flat name."""
+    groups = set(FLAT_NAMES_GROUPS)
+    settings = {name: f"IMAGEGATE_{name.upper()}" for name in Settings.model_fields
+                if name not in groups}
+    settings.update({".".join(path): f"IMAGEGATE_{flat.upper()}"
+                     for flat, path in FLAT_NAMES.items()})
+    return settings
+
+
+FLAT_NAMES_GROUPS = {path[0] for path in FLAT_NAMES.values()}
+
+
 def test_every_setting_is_in_the_settings_table() -> None:
     documented = _documented_settings((DOCS / "configuration.md").read_text())
     assert documented, "docs/configuration.md has no settings table under '## Settings'"
-    missing = sorted(name for name in Settings.model_fields if name not in documented)
+    code = _code_settings()
+    missing = sorted(name for name in code if name not in documented)
     assert not missing, f"settings missing from docs/configuration.md's table: {missing}"
-    wrong_env = sorted(
-        name for name in Settings.model_fields
-        if f"`IMAGEGATE_{name.upper()}`" not in documented[name]
-    )
-    assert not wrong_env, f"settings whose row does not name IMAGEGATE_<NAME>: {wrong_env}"
+    wrong_env = sorted(name for name, env in code.items() if f"`{env}`" not in documented[name])
+    assert not wrong_env, f"settings whose row does not name their variable: {wrong_env}"
 
 
 def test_the_settings_table_names_no_setting_that_does_not_exist() -> None:
     documented = _documented_settings((DOCS / "configuration.md").read_text())
-    stale = sorted(set(documented) - set(Settings.model_fields))
+    stale = sorted(set(documented) - set(_code_settings()))
     assert not stale, f"docs/configuration.md documents settings the code lacks: {stale}"
 
 

@@ -32,7 +32,8 @@ from PIL import Image, ImageFile
 from imagegate.errors import InvalidRequest
 from imagegate.imaging.decoding import decode_image
 from imagegate.net.safe_fetch import is_public_address
-from imagegate.references import FetchPolicy, ReferenceLoader
+from imagegate.references import ReferenceLoader
+from imagegate.settings import FetchPolicy
 
 PUBLIC_IP = "93.184.216.34"  # never contacted: the routing transport sends it to 127.0.0.1
 
@@ -136,7 +137,9 @@ async def make_loader() -> AsyncIterator[Callable[..., ReferenceLoader]]:
 
     def make(resolver: Any = None, transport: httpx.AsyncBaseTransport | None = None,
              **policy: Any) -> ReferenceLoader:
-        loader = ReferenceLoader(FetchPolicy(**policy), resolver=resolver, transport=transport)
+        # model_construct: caps below the settings' minimums, to test them with tiny images
+        loader = ReferenceLoader(FetchPolicy.model_construct(**policy), resolver=resolver,
+                                 transport=transport)
         loaders.append(loader)
         return loader
 

@@ -32,7 +32,8 @@ from imagegate.errors import APIError
 from imagegate.generation import GeneratedImage, ProviderResult, ResolvedRequest
 from imagegate.providers.upstream import router as relay
 from imagegate.providers.upstream.call import UpstreamCall
-from imagegate.providers.upstream.router import RoutePolicy, UpstreamRouter
+from imagegate.providers.upstream.router import UpstreamRouter
+from imagegate.settings import RoutePolicy
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -262,7 +263,7 @@ async def test_no_second_attempt_after_a_timeout(routed) -> None:
 async def test_no_second_attempt_after_the_adapter_overran_the_deadline(routed) -> None:
     """The router's own clock (asyncio.wait_for) counts as a timeout too."""
     script = Script(first="sleep:30", second="ok")
-    r = routed(script, total_deadline_seconds=1.0)
+    r = routed(script, deadline_seconds=1.0)
     spec = _spec(_deployment("first", priority=0), _deployment("second", priority=1))
     started = time.monotonic()
     error = await r.error(spec)
@@ -322,7 +323,7 @@ async def test_each_deployment_is_tried_at_most_once_per_request(routed) -> None
 
 async def test_total_deadline_stops_a_slow_adapter(routed) -> None:
     script = Script(slow="sleep:30")
-    r = routed(script, total_deadline_seconds=1.5)
+    r = routed(script, deadline_seconds=1.5)
     spec = _spec(_deployment("slow"))
     started = time.monotonic()
     error = await r.error(spec)
@@ -337,7 +338,7 @@ async def test_no_retry_once_the_deadline_has_passed(routed) -> None:
         raise call.fail("retryable", "failed (HTTP 503).", status=503)
 
     script = Script(first=slow_then_503, second="ok")
-    r = routed(script, total_deadline_seconds=0.5)
+    r = routed(script, deadline_seconds=0.5)
     spec = _spec(_deployment("first", priority=0), _deployment("second", priority=1))
     error = await r.error(spec)
     assert error.status == 502
@@ -463,7 +464,7 @@ async def test_waiting_for_a_slot_counts_against_the_total_deadline(routed) -> N
     """Requests queued behind max_concurrency must not outlive the total deadline: the 10th of ten
     0.5 s calls on one slot would otherwise answer after about 5 s with a 2 s deadline."""
     script = Script(single="sleep:0.5")
-    r = routed(script, total_deadline_seconds=2.0)
+    r = routed(script, deadline_seconds=2.0)
     spec = _spec(_deployment("single", max_concurrency=1))
 
     async def timed() -> tuple[float, str]:
@@ -488,7 +489,7 @@ async def test_waiting_for_a_busy_deployment_does_not_cool_it_down(routed) -> No
     """Requests that ran out of time queued for a slot never reached the upstream: that says the
     deployment is busy, not broken, and must not take it out of rotation."""
     script = Script(single="sleep:0.5")
-    r = routed(script, total_deadline_seconds=1.0, cooldown_seconds=60)
+    r = routed(script, deadline_seconds=1.0, cooldown_seconds=60)
     spec = _spec(_deployment("single", max_concurrency=1))
     results = await asyncio.gather(*(r.generate(spec) for _ in range(8)),
                                    return_exceptions=True)

@@ -58,11 +58,11 @@ def test_defaults() -> None:
     assert s.data_dir == Path("imagegate-data")
     assert s.resolved_models_dir == Path("imagegate-data") / "models"
     assert s.images_dir == Path("imagegate-data") / "images"
-    assert s.url_ttl_seconds == 3600
-    assert s.url_secret is None
-    assert s.default_model == "sd-turbo"
-    assert s.allow_downloads is False
-    assert s.device == "auto"
+    assert s.storage.url_ttl_seconds == 3600
+    assert s.storage.url_secret is None
+    assert s.api.default_model == "sd-turbo"
+    assert s.engine.allow_downloads is False
+    assert s.engine.device == "auto"
     assert s.models == {}
 
 
@@ -82,10 +82,10 @@ def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.data_dir == tmp_path / "data"
     assert s.resolved_models_dir == tmp_path / "weights"
     assert s.images_dir == tmp_path / "data" / "images"
-    assert s.default_model == "tiny-sd"
-    assert s.url_ttl_seconds == 60
-    assert s.allow_downloads is True
-    assert s.device == "cpu"
+    assert s.api.default_model == "tiny-sd"
+    assert s.storage.url_ttl_seconds == 60
+    assert s.engine.allow_downloads is True
+    assert s.engine.device == "cpu"
     assert s.models == {"tiny-sd": {"enabled": False}}
 
 
@@ -111,10 +111,10 @@ def test_invalid_env_values_are_errors(monkeypatch: pytest.MonkeyPatch, key: str
 def test_toml_file_is_read(config_file: Path) -> None:
     s = Settings.load(config_file)
     assert s.port == 9100
-    assert s.default_model == "tiny-sd"
-    assert s.url_ttl_seconds == 120
+    assert s.api.default_model == "tiny-sd"
+    assert s.storage.url_ttl_seconds == 120
     assert s.public_url == "https://img.example.com"
-    assert s.allow_downloads is True
+    assert s.engine.allow_downloads is True
     assert s.host == "127.0.0.1"  # not in the file: default
 
 
@@ -157,8 +157,8 @@ def test_env_overrides_toml(monkeypatch: pytest.MonkeyPatch, config_file: Path) 
     monkeypatch.setenv("IMAGEGATE_ALLOW_DOWNLOADS", "false")
     s = Settings.load(config_file)
     assert s.port == 9200
-    assert s.allow_downloads is False
-    assert s.url_ttl_seconds == 120  # not in env: TOML still applies
+    assert s.engine.allow_downloads is False
+    assert s.storage.url_ttl_seconds == 120  # not in env: TOML still applies
 
 
 def test_explicit_overrides_win(monkeypatch: pytest.MonkeyPatch, config_file: Path) -> None:
@@ -255,3 +255,97 @@ def test_configured_secret_wins_over_generated_file(tmp_path: Path) -> None:
     generated = Settings.load(data_dir=data).signing_secret()
     configured = Settings.load(data_dir=data, url_secret="x" * 20).signing_secret()
     assert configured == b"x" * 20 != generated
+
+
+# --- groups: nested tables, flat names ------------------------------------------------------
+
+NESTED_TOML = """
+[fetch]
+max_bytes = 4096
+allowed_hosts = ["cdn.example.com"]
+
+[upstream]
+max_attempts = 5
+
+[engine]
+device = "cpu"
+
+[engine.speed]
+dtype = "float16"
+
+[accounts]
+currency = "EUR"
+"""
+
+
+def test_nested_tables_set_the_groups(tmp_path: Path) -> None:
+    path = tmp_path / "nested.toml"
+    path.write_text(NESTED_TOML)
+    s = Settings.load(path)
+    assert s.fetch.max_bytes == 4096
+    assert s.fetch.allowed_hosts == frozenset({"cdn.example.com"})
+    assert s.fetch.timeout_seconds == 15.0  # not in the table: default
+    assert s.upstream.max_attempts == 5
+    assert (s.engine.device, s.engine.speed.dtype) == ("cpu", "float16")
+    assert s.accounts.currency == "EUR"
+
+
+def test_flat_toml_keys_still_set_the_groups(tmp_path: Path) -> None:
+    path = tmp_path / "flat.toml"
+    path.write_text('fetch_max_bytes = 4096\nupstream_max_attempts = 5\nengine_dtype = "float16"\n'
+                    'currency = "EUR"\ndevice = "cpu"\n')
+    s = Settings.load(path)
+    assert (s.fetch.max_bytes, s.upstream.max_attempts, s.engine.speed.dtype) == (
+        4096, 5, "float16")
+    assert (s.accounts.currency, s.engine.device) == ("EUR", "cpu")
+
+
+def test_flat_env_names_override_nested_toml_field_by_field(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "nested.toml"
+    path.write_text(NESTED_TOML)
+    monkeypatch.setenv("IMAGEGATE_FETCH_MAX_BYTES", "8192")
+    monkeypatch.setenv("imagegate_engine_dtype", "bfloat16")  # case-insensitive, as the rest
+    monkeypatch.setenv("IMAGEGATE_FETCH_ALLOWED_HOSTS", "a.example.com, b.example.com")
+    s = Settings.load(path)
+    assert s.fetch.max_bytes == 8192
+    assert s.fetch.allowed_hosts == frozenset({"a.example.com", "b.example.com"})
+    assert s.engine.speed.dtype == "bfloat16"
+    assert s.engine.device == "cpu"  # the file's, the environment says nothing of it
+    assert s.upstream.max_attempts == 5
+
+
+def test_explicit_overrides_take_flat_or_nested_names() -> None:
+    from imagegate.settings import FetchPolicy
+
+    assert Settings.load(fetch_max_bytes=2048).fetch.max_bytes == 2048
+    given = Settings.load(fetch=FetchPolicy(max_bytes=2048), fetch_allow_private=True)
+    assert (given.fetch.max_bytes, given.fetch.allow_private) == (2048, True)
+
+
+def test_every_flat_name_reaches_its_field() -> None:
+    from imagegate.settings import FLAT_NAMES
+
+    s = Settings.load()
+    for flat, path in FLAT_NAMES.items():
+        node: object = s
+        for part in path:
+            node = getattr(node, part)  # AttributeError: the table names a field that is gone
+
+
+def test_an_unknown_field_in_a_group_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text("[fetch]\nmax_byte = 4096\n")
+    with pytest.raises(ValidationError):
+        Settings.load(path)
+
+
+def test_errors_name_the_flat_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagegate.settings import flat_name
+
+    monkeypatch.setenv("IMAGEGATE_FETCH_MAX_BYTES", "12")
+    with pytest.raises(ValidationError) as info:
+        Settings.load()
+    assert flat_name(info.value.errors()[0]["loc"]) == "fetch_max_bytes"
+    assert flat_name(("engine", "speed", "dtype")) == "engine_dtype"
+    assert flat_name(("port",)) == "port"

@@ -31,7 +31,7 @@ from .moderation import Moderator
 from .providers.base import Provider, load_provider_class
 from .providers.local import LocalProvider
 from .providers.upstream.router import UpstreamRouter
-from .references import FetchPolicy, ReferenceLoader
+from .references import ReferenceLoader
 from .service import ImageService
 from .settings import Settings
 from .storage import ANSWER_TYPES, ImageStore, LocalStore, URLSigner
@@ -46,16 +46,12 @@ def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageSer
     for name, target in settings.providers.items():
         providers[name] = load_provider_class(target)(settings)
     catalog = Catalog.from_config(settings.models, BUILTIN_BACKENDS | set(providers))
-    store = LocalStore(settings.images_dir, settings.url_ttl_seconds)
-    signer = URLSigner(settings.signing_secret(), settings.url_ttl_seconds)
-    answers = LocalStore(settings.data_dir / "answers", settings.url_ttl_seconds, ANSWER_TYPES)
+    ttl = settings.storage.url_ttl_seconds
+    store = LocalStore(settings.images_dir, ttl)
+    signer = URLSigner(settings.signing_secret(), ttl)
+    answers = LocalStore(settings.data_dir / "answers", ttl, ANSWER_TYPES)
     accounts = AccountSystem(settings, answers) if with_accounts else None
-    references = ReferenceLoader(FetchPolicy(
-        max_bytes=settings.fetch_max_bytes, timeout_seconds=settings.fetch_timeout_seconds,
-        max_pixels=settings.fetch_max_pixels, max_redirects=settings.fetch_max_redirects,
-        max_pixels_in_flight=settings.fetch_max_pixels_in_flight,
-        allow_private=settings.fetch_allow_private,
-        allowed_hosts=frozenset(settings.fetch_allowed_hosts)))
+    references = ReferenceLoader(settings.fetch)
     return ImageService(catalog, providers, store, signer, references, accounts,
                         Moderator(settings.moderation))
 
@@ -67,23 +63,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     accounts = service.accounts
     assert accounts is not None
     local = service.providers.get("local")
-    if settings.preload and not isinstance(local, LocalProvider):
+    if settings.engine.preload and not isinstance(local, LocalProvider):
         raise ValueError("preload needs the built-in local engine as the `local` backend")
-    preload = (local.preload_specs(service.catalog, settings.preload)  # a bad name stops here
-               if isinstance(local, LocalProvider) else [])
+    preload = (local.preload_specs(service.catalog, settings.engine.preload)
+               if isinstance(local, LocalProvider) else [])  # a bad name stops here
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if isinstance(local, LocalProvider):
             local.start_preload(preload)  # in the background: /health answers while it runs
-        if settings.auth == "off":
+        if settings.accounts.auth == "off":
             log.warning("IMAGEGATE_AUTH=off: /admin and every model are open to anyone who can "
                         "reach this port")
         new_admin_key = await accounts.start()
         if new_admin_key:
             _announce_admin_key(new_admin_key)
         tasks = [
-            asyncio.create_task(_sweep_forever(service.store, settings.sweep_interval_seconds)),
+            asyncio.create_task(_sweep_forever(service.store,
+                                               settings.storage.sweep_interval_seconds)),
             *(asyncio.create_task(job) for job in accounts.background_tasks()),
         ]
         try:

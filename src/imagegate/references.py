@@ -2,7 +2,7 @@
 (`net.safe_fetch`, SSRF-checked and capped), then decoded within pixel bounds
 (`imaging.decoding`).
 
-The input-image settings (`fetch_*`) make one `FetchPolicy`; one `ReferenceLoader` per server
+The input-image settings (`[fetch]`, settings.py's `FetchPolicy`); one `ReferenceLoader` per server
 applies it. Decoding runs in a worker thread so the event loop never stalls on a large image,
 and the pixels being decoded across the whole server are capped (`max_pixels_in_flight`).
 """
@@ -10,31 +10,14 @@ and the pixels being decoded across the whole server are capped (`max_pixels_in_
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import httpx
 
-from .imaging.decoding import DEFAULT_MAX_PIXELS, DecodedImage, PixelBudget, decode_image
+from .imaging.decoding import DecodedImage, PixelBudget, decode_image
 from .net.safe_fetch import Resolver, SafeFetcher
+from .settings import FetchPolicy
 
 __all__ = ["FetchPolicy", "ReferenceLoader"]
-
-_MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    max_bytes: int = 20 * _MIB  # per image, also for uploads and data URLs
-    timeout_seconds: float = 15.0  # the whole fetch, redirects and DNS included
-    max_redirects: int = 3
-    max_pixels: int = DEFAULT_MAX_PIXELS  # width * height, checked before decoding
-    # Pixels being decoded at once across every request using this policy; None: no cap. Never
-    # below max_pixels (an image that is allowed alone must fit).
-    max_pixels_in_flight: int | None = None
-    allow_private: bool = False  # for operators whose images live on a trusted internal network
-    # Host names (or IP addresses) always allowed, matched exactly, e.g. an internal CDN.
-    allowed_hosts: frozenset[str] = frozenset()
-
 
 class ReferenceLoader:
     """Turns what a client sent for a reference image into a `DecodedImage`.

@@ -261,7 +261,7 @@ class ImageService:
         without accounts: nothing is kept)."""
         if self.accounts is None:
             return None
-        return ResponseImages(self.accounts.engine, self.accounts.settings.url_ttl_seconds)
+        return ResponseImages(self.accounts.engine, self.accounts.settings.storage.url_ttl_seconds)
 
     def preload_status(self) -> PreloadStatus:
         """The local models still loading at start-up, and those that failed to load."""

@@ -31,19 +31,19 @@ class AccountSystem:
         self.settings = settings
         self.engine = engine or create_engine(settings.resolved_database_url)
         self.incarnation = Incarnations(self.engine, node_id=settings.resolved_node_id,
-                                        lease_seconds=settings.reservation_lease_seconds)
+                                        lease_seconds=settings.accounts.reservation_lease_seconds)
         self.ledger = Ledger(self.engine, node_id=settings.resolved_node_id,
-                             lease_seconds=settings.reservation_lease_seconds,
-                             currency=settings.currency, incarnation=self.incarnation.id)
-        self.admin = Admin(self.engine, self.ledger, settings.currency)
+                             lease_seconds=settings.accounts.reservation_lease_seconds,
+                             currency=settings.accounts.currency, incarnation=self.incarnation.id)
+        self.admin = Admin(self.engine, self.ledger, settings.accounts.currency)
         self.authenticator = Authenticator(self.engine,
-                                           ProcessKeyCache(settings.auth_cache_seconds))
+                                           ProcessKeyCache(settings.accounts.auth_cache_seconds))
         self.limits = KeyLimits(ProcessLimits())
         self.usage = UsageWriter(self.engine)
         self.idempotency = Idempotency(self.engine, answers,
-                                       wait_seconds=settings.reservation_lease_seconds,
+                                       wait_seconds=settings.accounts.reservation_lease_seconds,
                                        holder=self.incarnation.id)
-        self.auth_enabled = settings.auth == "on"
+        self.auth_enabled = settings.accounts.auth == "on"
         self.local_caller: Caller | None = None
 
     async def start(self) -> str | None:
@@ -58,8 +58,8 @@ class AccountSystem:
             self.local_caller = Caller(key_id=None, account_id=account_id, is_admin=True,
                                        unlimited=True)
             return None
-        if self.settings.admin_key:
-            await self.admin.ensure_admin_key(self.settings.admin_key)
+        if self.settings.accounts.admin_key:
+            await self.admin.ensure_admin_key(self.settings.accounts.admin_key)
             return None
         if await self.admin.has_admin_key():
             return None
@@ -89,12 +89,12 @@ class AccountSystem:
         reservations from before incarnations past their lease), and forget idempotent answers
         whose image links have expired (their rows, then their stored bodies)."""
         while True:
-            await asyncio.sleep(self.settings.ledger_sweep_seconds)
+            await asyncio.sleep(self.settings.accounts.ledger_sweep_seconds)
             try:
                 await self.incarnation.heartbeat()
                 await self.release_what_the_dead_held()
-                await forget_old(self.engine, done_seconds=self.settings.url_ttl_seconds,
-                                 running_seconds=self.settings.reservation_lease_seconds)
+                await forget_old(self.engine, done_seconds=self.settings.storage.url_ttl_seconds,
+                                 running_seconds=self.settings.accounts.reservation_lease_seconds)
                 await asyncio.to_thread(self.idempotency.answers.sweep)
             except Exception:
                 log.exception("accounts sweep failed")

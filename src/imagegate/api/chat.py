@@ -63,12 +63,12 @@ async def create_chat_completion(
     caller: Caller = Depends(deps.caller),
     service: ImageService = Depends(deps.service),
 ) -> Any:
-    gen = to_generation_request(body, default_model=deps.settings(request).default_model)
+    gen = to_generation_request(body, default_model=deps.settings(request).api.default_model)
     check_n(service, gen)
     request_id = deps.request_id(request)
     base_url = deps.public_base_url(request)
 
-    links = deps.settings(request).chat_image_links
+    links = deps.settings(request).api.chat_image_links
 
     async def produce() -> dict[str, Any]:
         result = await service.generate(gen, request_id=request_id, caller=caller,

@@ -68,7 +68,7 @@ async def create_edit(request: Request, caller: Caller = Depends(deps.caller),
                       service: ImageService = Depends(deps.service)) -> Response:
     fields, images, mask = await _read_inputs(request, ImageEditFields, json_allowed=True)
     gen = _generation_request(request, service, fields, images, mask,
-                              server_format=deps.settings(request).edits_response_format)
+                              server_format=deps.settings(request).api.edits_response_format)
     check_n(service, gen)
     if fields.stream:
         return await stream_images(request, service, caller, gen, endpoint="images.edits",
@@ -92,7 +92,7 @@ async def create_variation(request: Request, caller: Caller = Depends(deps.calle
         raise InvalidRequest("Variations take no mask.", param="mask")
     # DALL-E 2's endpoint, and its default: links.
     gen = _generation_request(request, service, fields, images, None,
-                              server_format=deps.settings(request).images_response_format)
+                              server_format=deps.settings(request).api.images_response_format)
     gen.prompt_optional = True
     check_n(service, gen)
     if gen.strength is None:
@@ -122,7 +122,7 @@ def _generation_request(request: Request, service: ImageService, fields: ImageIn
         raise InvalidRequest(f"At most {MAX_IMAGES} images may be sent.",
                              param=rules.images_field(images[-1][1]))
     gen = to_generation_request(service, fields,
-                                default_model=deps.settings(request).default_model,
+                                default_model=deps.settings(request).api.default_model,
                                 server_format=server_format)
     gen.strength = fields.strength
     gen.references = images

@@ -38,8 +38,8 @@ async def create_image(
     service: ImageService = Depends(deps.service),
 ) -> Response:
     settings = deps.settings(request)
-    gen = to_generation_request(service, body, default_model=settings.default_model,
-                                server_format=settings.images_response_format)
+    gen = to_generation_request(service, body, default_model=settings.api.default_model,
+                                server_format=settings.api.images_response_format)
     gen.style = body.style
     check_n(service, gen)
     if body.stream:

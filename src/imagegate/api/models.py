@@ -29,7 +29,7 @@ async def list_models(request: Request,
     # Describing a local model looks at the disk (weights present?), so keep it off the loop.
     cards = await asyncio.to_thread(
         lambda: [model_card(spec, service, created) for spec in service.catalog.served()])
-    if not deps.settings(request).list_unavailable_models:
+    if not deps.settings(request).api.list_unavailable_models:
         cards = [card for card in cards if card.imagegate["available"]]
     return ModelList(data=cards)
 

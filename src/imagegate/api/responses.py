@@ -78,7 +78,7 @@ async def create_response(
     caller: Caller = Depends(deps.caller),
     service: ImageService = Depends(deps.service),
 ) -> Response:
-    plan = translate(body, service, default_model=deps.settings(request).default_model)
+    plan = translate(body, service, default_model=deps.settings(request).api.default_model)
     turn = _Turn(service, service.response_images(), caller, body, plan,
                  deps.request_id(request))
     if body.stream:

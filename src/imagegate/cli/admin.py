@@ -91,8 +91,8 @@ def _run(settings: Settings, work: Callable[["Admin"], Awaitable[T]]) -> T:
             # The CLI never reserves money, so its node id is never written anywhere; it must
             # not run release_stale() either (that is the server's job at start-up).
             ledger = Ledger(engine, node_id=f"cli:{settings.resolved_node_id}",
-                            lease_seconds=settings.reservation_lease_seconds)
-            return await work(Admin(engine, ledger, settings.currency))
+                            lease_seconds=settings.accounts.reservation_lease_seconds)
+            return await work(Admin(engine, ledger, settings.accounts.currency))
         finally:
             await engine.dispose()
 
@@ -357,7 +357,7 @@ def _set_enabled(key_id: int, enabled: bool, config: Optional[Path]) -> None:
     info = _run(settings, lambda admin_: admin_.set_key_enabled(key_id, enabled))
     console.print(f"key {info['id']} {escape(repr(info['name']))} ({info['prefix']}…) is now "
                   f"{'enabled' if enabled else 'disabled'}; a running server notices within "
-                  f"{settings.auth_cache_seconds:g} s.", soft_wrap=True)
+                  f"{settings.accounts.auth_cache_seconds:g} s.", soft_wrap=True)
 
 
 @keys_app.command("disable", cls=Command)
@@ -533,7 +533,7 @@ def usage(
     totals: dict[str, int] = {}
     for r in rows:
         owner = owners.get(r["account_id"]) if r["account_id"] is not None else None
-        currency = owner["currency"] if owner else settings.currency
+        currency = owner["currency"] if owner else settings.accounts.currency
         totals[currency] = totals.get(currency, 0) + r["cost_micros"]
         status = str(r["status"]) + (f" {r['error_code']}" if r["error_code"] else "")
         table.add_row(_show_time(r["created_at"]), escape(r["request_id"]),
@@ -545,7 +545,7 @@ def usage(
     if rows:
         _out().print(table)
     total = ", ".join(_money(v, c) for c, v in sorted(totals.items())) or _money(
-        0, settings.currency)
+        0, settings.accounts.currency)
     console.print(f"{len(rows)} requests, "
                   f"{sum(r['images_delivered'] for r in rows)} images, {total}"
                   + (f" (limit {limit} reached: narrow with --since)" if len(rows) == limit

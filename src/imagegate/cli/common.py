@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
-from ..settings import Settings
+from ..settings import FLAT_NAMES, Settings, flat_name
 
 if TYPE_CHECKING:
     from typer._click import Context, Parameter  # the click that typer's commands are built on
@@ -110,17 +110,19 @@ def setting_source(loc: list[str], config: Optional[Path], flags: Mapping[str, o
                    value: object) -> str:
     """Where the bad value came from, as the user wrote it: --flag, IMAGEGATE_NAME or the
     config file's field, with the value unless it could be a secret."""
-    name = loc[0]
+    flat = flat_name(tuple(loc))  # a grouped setting's one name: fetch_max_bytes
+    grouped = flat in FLAT_NAMES
+    name = flat if grouped else loc[0]
     shown = "" if any(word in name for word in _SECRET_WORDS) else None
     env = f"IMAGEGATE_{name.upper()}"
     env_value = next((v for k, v in os.environ.items() if k.upper() == env), None)
     place = ""
     if name in flags:
         where, value = f"--{name.replace('_', '-')}", flags[name]
-    elif env_value is not None and len(loc) == 1:
+    elif env_value is not None and (grouped or len(loc) == 1):
         where, value = env, env_value
     elif _config_path(config):
-        where, place = ".".join(loc), f" in {_config_path(config)}"
+        where, place = (flat if grouped else ".".join(loc)), f" in {_config_path(config)}"
     else:
         where = env
     return where + (shown if shown is not None else f"={value!r}") + place
@@ -145,7 +147,7 @@ def service_without_links(settings: Settings) -> ImageService:
     created wherever the command happens to run."""
     from ..app import build_service
 
-    throwaway = settings.url_secret or secrets.token_hex(32)
+    throwaway = settings.storage.url_secret or secrets.token_hex(32)
     return build_service(settings.model_copy(update={"url_secret": throwaway}),
                          with_accounts=False)
 
@@ -175,7 +177,7 @@ def print_summary(settings: Settings, service: ImageService | None = None) -> No
     from .. import __version__
 
     data_dir = os.path.abspath(settings.data_dir)
-    auth = ("on (API keys)" if settings.auth == "on"
+    auth = ("on (API keys)" if settings.accounts.auth == "on"
             else "off (no keys: every request runs as the unlimited account `local`)")
     lines = [
         f"imagegate {__version__}",
@@ -183,7 +185,7 @@ def print_summary(settings: Settings, service: ImageService | None = None) -> No
         f"  database  {safe_url(settings.resolved_database_url)}",
         f"  auth      {auth}",
         f"  storage   {os.path.abspath(settings.images_dir)} (links expire after "
-        f"{settings.url_ttl_seconds} s)",
+        f"{settings.storage.url_ttl_seconds} s)",
         f"  models    {_models_line(settings, service)}",
     ]
     typer.echo("\n".join(lines), err=True)

@@ -52,7 +52,7 @@ def generate(
     service = service_without_links(settings)
     try:
         request = GenerationRequest(
-            model=model or settings.default_model, prompt=prompt, n=n, size=wanted,
+            model=model or settings.api.default_model, prompt=prompt, n=n, size=wanted,
             quality=quality, response_format="b64_json",
             output_format=fmt,
             seed=seed,

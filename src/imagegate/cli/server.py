@@ -92,7 +92,7 @@ def _check_node_id_free(settings: Settings) -> None:
         try:
             await migrate(engine)
             await Incarnations(engine, node_id=settings.resolved_node_id,
-                               lease_seconds=settings.reservation_lease_seconds).check_node_free()
+                               lease_seconds=settings.accounts.reservation_lease_seconds).check_node_free()
         finally:
             await engine.dispose()
 

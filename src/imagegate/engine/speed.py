@@ -24,10 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def effective_options(settings: Settings, spec: ModelSpec) -> SpeedOptions:
-    """The server-wide `engine_*` settings with the model's own `local.speed` on top."""
-    server = SpeedOptions(**{name: getattr(settings, f"engine_{name}")
-                             for name in SpeedOptions.model_fields})
-    return server.merged(spec.local.speed if spec.local is not None else None)
+    """The server-wide `[engine.speed]` settings with the model's own `local.speed` on top."""
+    return settings.engine.speed.merged(spec.local.speed if spec.local is not None else None)
 
 
 def load_dtype(options: SpeedOptions, device: str, cuda_dtype: str) -> Any:

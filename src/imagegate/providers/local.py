@@ -46,7 +46,7 @@ class LocalProvider(ProviderBase):
         if self._device is None:
             from ..engine.device import pick_device
 
-            self._device = pick_device(self._settings.device)
+            self._device = pick_device(self._settings.engine.device)
         return self._device
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
@@ -58,7 +58,7 @@ class LocalProvider(ProviderBase):
             # What a request would meet in `_check_available`: 503 without the engine, or
             # without weights that may not be downloaded.
             "available": local_engine_installed() and (weights.usable
-                                                       or self._settings.allow_downloads),
+                                                       or self._settings.engine.allow_downloads),
             "source": spec.local.source if spec.local else None,
             "weights": weights.status,
             "loaded": bool(worker and worker.loaded),
@@ -99,9 +99,9 @@ class LocalProvider(ProviderBase):
             if worker is None:
                 settings = self._settings
                 worker = PipelineWorker(
-                    spec.name, lambda: self._load(spec), max_queue=settings.engine_max_queue,
-                    max_batch_images=settings.engine_max_batch_images,
-                    max_wait_ms=settings.engine_max_wait_ms, on_loaded=self._enforce_budget)
+                    spec.name, lambda: self._load(spec), max_queue=settings.engine.max_queue,
+                    max_batch_images=settings.engine.max_batch_images,
+                    max_wait_ms=settings.engine.max_wait_ms, on_loaded=self._enforce_budget)
                 self._workers[spec.name] = worker
             return worker
 
@@ -124,7 +124,8 @@ class LocalProvider(ProviderBase):
             if not local_engine_installed():
                 raise ValueError(f"preload names `{name}`, but the local engine is not "
                                  "installed (install imagegate[local])")
-            if not self._settings.allow_downloads and not locate(spec, self._models_dir).usable:
+            if (not self._settings.engine.allow_downloads
+                    and not locate(spec, self._models_dir).usable):
                 raise ValueError(f"preload names `{name}`: {missing_weights_message(spec)}")
             specs.append(spec)
         return specs
@@ -157,7 +158,7 @@ class LocalProvider(ProviderBase):
         """Called on `loaded`'s worker thread after it loaded: while the loaded models' weights
         exceed the budget, unload the least recently used idle one. `loaded` itself and busy
         models stay; the budget is then exceeded until one of them is unloaded."""
-        budget = self._settings.engine_memory_budget_mb * 2**20
+        budget = self._settings.engine.memory_budget_mb * 2**20
         if not budget:
             return
         with self._budget_lock:  # two models finishing their loads together unload once
@@ -191,7 +192,7 @@ class LocalProvider(ProviderBase):
                 f"`{spec.name}` runs on the local engine, which is not installed on this server "
                 "(install imagegate[local])."
             )
-        if not self._settings.allow_downloads and not locate(spec, self._models_dir).usable:
+        if not self._settings.engine.allow_downloads and not locate(spec, self._models_dir).usable:
             raise ModelUnavailable(missing_weights_message(spec))
 
     def _load(self, spec: ModelSpec) -> Any:
@@ -210,7 +211,7 @@ class LocalProvider(ProviderBase):
         speed = effective_options(self._settings, spec)
         try:
             pipe = load_pipeline(spec, source, self.device,
-                                 allow_downloads=self._settings.allow_downloads, speed=speed)
+                                 allow_downloads=self._settings.engine.allow_downloads, speed=speed)
             warm_up(pipe, spec, speed)  # compiling happens here, not in a client's request
             return pipe
         except Exception as exc:  # broken or partial weights: the model can't serve, say so

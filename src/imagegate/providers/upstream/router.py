@@ -31,7 +31,7 @@ from ...catalog import Deployment, ModelSpec
 from ...engine.worker import ServerBusy
 from ...errors import ModelUnavailable
 from ...generation import ProgressListener, ProviderResult, ResolvedRequest
-from ...settings import Settings
+from ...settings import RoutePolicy, Settings
 from ..base import Ticket
 from .call import UpstreamCall
 from .failures import UpstreamFailure
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 Adapter = Callable[[UpstreamCall], Awaitable[ProviderResult]]
 
 FAILURES_BEFORE_COOLDOWN = 3
-DEFAULT_MAX_IN_FLIGHT = 64
 _EWMA = 0.2  # weight of the newest latency sample
 
 
@@ -90,29 +89,12 @@ class _Flights:
         return max(1, math.ceil(self.seconds - (now - oldest)))
 
 
-@dataclass
-class RoutePolicy:
-    max_attempts: int = 3
-    total_deadline_seconds: float = 300.0
-    cooldown_seconds: float = 30.0
-    max_image_bytes: int = 25 * 1024 * 1024
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
-    """Relayed requests per model at once; 0: unbounded."""
-
-
 class UpstreamRouter:
     name = "upstream"
 
     def __init__(self, settings: Settings | None = None, policy: RoutePolicy | None = None,
                  adapter_table: dict[str, Adapter] | None = None) -> None:
-        self.policy = policy or RoutePolicy(
-            max_attempts=settings.upstream_max_attempts if settings else 3,
-            total_deadline_seconds=settings.upstream_deadline_seconds if settings else 300.0,
-            cooldown_seconds=settings.upstream_cooldown_seconds if settings else 30.0,
-            max_image_bytes=settings.upstream_max_image_bytes if settings else 25 * 2**20,
-            max_in_flight=(settings.upstream_max_in_flight if settings
-                           else DEFAULT_MAX_IN_FLIGHT),
-        )
+        self.policy = policy or (settings.upstream if settings else RoutePolicy())
         self._adapters = adapter_table  # loaded on first use
         self._health: dict[str, _Health] = {}
         self._flights: dict[str, _Flights] = {}
@@ -186,7 +168,7 @@ class UpstreamRouter:
         if not spec.deployments:
             raise ModelUnavailable(
                 f"No upstream deployment is configured for `{spec.name}` on this server.")
-        deadline = time.monotonic() + self.policy.total_deadline_seconds
+        deadline = time.monotonic() + self.policy.deadline_seconds
         tried: set[int] = set()
         last: UpstreamFailure | None = None
         for _attempt in range(self.policy.max_attempts):
