@@ -148,7 +148,8 @@ def service_without_links(settings: Settings) -> ImageService:
     from ..app import build_service
 
     throwaway = settings.storage.url_secret or secrets.token_hex(32)
-    return build_service(settings.model_copy(update={"url_secret": throwaway}),
+    storage = settings.storage.model_copy(update={"url_secret": throwaway})
+    return build_service(settings.model_copy(update={"storage": storage}),
                          with_accounts=False)
 
 
