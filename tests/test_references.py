@@ -663,7 +663,7 @@ def test_large_images_are_reduced_to_the_working_size_as_they_are_decoded() -> N
 
 
 def test_pixel_budget_refuses_past_its_cap_and_counts_what_is_decoded() -> None:
-    from imagegate.engine.worker import ServerBusy
+    from imagegate.errors import ServerBusy
     from imagegate.imaging.decoding import PixelBudget
 
     budget = PixelBudget(64 * 48 * 2)

@@ -115,6 +115,15 @@ class Forbidden(APIError):
     code = "forbidden"
 
 
+class ServerBusy(APIError):
+    """429: no place for the job now (a full queue, too many in flight, too many pixels being
+    decoded); a Retry-After says when one is likely free. Refused before anything is reserved."""
+
+    status = 429
+    type = "server_error"
+    code = "server_busy"
+
+
 class GenerationFailed(APIError):
     """500: the engine failed on a valid request; the message stays generic."""
 

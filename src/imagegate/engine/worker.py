@@ -34,7 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
-from ..errors import APIError
+from ..errors import APIError, ServerBusy
 from .memory import footprint_bytes, release_memory
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,6 @@ _STOP = object()
 # at once can fail with "cannot import name ..."), and loads compete for disk and memory anyway.
 _LOADING = threading.Lock()
 _EWMA = 0.2  # weight of the newest sample in the running averages
-
-
-class ServerBusy(APIError):
-    status = 429
-    type = "server_error"
-    code = "server_busy"
 
 
 @dataclass

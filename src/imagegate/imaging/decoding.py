@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from ..engine.worker import ServerBusy
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, ServerBusy
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DecodedImage", "PixelBudget", "SUPPORTED_FORMATS",
            "decode_image"]

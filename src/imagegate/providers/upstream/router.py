@@ -28,8 +28,7 @@ from typing import Any
 import httpx
 
 from ...catalog import Deployment, ModelSpec
-from ...engine.worker import ServerBusy
-from ...errors import ModelUnavailable
+from ...errors import ModelUnavailable, ServerBusy
 from ...generation import ProgressListener, ProviderResult, ResolvedRequest
 from ...settings import RoutePolicy, Settings
 from ..base import Ticket
