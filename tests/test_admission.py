@@ -13,8 +13,10 @@ never by timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,7 +31,10 @@ from test_upstream_disconnect import (
     usage,
 )
 
+from imagegate.errors import ServerBusy
+from imagegate.generation import GeneratedImage, ProviderResult
 from imagegate.imaging.decoding import decode_image
+from imagegate.providers.base import ProviderBase, Ticket
 from imagegate.service import working_edge
 
 
@@ -124,6 +129,77 @@ async def test_upstream_in_flight_bound_answers_429_and_admitted_requests_succee
         # Places are free again once the jobs ended.
         assert (await srv.client.post("/v1/images/generations", json=body,
                                       headers=srv.auth())).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# an operator's providers: admitted by their own `admit`, or at once
+
+
+class Plain:
+    """A provider written against the `Provider` methods alone: admitted at once."""
+
+    name = "plain"
+
+    def __init__(self, settings: Any) -> None:
+        pass
+
+    def describe(self, spec: Any) -> dict[str, Any]:
+        return {}
+
+    async def aclose(self) -> None:
+        pass
+
+    async def generate(self, spec: Any, request: Any, progress: Any = None) -> ProviderResult:
+        image = Image.new("RGB", (request.width, request.height), (10, 120, 200))
+        return ProviderResult(images=[GeneratedImage(image, seed=request.seeds[0])])
+
+
+class Queued(ProviderBase, Plain):
+    """One with a queue of its own (`ProviderBase.admit`), full for prompts that say so."""
+
+    name = "queued"
+
+    @contextlib.asynccontextmanager
+    async def admit(self, spec: Any, request: Any) -> AsyncIterator[Ticket]:
+        if request.prompt.startswith("full"):
+            raise ServerBusy("No place.", headers={"retry-after": "3"})
+        yield Ticket()
+
+
+OPERATORS = """
+[providers]
+plain = "test_admission:Plain"
+queued = "test_admission:Queued"
+
+[models.plain-image]
+backend = "plain"
+[models.plain-image.pricing]
+per_image = "0.01"
+
+[models.queued-image]
+backend = "queued"
+[models.queued-image.pricing]
+per_image = "0.01"
+"""
+
+
+async def test_an_operators_provider_is_admitted_by_its_own_admit_or_at_once(inprocess) -> None:
+    srv = await inprocess(config=OPERATORS)
+    key = await paid_key(srv, "ops", 2 * UNIT)
+
+    async def post(model: str, prompt: str) -> Any:
+        return await srv.client.post("/v1/images/generations", headers=_bearer(key), json={
+            "model": model, "prompt": prompt, "size": "256x256",
+            "response_format": "b64_json"})
+
+    refused = await post("queued-image", "full house")
+    _assert_busy(refused)
+    assert refused.headers["retry-after"] == "3"
+    assert refused.headers["x-request-id"] not in await reservation_ids(srv)
+    for model in ("queued-image", "plain-image"):
+        response = await post(model, "a lighthouse")
+        assert response.status_code == 200, response.text
+    assert (await account(srv, "ops"))["spent_micros"] == 2 * UNIT
 
 
 # --------------------------------------------------------------------------------------------

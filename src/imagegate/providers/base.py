@@ -5,14 +5,16 @@ backend's bounded queue (the engine's waiting line, the relay's in-flight bound)
 with 429 `server_busy`, and only then does the service reserve the price. The place is held
 until the job ends, so a refusal never touches a balance, even for a moment.
 
-A backend with a queue gives itself an `admit(spec, request)` method: an async context manager
-that yields a `Ticket` (raising `ServerBusy` when full) and frees the place on exit. A custom
-provider without one is admitted at once.
+A backend with a queue overrides `ProviderBase.admit(spec, request)`: an async context manager
+that yields a `Ticket` (raising `ServerBusy` when full) and frees the place on exit. The default,
+and what a provider written against `Provider` alone gets, admits at once.
 
 A backend that runs models itself (the local engine) also reports on them: which are loading at
 start-up (`preload_status`, for `/health/ready`) and what each model's worker is doing
-(`engine_stats`, for `/metrics`). These are `ProviderBase`'s methods, whose defaults say there is
-nothing to report; `optional()` gives any provider's, so callers never probe for them.
+(`engine_stats`, for `/metrics`), by default nothing.
+
+All three are `ProviderBase`'s methods; `optional()` gives any provider's, so callers never probe
+for them.
 """
 
 from __future__ import annotations
@@ -76,9 +78,15 @@ class EngineStats:
 
 
 class ProviderBase:
-    """What a provider may report besides the `Provider` methods, each with its default:
-    nothing. The local engine subclasses it; so may a custom provider that has models of its
-    own to report on."""
+    """What a provider may do besides the `Provider` methods, each with its default: admit
+    every job at once, report nothing. The local engine and the upstream router subclass it;
+    so may a custom provider that has a queue, or models of its own to report on."""
+
+    @contextlib.asynccontextmanager
+    async def admit(self, spec: ModelSpec, request: ResolvedRequest) -> AsyncIterator[Ticket]:
+        """The job's place for the duration of the block; raises `ServerBusy` (429) when
+        there is none. By default there is always one."""
+        yield Ticket()
 
     def preload_status(self) -> PreloadStatus:
         """The models loading at start-up, and those that failed to."""
@@ -93,8 +101,8 @@ _NOTHING_TO_REPORT = ProviderBase()
 
 
 def optional(provider: Provider | None) -> ProviderBase:
-    """`provider`'s reports: its own when it subclasses `ProviderBase`, else the defaults (a
-    provider written against `Provider` alone, or none at all)."""
+    """`provider`'s admission and reports: its own when it subclasses `ProviderBase`, else the
+    defaults (a provider written against `Provider` alone, or none at all)."""
     return provider if isinstance(provider, ProviderBase) else _NOTHING_TO_REPORT
 
 
@@ -134,16 +142,10 @@ async def run_with_ticket(ticket: Ticket, work: Callable[[], Awaitable[T]]) -> T
     return await work()
 
 
-@contextlib.asynccontextmanager
-async def admission(provider: Any, spec: ModelSpec,
-                    request: ResolvedRequest) -> AsyncIterator[Ticket]:
+def admission(provider: Provider, spec: ModelSpec,
+              request: ResolvedRequest) -> contextlib.AbstractAsyncContextManager[Ticket]:
     """The job's place at `provider` for the duration of the block (429 when there is none)."""
-    admit = getattr(provider, "admit", None)
-    if admit is None:
-        yield Ticket()
-        return
-    async with admit(spec, request) as ticket:
-        yield ticket
+    return optional(provider).admit(spec, request)
 
 
 def load_provider_class(target: str) -> type:

@@ -31,7 +31,7 @@ from ...catalog import Deployment, ModelSpec
 from ...errors import ModelUnavailable, ServerBusy
 from ...generation import ProgressListener, ProviderResult, ResolvedRequest
 from ...settings import RoutePolicy, Settings
-from ..base import Ticket
+from ..base import ProviderBase, Ticket
 from .call import UpstreamCall
 from .failures import UpstreamFailure
 from .images import ImageDownloader
@@ -88,7 +88,7 @@ class _Flights:
         return max(1, math.ceil(self.seconds - (now - oldest)))
 
 
-class UpstreamRouter:
+class UpstreamRouter(ProviderBase):
     name = "upstream"
 
     def __init__(self, settings: Settings | None = None, policy: RoutePolicy | None = None,
