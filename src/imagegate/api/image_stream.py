@@ -22,7 +22,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ..accounts.keys import Caller
-from ..errors import APIError, InvalidRequest
+from ..errors import APIError
 from ..generation import DeliveredImage, GenerationRequest, GenerationResult, PartialImage
 from ..protocol.stream_events import (
     CompletedImageEvent,
@@ -34,17 +34,6 @@ from ..protocol.stream_events import (
 from ..service import ImageService
 from . import deps, streaming
 from .streaming import Event
-
-MAX_PARTIAL_IMAGES = 3  # OpenAI's limit
-
-
-def check_partial_images(value: int | None) -> int:
-    if value is None:
-        return 0
-    if not 0 <= value <= MAX_PARTIAL_IMAGES:
-        raise InvalidRequest(f"`partial_images` must be between 0 and {MAX_PARTIAL_IMAGES}.",
-                             param="partial_images", code="invalid_value")
-    return value
 
 
 async def stream_images(request: Request, service: ImageService, caller: Caller,
