@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag
 
+from ..generation import OutputFormat
 from .wire import (
     MAX_CONTENT_PARTS,
     MAX_LIST_ITEMS,
@@ -19,6 +20,7 @@ from .wire import (
     Flag,
     ImageURL,
     ModelName,
+    Moderation,
     Number,
     PartialImages,
     Prompt,
@@ -53,10 +55,10 @@ class ImageGenerationTool(BaseModel):
     model: ModelName | None = None
     size: Word | None = None
     quality: Word | None = None
-    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_format: OutputFormat | None = None
     output_compression: Compression | None = None
     background: Word | None = None
-    moderation: Literal["low", "auto"] | None = None
+    moderation: Moderation | None = None
     partial_images: PartialImages | None = None
     input_fidelity: Word | None = None
     input_image_mask: ImageMask | None = None
