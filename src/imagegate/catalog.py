@@ -9,8 +9,9 @@ the vendors' image API docs publish; operators add or override entries in the TO
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -361,7 +362,7 @@ class Catalog:
         self._specs = {s.name: s for s in specs}
 
     @classmethod
-    def from_config(cls, overrides: dict[str, dict] | None = None,
+    def from_config(cls, overrides: dict[str, dict[str, Any]] | None = None,
                     backends: set[str] | frozenset[str] = BUILTIN_BACKENDS) -> "Catalog":
         """Built-in entries, each deep-merged with `[models.NAME]` from the config file.
 
@@ -404,11 +405,11 @@ class Catalog:
     def served(self) -> list[ModelSpec]:
         return [s for s in self._specs.values() if s.enabled]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._specs.values())
 
 
-def _deep_merge(base: dict, patch: dict) -> dict:
+def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in patch.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):

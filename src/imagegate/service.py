@@ -66,6 +66,9 @@ from .storage import ImageStore, URLSigner
 
 log = logging.getLogger(__name__)
 
+_Produced = tuple[ProviderResult, list[DeliveredImage]]
+"""What a job leaves: the provider's answer and the images delivered from it."""
+
 SHUTDOWN_GRACE_SECONDS = 30.0
 """How long shutdown waits for jobs finishing for clients that left (then they are cancelled
 and, like any cancelled job, charged only for what was delivered: nothing)."""
@@ -84,7 +87,7 @@ class ImageService:
         self.signer = signer
         self.accounts = accounts
         """None only for in-process use without billing (the `generate` CLI)."""
-        self._orphans: set[asyncio.Future] = set()
+        self._orphans: set[asyncio.Future[Any]] = set()
         """Requests whose client left, still ending (upstream jobs being finished)."""
 
     def provider_for(self, spec: ModelSpec) -> Provider:
@@ -184,7 +187,7 @@ class ImageService:
 
     async def _produce(self, provider: Provider, spec: ModelSpec, resolved: ResolvedRequest,
                        req: GenerationRequest, progress: ProgressListener | None,
-                       billing: "_Billing | None") -> tuple[ProviderResult, list[DeliveredImage]]:
+                       billing: "_Billing | None") -> _Produced:
         """Generate, then encode and store: the part of a job that may outlive its client."""
         produced = await provider.generate(spec, resolved, progress)
         if not produced.images:
@@ -199,8 +202,8 @@ class ImageService:
             billing.delivered = len(images)
         return produced, images
 
-    async def _finish_for_nobody(self, work: asyncio.Future, billing: "_Billing"
-                                 ) -> tuple[ProviderResult, list[DeliveredImage]]:
+    async def _finish_for_nobody(self, work: asyncio.Future[_Produced], billing: "_Billing"
+                                 ) -> _Produced:
         """The client left after the job went upstream: finish it anyway. The call returns
         as usual, so what the endpoint does with an answer still happens (an Idempotency-Key's
         answer is kept, and a retry with that key replays it instead of paying twice); the
@@ -218,7 +221,7 @@ class ImageService:
                 lambda: [self.store.put(i.data, i.output_format) for i in inline])
         return produced, images
 
-    def let_go(self, task: asyncio.Future) -> None:
+    def let_go(self, task: asyncio.Future[Any]) -> None:
         """`task` (running `generate`, maybe inside an endpoint's answer) lost its client:
         cancel it without waiting. Work not yet handed off stops, free; work an upstream has
         finishes (see `_finish_for_nobody`). Kept until it ends, for `drain`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -143,7 +144,7 @@ class IdempotencyRecord(Base):
     """The server process running it (`incarnations.id`): a claim of a process that is gone
     is removed at once, so a retry runs again."""
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    response: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """The response body with any base64 image replaced by a reference to the stored file."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -17,15 +17,18 @@ T = TypeVar("T")
 
 
 def service(request: Request) -> ImageService:
-    return request.app.state.service
+    service: ImageService = request.app.state.service
+    return service
 
 
 def settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def request_id(request: Request) -> str:
-    return request.scope["state"]["request_id"]
+    request_id: str = request.scope["state"]["request_id"]
+    return request_id
 
 
 def public_base_url(request: Request) -> str:

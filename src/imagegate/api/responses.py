@@ -362,7 +362,7 @@ class _Turn:
         body = self.body
         metadata = (body.model_extra or {}).get("metadata")
         return ResponseObject(
-            id=self.response_id, created_at=self.created, status=status,  # type: ignore
+            id=self.response_id, created_at=self.created, status=status,
             completed_at=completed_at, error=error, instructions=body.instructions,
             model=self.plan.model, output=output or [],
             previous_response_id=body.previous_response_id, store=body.store is not False,
@@ -403,7 +403,7 @@ class _Turn:
             except ModelNotFound:
                 quality = None  # (a stream of an unknown model never sends a preview)
         background = "opaque" if gen.background in (None, "auto") else gen.background
-        return quality or "auto", background  # type: ignore[return-value]
+        return quality or "auto", background
 
 
 # --- streaming ---------------------------------------------------------------------------------

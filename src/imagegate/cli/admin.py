@@ -182,7 +182,7 @@ def parse_amount(text: str) -> int:
         value = None
     if value is None or not value.is_finite():
         fail(f"{text!r} is not a decimal amount (write it like 12.50 or -3).")
-    micros = value * 1_000_000  # type: ignore[operator]
+    micros = value * 1_000_000
     if micros != micros.to_integral_value():
         fail(f"{text!r} has more than six decimal places; amounts are kept in millionths.")
     if micros == 0:

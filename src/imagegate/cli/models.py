@@ -145,7 +145,7 @@ def pull(
         return
     try:
         from huggingface_hub import constants, snapshot_download
-        from huggingface_hub.utils import enable_progress_bars
+        from huggingface_hub.utils import enable_progress_bars  # type: ignore[attr-defined]
     except ImportError:
         fail("downloading needs huggingface_hub (install imagegate[local])")
     offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()

@@ -100,7 +100,7 @@ def generate(pipe: Any, spec: ModelSpec, req: ResolvedRequest,
     return generate_batch(pipe, spec, [req], context, [progress])[0]
 
 
-def batch_key(spec: ModelSpec, req: ResolvedRequest) -> tuple | None:
+def batch_key(spec: ModelSpec, req: ResolvedRequest) -> tuple[Any, ...] | None:
     """Requests with equal keys can share one pipeline call; None: this one runs alone."""
     if req.kind == "inpaint":
         return None  # masks differ per request; inpainting runs alone
@@ -168,7 +168,8 @@ def generate_batch(pipe: Any, spec: ModelSpec, reqs: list[ResolvedRequest],
     last_step = [time.monotonic()]
     report = _Reporter(reqs, listeners or [None] * len(reqs), total)
     if "callback_on_step_end" in accepted:
-        def on_step_end(running: Any, step: int, _timestep: Any, tensors: dict) -> dict:
+        def on_step_end(running: Any, step: int, _timestep: Any,
+                        tensors: dict[str, Any]) -> dict[str, Any]:
             now = time.monotonic()
             if context is not None:
                 context.step_done(now - last_step[0])
@@ -216,7 +217,7 @@ class _Reporter:
                 self.entries.append((req, listener, offset, after))
             offset += req.n
 
-    def __call__(self, pipe: Any, done: int, tensors: dict) -> None:
+    def __call__(self, pipe: Any, done: int, tensors: dict[str, Any]) -> None:
         previews: list[Any] | None = None
         for req, listener, offset, after in self.entries:
             listener.step(done, self.total)
@@ -229,7 +230,7 @@ class _Reporter:
                                               req.height, done, self.total))
 
 
-def _previews(pipe: Any, tensors: dict, req: ResolvedRequest) -> list[Any]:
+def _previews(pipe: Any, tensors: dict[str, Any], req: ResolvedRequest) -> list[Any]:
     latents = tensors.get("latents")
     if latents is None:
         return []  # a pipeline that doesn't hand its latents to the callback: no previews

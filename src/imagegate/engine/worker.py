@@ -101,7 +101,7 @@ class PipelineWorker:
         """Estimated footprint of the loaded pipeline's weights; 0 when not loaded."""
         self.last_used: float | None = None
         """Wall-clock time of the last load or finished job."""
-        self._queue: deque = deque()
+        self._queue: deque[_Job | _Control] = deque()
         self._admitted = 0
         """Places taken by `admit()` whose jobs are not submitted yet: they count as waiting."""
         self._ready = threading.Condition()
@@ -126,12 +126,12 @@ class PipelineWorker:
     def idle(self) -> bool:
         return not self.stats.running and not self._queue and not self._admitted
 
-    def load(self) -> Future:
+    def load(self) -> Future[Any]:
         """Load the pipeline now, without a request (preloading). The future ends with the load:
         its result says whether this call loaded it, its exception why the load failed."""
         return self._control(self._ensure_loaded)
 
-    def unload(self, if_idle: bool = False) -> Future:
+    def unload(self, if_idle: bool = False) -> Future[Any]:
         """Drop the pipeline once the jobs ahead are done; the next job loads it again. With
         `if_idle`, keep it when requests are waiting by then. Result: whether it was dropped."""
         def drop() -> bool:
@@ -146,7 +146,7 @@ class PipelineWorker:
 
         return self._control(drop)
 
-    def _control(self, action: Callable[[], Any]) -> Future:
+    def _control(self, action: Callable[[], Any]) -> Future[Any]:
         job = _Control(action)
         self._put(job)
         return job.future
@@ -187,7 +187,7 @@ class PipelineWorker:
         loading the pipeline first if needed. With an admitted `place` the job takes it; without
         one, 429 at once when the queue is full."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
 
         def notify(result: Any, error: BaseException | None) -> None:
             try:
@@ -343,7 +343,7 @@ class _Control:
 
     def __init__(self, action: Callable[[], Any]) -> None:
         self.action = action
-        self.future: Future = Future()
+        self.future: Future[Any] = Future()
 
     def cancelled(self) -> bool:
         return False
@@ -364,7 +364,7 @@ class _Job:
         self.fn, self.notify, self.cancelled, self.batch = fn, notify, cancelled, batch
 
 
-def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.cancelled():
         return
     if error is not None:

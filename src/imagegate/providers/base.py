@@ -155,4 +155,5 @@ def load_provider_class(target: str) -> type:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ValueError(f"provider {target!r} must look like 'package.module:Class'")
-    return getattr(importlib.import_module(module_name), attr)
+    provider: type = getattr(importlib.import_module(module_name), attr)
+    return provider

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import threading
@@ -13,13 +14,16 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as WaitTimeout
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog import Catalog, ModelSpec
 from ..errors import APIError, GenerationFailed, ModelUnavailable
 from ..generation import ProgressListener, ProviderResult, ResolvedRequest
 from ..settings import Settings
 from .base import EngineStats, PreloadStatus, ProviderBase, Ticket, current_ticket
+
+if TYPE_CHECKING:
+    from ..engine.worker import PipelineWorker
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +39,11 @@ class LocalProvider(ProviderBase):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._models_dir = settings.resolved_models_dir
-        self._workers: dict[str, Any] = {}
+        self._workers: dict[str, PipelineWorker] = {}
         self._lock = threading.Lock()
         self._budget_lock = threading.Lock()
         self._device: str | None = None
-        self._preloads: dict[str, Future] = {}
+        self._preloads: dict[str, Future[Any]] = {}
 
     @property
     def device(self) -> str:
@@ -90,7 +94,7 @@ class LocalProvider(ProviderBase):
                 unloads=done.unloads)
         return stats
 
-    def _worker(self, spec: ModelSpec) -> Any:
+    def _worker(self, spec: ModelSpec) -> PipelineWorker:
         """The model's worker, created (not yet loaded) on first use."""
         from ..engine.worker import PipelineWorker
 
@@ -134,10 +138,10 @@ class LocalProvider(ProviderBase):
         """Load these models in the background, each on its own worker; returns at once."""
         for spec in specs:
             future = self._worker(spec).load()
-            future.add_done_callback(lambda f, name=spec.name: self._preloaded(name, f))
+            future.add_done_callback(functools.partial(self._preloaded, spec.name))
             self._preloads[spec.name] = future
 
-    def _preloaded(self, name: str, future: Future) -> None:
+    def _preloaded(self, name: str, future: Future[Any]) -> None:
         if future.exception() is not None:
             log.warning("preloading %s failed: %s", name, future.exception())
         else:
@@ -218,7 +222,7 @@ class LocalProvider(ProviderBase):
             log.warning("loading %s failed: %s", spec.name, exc)
             raise ModelUnavailable(f"`{spec.name}` could not be loaded on this server.") from exc
 
-    async def _available_worker(self, spec: ModelSpec) -> Any:
+    async def _available_worker(self, spec: ModelSpec) -> PipelineWorker:
         worker = self._workers.get(spec.name)
         if worker is None or not worker.loaded:  # (a loaded model is plainly available)
             await asyncio.to_thread(self._check_available, spec)
