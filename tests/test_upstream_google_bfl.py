@@ -22,19 +22,20 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-import openai
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from gateway import ADMIN_KEY, Gateway
 from PIL import Image
 from upstream_server import serve_app
 
-ADMIN_KEY = "sk-ig-" + "google-bfl-admin-key-000000000"
-assert len(ADMIN_KEY) == 36
+if TYPE_CHECKING:
+    from conftest import Server
+
 GEMINI_KEY = "fake-gemini-key-3b1f9c"
 BFL_KEY = "fake-bfl-key-77aa01"
 GEMINI_UNIT, IMAGEN_UNIT, FLUX_UNIT = 39_000, 40_000, 40_000
@@ -218,47 +219,34 @@ def fake_app(fake: Fake) -> FastAPI:
 # the gateway
 
 
-class Gateway:
-    def __init__(self, base_url: str, fake: Fake, upstream: str, log: Any) -> None:
-        self.base_url = base_url
-        self.log = log
+class Relay(Gateway):
+    """The shared gateway, with the fake upstream it relays to and account `relay`'s key."""
+
+    def __init__(self, server: Server, fake: Fake, upstream: str) -> None:
+        super().__init__(server)
         self.fake = fake
         self.upstream = upstream
-        self.admin = httpx.Client(base_url=base_url, timeout=240,
-                                  headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-        response = self.admin.post("/admin/accounts", json={"name": "relay"})
-        assert response.status_code == 201, response.text
-        response = self.admin.post("/admin/accounts/relay/topup",
-                                   json={"amount_micros": START_BALANCE})
-        assert response.status_code == 200, response.text
-        response = self.admin.post("/admin/keys", json={"account": "relay", "name": "t"})
-        assert response.status_code == 201, response.text
-        self.key = response.json()["key"]
+        self.log = server.data_dir / "server.log"
+        self.key = self.funded_key("relay", START_BALANCE)
 
-    def account(self) -> dict[str, Any]:
-        response = self.admin.get("/admin/accounts/relay")
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def balance(self) -> int:
-        account = self.account()
-        assert account["held_micros"] == 0, account  # nothing left reserved
-        return account["balance_micros"]
+    def settled_balance(self) -> int:
+        """Account `relay`'s balance, with nothing left reserved."""
+        account = self.account("relay")
+        assert account["held_micros"] == 0, account
+        return int(account["balance_micros"])
 
     def last_usage(self) -> dict[str, Any]:
-        response = self.admin.get("/admin/usage", params={"account": "relay"})
-        assert response.status_code == 200, response.text
-        return response.json()["data"][-1]
+        return self.usage("relay")[-1]
 
-    def generate(self, model: str, **body: Any) -> httpx.Response:
-        body = {"model": model, "prompt": "a red fox in the snow", "response_format": "b64_json",
-                **body}
-        return httpx.post(self.base_url + "/v1/images/generations", json=body, timeout=240,
-                          headers={"Authorization": f"Bearer {self.key}"})
+    def relay(self, model: str, **body: Any) -> httpx.Response:
+        """A generation of `model` as `relay`'s key holder, its images inline."""
+        return self.post("/v1/images/generations", self.key, {
+            "model": model, "prompt": "a red fox in the snow", "response_format": "b64_json",
+            **body})
 
 
 @pytest.fixture(scope="module")
-def gateway(start_server: Any, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Gateway]:
+def gateway(start_server: Any, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Relay]:
     fake = Fake()
     with serve_app(fake_app(fake)) as upstream:
         config = f"""
@@ -290,9 +278,9 @@ timeout_seconds = 2
         monkeypatch_module.setenv("FAKE_BFL_KEY", BFL_KEY)
         server = start_server(config, auth="on", admin_key=ADMIN_KEY,
                               upstream_max_image_bytes=str(CAP), upstream_cooldown_seconds="0")
-        gateway = Gateway(server.base_url, fake, upstream, server.data_dir / "server.log")
+        gateway = Relay(server, fake, upstream)
         yield gateway
-        gateway.admin.close()
+        gateway.close()
         server.process.terminate()
         server.process.wait(10)
 
@@ -303,7 +291,7 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
         yield patch
 
 
-def _error(gateway: Gateway, response: httpx.Response, status: int, type_: str,
+def _error(gateway: Relay, response: httpx.Response, status: int, type_: str,
            code: str) -> dict[str, Any]:
     assert response.status_code == status, (response.status_code, response.text)
     error = response.json()["error"]
@@ -328,12 +316,12 @@ def _images(response: httpx.Response, count: int, size: tuple[int, int] = (64, 4
 # Gemini generateContent
 
 
-def test_gemini_success_sends_the_documented_request(gateway: Gateway) -> None:
+def test_gemini_success_sends_the_documented_request(gateway: Relay) -> None:
     gateway.fake.reset("ok")
-    before = gateway.balance()
-    response = gateway.generate("gemini-2.5-flash-image", size="1344x768")
+    before = gateway.settled_balance()
+    response = gateway.relay("gemini-2.5-flash-image", size="1344x768")
     _images(response, 1)
-    assert gateway.balance() == before - GEMINI_UNIT
+    assert gateway.settled_balance() == before - GEMINI_UNIT
     [call] = gateway.fake.calls
     assert call["path"] == "/v1beta/models/gemini-2.5-flash-image:generateContent"
     assert call["headers"]["x-goog-api-key"] == GEMINI_KEY
@@ -350,33 +338,33 @@ def test_gemini_success_sends_the_documented_request(gateway: Gateway) -> None:
 
 @pytest.mark.parametrize("size,ratio", [("1024x1024", "1:1"), ("768x1344", "9:16"),
                                         ("1536x672", "21:9"), ("1184x864", "4:3")])
-def test_gemini_aspect_ratio_from_size(gateway: Gateway, size: str, ratio: str) -> None:
+def test_gemini_aspect_ratio_from_size(gateway: Relay, size: str, ratio: str) -> None:
     gateway.fake.reset("snake")  # and the answer in snake_case (inline_data, mime_type)
-    _images(gateway.generate("gemini-2.5-flash-image", size=size), 1)
+    _images(gateway.relay("gemini-2.5-flash-image", size=size), 1)
     assert gateway.fake.calls[0]["json"]["generationConfig"]["imageConfig"]["aspectRatio"] \
         == ratio
 
 
-def test_gemini_n_images_are_n_concurrent_calls(gateway: Gateway) -> None:
+def test_gemini_n_images_are_n_concurrent_calls(gateway: Relay) -> None:
     gateway.fake.reset("ok")
-    before = gateway.balance()
-    _images(gateway.generate("gemini-2.5-flash-image", n=3), 3)
+    before = gateway.settled_balance()
+    _images(gateway.relay("gemini-2.5-flash-image", n=3), 3)
     assert len(gateway.fake.calls) == 3
-    assert gateway.balance() == before - 3 * GEMINI_UNIT
+    assert gateway.settled_balance() == before - 3 * GEMINI_UNIT
     assert sorted(gateway.last_usage()["upstream_request_id"].split(",")) == \
         ["resp-1", "resp-2", "resp-3"]
 
 
-def test_gemini_partial_failure_charges_what_was_delivered(gateway: Gateway) -> None:
+def test_gemini_partial_failure_charges_what_was_delivered(gateway: Relay) -> None:
     gateway.fake.reset("every_other_500")
-    before = gateway.balance()
-    _images(gateway.generate("gemini-2.5-flash-image", n=2), 1)
-    assert gateway.balance() == before - GEMINI_UNIT
+    before = gateway.settled_balance()
+    _images(gateway.relay("gemini-2.5-flash-image", n=2), 1)
+    assert gateway.settled_balance() == before - GEMINI_UNIT
 
 
-def test_gemini_skips_thought_parts(gateway: Gateway) -> None:
+def test_gemini_skips_thought_parts(gateway: Relay) -> None:
     gateway.fake.reset("thought")
-    _images(gateway.generate("gemini-2.5-flash-image"), 1)
+    _images(gateway.relay("gemini-2.5-flash-image"), 1)
 
 
 GEMINI_FAILURES = [
@@ -393,44 +381,42 @@ GEMINI_FAILURES = [
 
 
 @pytest.mark.parametrize("mode,status,type_,code", GEMINI_FAILURES)
-def test_gemini_failures(gateway: Gateway, mode: str, status: int, type_: str,
+def test_gemini_failures(gateway: Relay, mode: str, status: int, type_: str,
                          code: str) -> None:
     gateway.fake.reset(mode)
-    before = gateway.balance()
-    response = gateway.generate("gemini-2.5-flash-image")
+    before = gateway.settled_balance()
+    response = gateway.relay("gemini-2.5-flash-image")
     _error(gateway, response, status, type_, code)
-    assert gateway.balance() == before
+    assert gateway.settled_balance() == before
     # One deployment: a 500 has nowhere else to go; a timeout is never retried.
     assert len(gateway.fake.calls) == 1
     usage = gateway.last_usage()
     assert usage["status"] == status and usage["cost_micros"] == 0
 
 
-def test_gemini_429_honours_retry_after(gateway: Gateway) -> None:
+def test_gemini_429_honours_retry_after(gateway: Relay) -> None:
     gateway.fake.reset("429")
-    before = gateway.balance()
+    before = gateway.settled_balance()
     started = time.monotonic()
-    _error(gateway, gateway.generate("gemini-2.5-flash-image"), 502, "upstream_error",
+    _error(gateway, gateway.relay("gemini-2.5-flash-image"), 502, "upstream_error",
            "upstream_error")
     assert len(gateway.fake.calls) == 1
     # Retry-After: 1 cools the only deployment for a second: the next request is not sent.
     gateway.fake.reset("ok")
-    response = gateway.generate("gemini-2.5-flash-image")
+    response = gateway.relay("gemini-2.5-flash-image")
     if time.monotonic() - started < 1:  # else a busy machine let the second pass
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "model_unavailable"
         assert gateway.fake.calls == []
-        assert gateway.balance() == before
+        assert gateway.settled_balance() == before
     time.sleep(1.1)
-    _images(gateway.generate("gemini-2.5-flash-image"), 1)
+    _images(gateway.relay("gemini-2.5-flash-image"), 1)
 
 
-def test_gemini_through_chat_completions(gateway: Gateway) -> None:
+def test_gemini_through_chat_completions(gateway: Relay) -> None:
     gateway.fake.reset("ok")
-    before = gateway.balance()
-    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.key,
-                           max_retries=0)
-    completion = client.chat.completions.create(
+    before = gateway.settled_balance()
+    completion = gateway.sdk(gateway.key).chat.completions.create(
         model="gemini-2.5-flash-image",
         messages=[{"role": "user", "content": "a red fox in the snow"}],
         modalities=["image", "text"],
@@ -445,21 +431,19 @@ def test_gemini_through_chat_completions(gateway: Gateway) -> None:
     else:
         data = httpx.get(url if url.startswith("http") else gateway.base_url + url).content
     assert Image.open(io.BytesIO(data)).size == (64, 48)
-    assert gateway.balance() == before - GEMINI_UNIT
+    assert gateway.settled_balance() == before - GEMINI_UNIT
 
 
-def test_gemini_reference_image_is_sent_inline(gateway: Gateway) -> None:
+def test_gemini_reference_image_is_sent_inline(gateway: Relay) -> None:
     gateway.fake.reset("ok")
     reference = _png(96, 96)
-    response = httpx.post(
-        gateway.base_url + "/v1/chat/completions", timeout=240,
-        headers={"Authorization": f"Bearer {gateway.key}"},
-        json={"model": "gemini-2.5-flash-image", "modalities": ["image", "text"],
-              "messages": [{"role": "user", "content": [
-                  {"type": "text", "text": "make it blue"},
-                  {"type": "image_url", "image_url": {
-                      "url": "data:image/png;base64," + base64.b64encode(reference).decode()}},
-              ]}]})
+    response = gateway.post("/v1/chat/completions", gateway.key, {
+        "model": "gemini-2.5-flash-image", "modalities": ["image", "text"],
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "make it blue"},
+            {"type": "image_url", "image_url": {
+                "url": "data:image/png;base64," + base64.b64encode(reference).decode()}},
+        ]}]})
     assert response.status_code == 200, response.text
     parts = gateway.fake.calls[0]["json"]["contents"][0]["parts"]
     assert parts[0] == {"text": "make it blue"}
@@ -473,11 +457,11 @@ def test_gemini_reference_image_is_sent_inline(gateway: Gateway) -> None:
 # Imagen predict
 
 
-def test_imagen_success(gateway: Gateway) -> None:
+def test_imagen_success(gateway: Relay) -> None:
     gateway.fake.reset("ok")
-    before = gateway.balance()
-    _images(gateway.generate("imagen-3", n=2, size="1408x768"), 2)
-    assert gateway.balance() == before - 2 * IMAGEN_UNIT
+    before = gateway.settled_balance()
+    _images(gateway.relay("imagen-3", n=2, size="1408x768"), 2)
+    assert gateway.settled_balance() == before - 2 * IMAGEN_UNIT
     [call] = gateway.fake.calls
     assert call["path"] == "/v1beta/models/imagen-3.0-generate-002:predict"
     assert call["headers"]["x-goog-api-key"] == GEMINI_KEY
@@ -485,11 +469,11 @@ def test_imagen_success(gateway: Gateway) -> None:
                             "parameters": {"sampleCount": 2, "aspectRatio": "16:9"}}
 
 
-def test_imagen_partial_result_charges_one_image(gateway: Gateway) -> None:
+def test_imagen_partial_result_charges_one_image(gateway: Relay) -> None:
     gateway.fake.reset("partial")
-    before = gateway.balance()
-    _images(gateway.generate("imagen-3", n=2), 1)
-    assert gateway.balance() == before - IMAGEN_UNIT
+    before = gateway.settled_balance()
+    _images(gateway.relay("imagen-3", n=2), 1)
+    assert gateway.settled_balance() == before - IMAGEN_UNIT
     assert gateway.last_usage()["images_delivered"] == 1
 
 
@@ -501,23 +485,23 @@ def test_imagen_partial_result_charges_one_image(gateway: Gateway) -> None:
     ("500", 502, "upstream_error", "upstream_error"),
     ("slow", 502, "upstream_error", "upstream_timeout"),
 ])
-def test_imagen_failures(gateway: Gateway, mode: str, status: int, type_: str,
+def test_imagen_failures(gateway: Relay, mode: str, status: int, type_: str,
                          code: str) -> None:
     gateway.fake.reset(mode)
-    before = gateway.balance()
-    _error(gateway, gateway.generate("imagen-3", n=2), status, type_, code)
-    assert gateway.balance() == before
+    before = gateway.settled_balance()
+    _error(gateway, gateway.relay("imagen-3", n=2), status, type_, code)
+    assert gateway.settled_balance() == before
 
 
 # --------------------------------------------------------------------------------------------
 # Black Forest Labs
 
 
-def test_bfl_submit_poll_download(gateway: Gateway) -> None:
+def test_bfl_submit_poll_download(gateway: Relay) -> None:
     gateway.fake.reset("ok")  # Pending on the first poll, then Ready
-    before = gateway.balance()
-    _images(gateway.generate("flux-1.1-pro", size="1024x768"), 1)
-    assert gateway.balance() == before - FLUX_UNIT
+    before = gateway.settled_balance()
+    _images(gateway.relay("flux-1.1-pro", size="1024x768"), 1)
+    assert gateway.settled_balance() == before - FLUX_UNIT
     submit, poll1, poll2, download = gateway.fake.calls
     assert (submit["method"], submit["path"]) == ("POST", "/v1/flux-pro-1.1")
     assert submit["headers"]["x-key"] == BFL_KEY
@@ -533,32 +517,32 @@ def test_bfl_submit_poll_download(gateway: Gateway) -> None:
     assert usage["upstream_request_id"] == poll1["query"]["id"]
 
 
-def test_bfl_sizes_are_multiples_of_32_within_range(gateway: Gateway) -> None:
+def test_bfl_sizes_are_multiples_of_32_within_range(gateway: Relay) -> None:
     gateway.fake.reset("ready")
-    _images(gateway.generate("flux-1.1-pro", size="1040x752"), 1)
+    _images(gateway.relay("flux-1.1-pro", size="1040x752"), 1)
     body = gateway.fake.calls[0]["json"]
     assert (body["width"], body["height"]) == (1056, 768)
     gateway.fake.reset("ready")
-    _images(gateway.generate("flux-1.1-pro", size="2048x256"), 1)
+    _images(gateway.relay("flux-1.1-pro", size="2048x256"), 1)
     body = gateway.fake.calls[0]["json"]
     assert (body["width"], body["height"]) == (1440, 256)
 
 
-def test_bfl_n_submissions_with_consecutive_seeds(gateway: Gateway) -> None:
+def test_bfl_n_submissions_with_consecutive_seeds(gateway: Relay) -> None:
     gateway.fake.reset("ready")
-    before = gateway.balance()
-    _images(gateway.generate("flux-1.1-pro", n=3), 3)
-    assert gateway.balance() == before - 3 * FLUX_UNIT
+    before = gateway.settled_balance()
+    _images(gateway.relay("flux-1.1-pro", n=3), 3)
+    assert gateway.settled_balance() == before - 3 * FLUX_UNIT
     seeds = sorted(c["json"]["seed"] for c in gateway.fake.calls if c["method"] == "POST")
     assert len(set(seeds)) == 3 and seeds[2] - seeds[0] == 2  # seed s, s+1, s+2
 
 
 @pytest.mark.parametrize("mode", ["no_polling_url", "foreign_polling_url"])
-def test_bfl_polls_its_own_host(gateway: Gateway, mode: str) -> None:
+def test_bfl_polls_its_own_host(gateway: Relay, mode: str) -> None:
     """Without a polling_url, or with one on a host the deployment does not name (which must
     not get our key), the result is asked for at {base_url}/get_result?id=."""
     gateway.fake.reset(mode)
-    _images(gateway.generate("flux-1.1-pro"), 1)
+    _images(gateway.relay("flux-1.1-pro"), 1)
     polls = [c for c in gateway.fake.calls if c["method"] == "GET"][:-1]
     assert polls and all(c["path"] == "/v1/get_result" for c in polls)
     assert polls[0]["query"]["id"].startswith("task-")
@@ -578,12 +562,12 @@ BFL_FAILURES = [
 
 
 @pytest.mark.parametrize("mode,status,type_,code", BFL_FAILURES)
-def test_bfl_failures(gateway: Gateway, mode: str, status: int, type_: str,
+def test_bfl_failures(gateway: Relay, mode: str, status: int, type_: str,
                       code: str) -> None:
     gateway.fake.reset(mode)
-    before = gateway.balance()
-    _error(gateway, gateway.generate("flux-1.1-pro"), status, type_, code)
-    assert gateway.balance() == before
+    before = gateway.settled_balance()
+    _error(gateway, gateway.relay("flux-1.1-pro"), status, type_, code)
+    assert gateway.settled_balance() == before
     submits = gateway.fake.paths("POST")
     assert submits == ["/v1/flux-pro-1.1"]  # never submitted twice
     if mode == "slow":  # polled at 0.5 s, then backing off: at most 4 polls in its 2 s (fewer
@@ -591,26 +575,25 @@ def test_bfl_failures(gateway: Gateway, mode: str, status: int, type_: str,
         assert 1 <= len(gateway.fake.paths("GET")) <= 4
 
 
-def test_bfl_429_honours_retry_after(gateway: Gateway) -> None:
+def test_bfl_429_honours_retry_after(gateway: Relay) -> None:
     gateway.fake.reset("429")
-    before = gateway.balance()
+    before = gateway.settled_balance()
     started = time.monotonic()
-    _error(gateway, gateway.generate("flux-1.1-pro"), 502, "upstream_error", "upstream_error")
-    assert gateway.balance() == before
+    _error(gateway, gateway.relay("flux-1.1-pro"), 502, "upstream_error", "upstream_error")
+    assert gateway.settled_balance() == before
     gateway.fake.reset("ready")
-    response = gateway.generate("flux-1.1-pro")
+    response = gateway.relay("flux-1.1-pro")
     if time.monotonic() - started < 1:  # else a busy machine let the second pass
         assert response.status_code == 503, response.text
         assert gateway.fake.calls == []
     time.sleep(1.1)
-    _images(gateway.generate("flux-1.1-pro"), 1)
+    _images(gateway.relay("flux-1.1-pro"), 1)
 
 
-def test_keys_never_written(gateway: Gateway) -> None:
+def test_keys_never_written(gateway: Relay) -> None:
     """After all of the above, the upstream keys appear nowhere the server wrote: its log and
     its usage records."""
-    response = gateway.admin.get("/admin/usage", params={"account": "relay"})
-    text = json.dumps(response.json()) + gateway.log.read_text()
+    text = json.dumps(gateway.usage("relay")) + gateway.log.read_text()
     assert GEMINI_KEY not in text and BFL_KEY not in text
 
 

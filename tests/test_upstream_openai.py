@@ -18,18 +18,21 @@ import io
 import random
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from gateway import ADMIN_KEY, TIMEOUT, Gateway
 from PIL import Image
 from starlette.datastructures import UploadFile
 from upstream_server import serve_app
 
-ADMIN_KEY = "sk-ig-upstream-openai-admin-0000"
+if TYPE_CHECKING:
+    from conftest import Server
+
 UPSTREAM_KEY = "sk-fake-upstream-secret-7f3a9c"
 AZURE_KEY = "azure-fake-secret-51b2e8"
 REQUEST_ID = "req-upstream-4242"
@@ -256,39 +259,28 @@ timeout_seconds = 1
 """
 
 
-class Gateway:
-    def __init__(self, server: Any, fake_base: str) -> None:
-        self.base_url = server.base_url
+class Relay(Gateway):
+    """The shared gateway, with the fake upstream's address and account `relay`'s key (`client`:
+    its API at /v1, as that key's holder)."""
+
+    def __init__(self, server: Server, fake_base: str) -> None:
+        super().__init__(server)
         self.fake_base = fake_base
-        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
-                                  headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-        assert self.admin.post("/admin/accounts", json={"name": "relay"}).status_code == 201
-        assert self.admin.post("/admin/accounts/relay/topup",
-                               json={"amount_micros": 100_000_000}).status_code == 200
-        created = self.admin.post("/admin/keys", json={"account": "relay", "name": "t"})
-        assert created.status_code == 201, created.text
-        self.key = created.json()["key"]
-        self.client = httpx.Client(base_url=server.base_url + "/v1", timeout=240,
+        self.key = self.funded_key("relay", 100_000_000)
+        self.client = httpx.Client(base_url=server.api_url, timeout=TIMEOUT,
                                    headers={"Authorization": f"Bearer {self.key}"})
 
-    def account(self) -> dict[str, Any]:
-        response = self.admin.get("/admin/accounts/relay")
-        assert response.status_code == 200, response.text
-        return response.json()
+    def close(self) -> None:
+        self.client.close()
+        super().close()
 
-    def usage_row(self, request_id: str) -> dict[str, Any]:
-        rows = self.admin.get("/admin/usage", params={"account": "relay"}).json()["data"]
-        matching = [r for r in rows if r["request_id"] == request_id]
-        assert len(matching) == 1, rows
-        return matching[0]
-
-    def generate(self, model: str, **body: Any) -> httpx.Response:
+    def relay(self, model: str, **body: Any) -> httpx.Response:
         return self.client.post("/images/generations",
                                 json={"model": model, "prompt": "a red square", **body})
 
 
 @pytest.fixture(scope="module")
-def gateway(start_server: Any) -> Iterator[Gateway]:
+def gateway(start_server: Any) -> Iterator[Relay]:
     with serve_app(fake_app()) as fake_base, pytest.MonkeyPatch.context() as mp:
         FAKE.base = fake_base
         mp.setenv("FAKE_UPSTREAM_KEY", UPSTREAM_KEY)
@@ -296,16 +288,18 @@ def gateway(start_server: Any) -> Iterator[Gateway]:
         server = start_server(gateway_config(fake_base), auth="on", admin_key=ADMIN_KEY,
                               upstream_max_image_bytes=str(MAX_IMAGE_BYTES),
                               upstream_cooldown_seconds="0")
-        yield Gateway(server, fake_base)
+        gateway = Relay(server, fake_base)
+        yield gateway
+        gateway.close()
 
 
 @pytest.fixture
-def fake(gateway: Gateway) -> Fake:
+def fake(gateway: Relay) -> Fake:
     FAKE.reset()
     return FAKE
 
 
-def _assert_no_leak(gateway: Gateway, response: httpx.Response) -> None:
+def _assert_no_leak(gateway: Relay, response: httpx.Response) -> None:
     text = response.text
     port = gateway.fake_base.rsplit(":", 1)[1]
     for secret in ("127.0.0.1", "localhost", port, UPSTREAM_KEY, AZURE_KEY, "FAKE_UPSTREAM_KEY",
@@ -321,9 +315,9 @@ def _decoded(response: httpx.Response) -> bytes:
 # openai_images: success
 
 
-def test_images_b64_success_charges_and_maps_the_model(gateway: Gateway, fake: Fake) -> None:
-    before = gateway.account()["balance_micros"]
-    response = gateway.generate("dall-e-3", response_format="b64_json", user="end-user-1")
+def test_images_b64_success_charges_and_maps_the_model(gateway: Relay, fake: Fake) -> None:
+    before = gateway.account("relay")["balance_micros"]
+    response = gateway.relay("dall-e-3", response_format="b64_json", user="end-user-1")
     assert response.status_code == 200, response.text
     assert _decoded(response) == SMALL_PNG  # the upstream's PNG passed on as is
     assert response.json()["data"][0]["revised_prompt"] == "upstream revised: a red square"
@@ -335,19 +329,19 @@ def test_images_b64_success_charges_and_maps_the_model(gateway: Gateway, fake: F
                             "size": "1024x1024", "quality": "standard", "style": "vivid",
                             "response_format": "b64_json", "user": "end-user-1"}
 
-    account = gateway.account()
+    account = gateway.account("relay")
     assert account["balance_micros"] == before - DALLE3_MICROS
     assert account["held_micros"] == 0
-    row = gateway.usage_row(response.headers["x-request-id"])
+    row = gateway.usage_row("relay", response.headers["x-request-id"])
     assert row["status"] == 200 and row["cost_micros"] == DALLE3_MICROS
     assert row["deployment"] == "openai_images/dalle3-deployed"
     assert row["upstream_request_id"] == REQUEST_ID
 
 
-def test_images_url_answer_is_rehosted(gateway: Gateway, fake: Fake) -> None:
+def test_images_url_answer_is_rehosted(gateway: Relay, fake: Fake) -> None:
     fake.reset("url")
-    before = gateway.account()["balance_micros"]
-    response = gateway.generate("dall-e-3", response_format="url")
+    before = gateway.account("relay")["balance_micros"]
+    response = gateway.relay("dall-e-3", response_format="url")
     assert response.status_code == 200, response.text
     url = response.json()["data"][0]["url"]
     assert url.startswith(gateway.base_url + "/v1/media/")  # ours, not the upstream's link
@@ -355,31 +349,31 @@ def test_images_url_answer_is_rehosted(gateway: Gateway, fake: Fake) -> None:
     image = Image.open(io.BytesIO(httpx.get(url, timeout=10).content))
     assert image.size == (16, 16) and image.convert("RGB").getpixel((0, 0)) == (200, 30, 30)
     assert [r["path"] for r in fake.requests] == ["/v1/images/generations", "/files/small.png"]
-    assert gateway.account()["balance_micros"] == before - DALLE3_MICROS
+    assert gateway.account("relay")["balance_micros"] == before - DALLE3_MICROS
 
 
-def test_gpt_image_upstream_gets_no_response_format(gateway: Gateway, fake: Fake) -> None:
-    response = gateway.generate("gpt-image-1", response_format="b64_json",
-                                background="transparent", quality="low")
+def test_gpt_image_upstream_gets_no_response_format(gateway: Relay, fake: Fake) -> None:
+    response = gateway.relay("gpt-image-1", response_format="b64_json",
+                             background="transparent", quality="low")
     assert response.status_code == 200, response.text
     [sent] = fake.posts()
     assert sent["json"] == {"model": "gpt-image-1", "prompt": "a red square", "n": 1,
                             "size": "1024x1024", "quality": "low", "background": "transparent"}
 
 
-def test_azure_path_and_api_key_header(gateway: Gateway, fake: Fake) -> None:
-    response = gateway.generate("azure-dalle", response_format="b64_json")
+def test_azure_path_and_api_key_header(gateway: Relay, fake: Fake) -> None:
+    response = gateway.relay("azure-dalle", response_format="b64_json")
     assert response.status_code == 200, response.text
     [sent] = fake.posts()
     assert sent["path"] == "/openai/deployments/my-dalle/images/generations"
     assert sent["query"] == {"api-version": "2024-10-21"}
     assert sent["headers"]["api-key"] == AZURE_KEY
     assert "authorization" not in sent["headers"]
-    assert gateway.usage_row(response.headers["x-request-id"])["upstream_request_id"] == \
-        REQUEST_ID
+    row = gateway.usage_row("relay", response.headers["x-request-id"])
+    assert row["upstream_request_id"] == REQUEST_ID
 
 
-def test_edits_are_relayed_as_multipart(gateway: Gateway, fake: Fake) -> None:
+def test_edits_are_relayed_as_multipart(gateway: Relay, fake: Fake) -> None:
     one, two = _png(64, 64, (0, 0, 255)), _png(64, 64, (0, 255, 0))
     mask_image = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
     mask_image.paste((0, 0, 0, 0), (0, 0, 32, 64))  # left half transparent: edit there
@@ -450,12 +444,12 @@ CASES = [pytest.param("dall-e-3", *case, id=f"images-{case[0]}") for case in FAI
 
 
 @pytest.mark.parametrize("model,mode,status,type_,code", CASES)
-def test_upstream_failure(gateway: Gateway, fake: Fake, model: str, mode: str, status: int,
+def test_upstream_failure(gateway: Relay, fake: Fake, model: str, mode: str, status: int,
                           type_: str, code: str) -> None:
     fake.reset(mode)
-    before = gateway.account()
+    before = gateway.account("relay")
     started = time.monotonic()
-    response = gateway.generate(model, response_format="b64_json")
+    response = gateway.relay(model, response_format="b64_json")
 
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -464,30 +458,30 @@ def test_upstream_failure(gateway: Gateway, fake: Fake, model: str, mode: str, s
     _assert_no_leak(gateway, response)
     assert len(fake.posts()) == 1  # one deployment: nothing else to try
 
-    after = gateway.account()
+    after = gateway.account("relay")
     assert after["balance_micros"] == before["balance_micros"]
     assert after["held_micros"] == 0
-    row = gateway.usage_row(response.headers["x-request-id"])
+    row = gateway.usage_row("relay", response.headers["x-request-id"])
     assert (row["status"], row["error_code"], row["cost_micros"]) == (status, code, 0)
 
     if mode == "429":  # Retry-After: 1 cools the only deployment down for a second
-        again = gateway.generate(model, response_format="b64_json")
+        again = gateway.relay(model, response_format="b64_json")
         if time.monotonic() - started < 1:  # else a busy machine let the second pass
             assert again.status_code == 503, again.text
             assert len(fake.posts()) == 1
         time.sleep(1.1)
         fake.reset()
-        assert gateway.generate(model, response_format="b64_json").status_code == 200
+        assert gateway.relay(model, response_format="b64_json").status_code == 200
 
 
 # --------------------------------------------------------------------------------------------
 # openai_chat: success
 
 
-def test_chat_images_n2_two_calls_with_aspect_ratio(gateway: Gateway, fake: Fake) -> None:
-    before = gateway.account()["balance_micros"]
-    response = gateway.generate("gemini-2.5-flash-image", size="1344x768", n=2,
-                                response_format="b64_json")
+def test_chat_images_n2_two_calls_with_aspect_ratio(gateway: Relay, fake: Fake) -> None:
+    before = gateway.account("relay")["balance_micros"]
+    response = gateway.relay("gemini-2.5-flash-image", size="1344x768", n=2,
+                             response_format="b64_json")
     assert response.status_code == 200, response.text
     assert [base64.b64decode(d["b64_json"]) for d in response.json()["data"]] == [SMALL_PNG] * 2
     sent = fake.posts()
@@ -499,22 +493,22 @@ def test_chat_images_n2_two_calls_with_aspect_ratio(gateway: Gateway, fake: Fake
             "model": "google/gemini-2.5-flash-image",
             "messages": [{"role": "user", "content": "a red square"}],
             "modalities": ["image", "text"], "image_config": {"aspect_ratio": "16:9"}}
-    assert gateway.account()["balance_micros"] == before - 2 * GEMINI_MICROS
-    row = gateway.usage_row(response.headers["x-request-id"])
+    assert gateway.account("relay")["balance_micros"] == before - 2 * GEMINI_MICROS
+    row = gateway.usage_row("relay", response.headers["x-request-id"])
     assert row["deployment"] == "openai_chat/google/gemini-2.5-flash-image"
     assert row["upstream_request_id"] == REQUEST_ID
 
 
 @pytest.mark.parametrize("mode", ["markdown", "markdown_url", "url"])
-def test_chat_image_forms(gateway: Gateway, fake: Fake, mode: str) -> None:
+def test_chat_image_forms(gateway: Relay, fake: Fake, mode: str) -> None:
     fake.reset(mode)
-    response = gateway.generate("gemini-2.5-flash-image", response_format="b64_json")
+    response = gateway.relay("gemini-2.5-flash-image", response_format="b64_json")
     assert response.status_code == 200, response.text
     image = Image.open(io.BytesIO(_decoded(response)))
     assert image.size == (16, 16) and image.convert("RGB").getpixel((1, 1)) == (200, 30, 30)
 
 
-def test_chat_references_are_sent_as_data_urls(gateway: Gateway, fake: Fake) -> None:
+def test_chat_references_are_sent_as_data_urls(gateway: Relay, fake: Fake) -> None:
     response = gateway.client.post("/images/edits", data={
         "model": "gemini-2.5-flash-image", "prompt": "make it blue", "size": "832x1248",
         "response_format": "b64_json"},

@@ -18,19 +18,21 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 import openai
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from gateway import ADMIN_KEY, Gateway
 from PIL import Image
 from starlette.datastructures import UploadFile
 from upstream_server import serve_app
 
-ADMIN_KEY = "sk-ig-upstream-streaming-admin-0000"
+if TYPE_CHECKING:
+    from conftest import Server
+
 MAX_IMAGE_BYTES = 100_000  # so the cap on a stream's total read (~1.6 MB here) is quick to hit
 UPSTREAM_KEY = "sk-fake-upstream-stream-secret-91c2"
 USAGE = {"total_tokens": 100, "input_tokens": 50, "output_tokens": 50,
@@ -177,40 +179,37 @@ timeout_seconds = 5
 """
 
 
-class Gateway:
-    def __init__(self, server: Any, fake_base: str) -> None:
-        self.fake_base = fake_base
-        self.admin = httpx.Client(base_url=server.base_url, timeout=240,
-                                  headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-        assert self.admin.post("/admin/accounts", json={"name": "s"}).status_code == 201
-        assert self.admin.post("/admin/accounts/s/topup",
-                               json={"amount_micros": 100_000_000}).status_code == 200
-        key = self.admin.post("/admin/keys", json={"account": "s", "name": "t"}).json()["key"]
-        self.sdk = openai.OpenAI(base_url=server.api_url, api_key=key, max_retries=0, timeout=240)
+class Relay(Gateway):
+    """The shared gateway, with the fake upstream's address and account `relay`'s key (`client`:
+    the SDK as that key's holder)."""
 
-    def account(self) -> dict[str, Any]:
-        return self.admin.get("/admin/accounts/s").json()
+    def __init__(self, server: Server, fake_base: str) -> None:
+        super().__init__(server)
+        self.fake_base = fake_base
+        self.client = self.sdk(self.funded_key("relay", 100_000_000))
 
     def last_usage(self) -> dict[str, Any]:
-        return self.admin.get("/admin/usage", params={"account": "s"}).json()["data"][-1]
+        return self.usage("relay")[-1]
 
     def stream(self, model: str = "gpt-image-1", **kw: Any) -> list[Any]:
-        return list(self.sdk.images.generate(model=model, prompt="a red square",
-                                             size="1024x1024", stream=True, **kw))
+        return list(self.client.images.generate(model=model, prompt="a red square",
+                                                size="1024x1024", stream=True, **kw))
 
 
 @pytest.fixture(scope="module")
-def gateway(start_server: Any) -> Iterator[Gateway]:
+def gateway(start_server: Any) -> Iterator[Relay]:
     with serve_app(fake_app()) as fake_base, pytest.MonkeyPatch.context() as mp:
         mp.setenv("FAKE_STREAM_UPSTREAM_KEY", UPSTREAM_KEY)
         server = start_server(gateway_config(fake_base), auth="on", admin_key=ADMIN_KEY,
                               upstream_cooldown_seconds="0",
                               upstream_max_image_bytes=str(MAX_IMAGE_BYTES))
-        yield Gateway(server, fake_base)
+        gateway = Relay(server, fake_base)
+        yield gateway
+        gateway.close()
 
 
 @pytest.fixture
-def fake(gateway: Gateway) -> Fake:
+def fake(gateway: Relay) -> Fake:
     FAKE.reset()
     return FAKE
 
@@ -219,12 +218,12 @@ def fake(gateway: Gateway) -> Fake:
 # previews relayed
 
 
-def test_generation_relays_the_upstreams_partial_images(gateway: Gateway, fake: Fake) -> None:
+def test_generation_relays_the_upstreams_partial_images(gateway: Relay, fake: Fake) -> None:
     fake.reset(gated=True)
-    before = gateway.account()["balance_micros"]
+    before = gateway.account("relay")["balance_micros"]
     events = []
-    for event in gateway.sdk.images.generate(model="gpt-image-1", prompt="a red square",
-                                             size="1024x1024", stream=True, partial_images=2):
+    for event in gateway.client.images.generate(model="gpt-image-1", prompt="a red square",
+                                                size="1024x1024", stream=True, partial_images=2):
         events.append(event)
         if fake.gate is not None:
             fake.gate.set()  # the first preview is here while the upstream still waits
@@ -248,7 +247,7 @@ def test_generation_relays_the_upstreams_partial_images(gateway: Gateway, fake: 
     assert sent["fields"] == {"model": "gpt-image-1", "prompt": "a red square", "n": 1,
                               "size": "1024x1024", "quality": "auto", "stream": True,
                               "partial_images": 2}
-    account = gateway.account()
+    account = gateway.account("relay")
     row = gateway.last_usage()
     assert row["status"] == 200 and row["cost_micros"] > 0
     assert row["upstream_request_id"] == "req-stream-1"
@@ -256,10 +255,10 @@ def test_generation_relays_the_upstreams_partial_images(gateway: Gateway, fake: 
     assert account["held_micros"] == 0
 
 
-def test_edit_relays_the_upstreams_partial_images(gateway: Gateway, fake: Fake) -> None:
+def test_edit_relays_the_upstreams_partial_images(gateway: Relay, fake: Fake) -> None:
     source = io.BytesIO()
     Image.new("RGB", (64, 64), (0, 0, 255)).save(source, format="PNG")
-    events = list(gateway.sdk.images.edit(
+    events = list(gateway.client.images.edit(
         model="gpt-image-1", prompt="paint it", size="1024x1024", stream=True,
         partial_images=1, image=("a.png", source.getvalue(), "image/png")))
 
@@ -271,7 +270,7 @@ def test_edit_relays_the_upstreams_partial_images(gateway: Gateway, fake: Fake) 
     assert sent["fields"]["stream"] == "true" and sent["fields"]["partial_images"] == "1"
 
 
-def test_n_images_each_get_their_previews(gateway: Gateway, fake: Fake) -> None:
+def test_n_images_each_get_their_previews(gateway: Relay, fake: Fake) -> None:
     events = gateway.stream(n=2, partial_images=1)
     partials = [e for e in events if e.type == "image_generation.partial_image"]
     completed = [e for e in events if e.type == "image_generation.completed"]
@@ -285,22 +284,22 @@ def test_n_images_each_get_their_previews(gateway: Gateway, fake: Fake) -> None:
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["partial_images-0", "not-streamed"])
-def test_no_previews_wanted_sends_what_it_always_sent(gateway: Gateway, fake: Fake,
+def test_no_previews_wanted_sends_what_it_always_sent(gateway: Relay, fake: Fake,
                                                       stream: bool) -> None:
     if stream:
         events = gateway.stream(partial_images=0)
         assert [e.type for e in events] == ["image_generation.completed"]
     else:
-        result = gateway.sdk.images.generate(model="gpt-image-1", prompt="a red square",
-                                             size="1024x1024", partial_images=2,
-                                             response_format="b64_json")
+        result = gateway.client.images.generate(model="gpt-image-1", prompt="a red square",
+                                                size="1024x1024", partial_images=2,
+                                                response_format="b64_json")
         assert base64.b64decode(result.data[0].b64_json or "") == FINALS[0]
     [sent] = fake.requests
     assert sent["fields"] == {"model": "gpt-image-1", "prompt": "a red square", "n": 1,
                               "size": "1024x1024", "quality": "auto"}
 
 
-def test_a_model_that_does_not_stream_upstream_is_never_asked_to(gateway: Gateway,
+def test_a_model_that_does_not_stream_upstream_is_never_asked_to(gateway: Relay,
                                                                  fake: Fake) -> None:
     events = gateway.stream("dall-e-3", partial_images=2)
     assert [e.type for e in events] == ["image_generation.completed"]
@@ -309,7 +308,7 @@ def test_a_model_that_does_not_stream_upstream_is_never_asked_to(gateway: Gatewa
     assert sent["fields"]["model"] == "dalle3-deployed"
 
 
-def test_an_upstream_that_ignores_stream_still_serves(gateway: Gateway, fake: Fake) -> None:
+def test_an_upstream_that_ignores_stream_still_serves(gateway: Relay, fake: Fake) -> None:
     fake.reset("json")  # answers `stream: true` with an ordinary JSON body
     events = gateway.stream(partial_images=2)
     assert [e.type for e in events] == ["image_generation.completed"]
@@ -317,14 +316,14 @@ def test_an_upstream_that_ignores_stream_still_serves(gateway: Gateway, fake: Fa
     assert fake.requests[0]["fields"]["stream"] is True
 
 
-def test_a_failure_before_any_event_keeps_its_status(gateway: Gateway, fake: Fake) -> None:
+def test_a_failure_before_any_event_keeps_its_status(gateway: Relay, fake: Fake) -> None:
     fake.reset("500")
-    before = gateway.account()["balance_micros"]
+    before = gateway.account("relay")["balance_micros"]
     with pytest.raises(openai.APIStatusError) as raised:
         gateway.stream(partial_images=2)
     assert raised.value.status_code == 502 and raised.value.code == "upstream_error"
     assert fake.requests[0]["fields"]["stream"] is True
-    assert gateway.account()["balance_micros"] == before
+    assert gateway.account("relay")["balance_micros"] == before
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,16 +337,16 @@ def test_a_failure_before_any_event_keeps_its_status(gateway: Gateway, fake: Fak
     ("cut", "upstream_bad_response", "without an image"),
     ("flood", "upstream_bad_response", "larger than allowed"),
 ])
-def test_upstream_failure_mid_stream(gateway: Gateway, fake: Fake, mode: str, code: str,
+def test_upstream_failure_mid_stream(gateway: Relay, fake: Fake, mode: str, code: str,
                                      says: str) -> None:
     fake.reset(mode)
-    before = gateway.account()
+    before = gateway.account("relay")
     events = []
     started = time.monotonic()
     with pytest.raises(openai.APIError) as raised:
-        for event in gateway.sdk.images.generate(model="gpt-image-1", prompt="a red square",
-                                                 size="1024x1024", stream=True,
-                                                 partial_images=2):
+        for event in gateway.client.images.generate(model="gpt-image-1", prompt="a red square",
+                                                    size="1024x1024", stream=True,
+                                                    partial_images=2):
             events.append(event)
     assert time.monotonic() - started < 10  # an error, not a hang
 
@@ -359,7 +358,7 @@ def test_upstream_failure_mid_stream(gateway: Gateway, fake: Fake, mode: str, co
         assert secret not in raised.value.message
     assert len(fake.requests) == 1  # taken by the upstream: not retried
 
-    after = gateway.account()
+    after = gateway.account("relay")
     assert after["balance_micros"] == before["balance_micros"] and after["held_micros"] == 0
     row = gateway.last_usage()
     assert (row["error_code"], row["cost_micros"]) == (code, 0)
