@@ -219,6 +219,95 @@ async def test_a_client_that_leaves_before_its_request_went_upstream_pays_nothin
 
 
 # --------------------------------------------------------------------------------------------
+# the request itself cancelled (a forced stop): its job is let go as a client's that left
+
+
+async def post_then_cancel(app: Any, path: str, body: dict[str, Any], key: str,
+                           cancel_when: Callable[[], Any]) -> None:
+    """POST `body` through the app's ASGI interface, and cancel the request's task (as a
+    server that stops without waiting does) once `cancel_when` (awaited) returns; the client
+    never leaves."""
+    payload = json.dumps(body).encode()
+    pending = [{"type": "http.request", "body": payload, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        await asyncio.Event().wait()  # still connected
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 40000), "server": ("testserver", 80),
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"authorization", f"Bearer {key}".encode())],
+    }
+    handler = asyncio.ensure_future(app(scope, receive, send))
+    await cancel_when()
+    handler.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(handler, 60)
+
+
+async def test_a_cancelled_request_lets_its_upstream_job_finish_and_pays_for_it(
+        inprocess) -> None:
+    with holding_upstream() as (upstream, config):
+        srv = await inprocess(config=config)
+        key = await paid_key(srv, "stopped", 5 * UNIT)
+        body = {"model": "relayed", "prompt": "a harbour at dawn", "size": "1024x1024",
+                "response_format": "b64_json"}
+
+        await post_then_cancel(srv.app, "/v1/images/generations", body, key,
+                               lambda: upstream.until_held(1))
+        service = srv.app.state.service
+        await until(lambda: len(service._orphans) == 1, "the job to be let go")
+        assert (await account(srv, "stopped"))["held_micros"] == UNIT
+
+        upstream.release()
+        await until(lambda: not service._orphans, "the job finished for nobody")
+        await until(_has_row(srv, "stopped"), "its usage row")
+        (row,) = await usage(srv, "stopped")
+        assert (row["status"], row["error_code"], row["images_delivered"],
+                row["cost_micros"]) == (499, "client_disconnected", 1, UNIT)
+        balance = await account(srv, "stopped")
+        assert (balance["balance_micros"], balance["held_micros"]) == (4 * UNIT, 0)
+        assert len(images_stored(srv)) == 1
+        assert upstream.calls == 1
+
+
+async def test_a_cancelled_request_whose_job_had_not_gone_upstream_stops_it_unpaid(
+        inprocess) -> None:
+    with holding_upstream() as (upstream, config):
+        srv = await inprocess(config=config.replace("timeout_seconds = 120",
+                                                    "timeout_seconds = 120\nmax_concurrency = 1"))
+        key = await paid_key(srv, "stopped", 5 * UNIT)
+        body = {"model": "relayed", "prompt": "a quiet field", "size": "1024x1024"}
+        first = asyncio.ensure_future(srv.client.post(
+            "/v1/images/generations", json=body, headers={"Authorization": f"Bearer {key}"}))
+        await upstream.until_held(1)
+
+        # The second has its place and its money, and waits for the slot the first holds.
+        await post_then_cancel(srv.app, "/v1/images/generations", body, key,
+                               lambda: until(_held(srv, "stopped", 2 * UNIT), "its reservation"))
+        await until(_has_row(srv, "stopped"), "the cancelled request's usage row")
+        (row,) = await usage(srv, "stopped")
+        assert (row["status"], row["error_code"], row["cost_micros"],
+                row["images_delivered"]) == (499, "client_disconnected", 0, 0)
+
+        upstream.release()
+        assert (await first).status_code == 200
+        balance = await account(srv, "stopped")
+        assert (balance["balance_micros"], balance["held_micros"],
+                balance["spent_micros"]) == (4 * UNIT, 0, UNIT)
+        assert upstream.calls == 1  # the cancelled request never went upstream
+
+
+# --------------------------------------------------------------------------------------------
 # local: stops, free
 
 

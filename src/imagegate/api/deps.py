@@ -96,11 +96,16 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, letting it go if the client disconnects first: a queued local job never
     runs and a running one stops, not charged (service.py releases its reservation); a job
     already sent to an upstream is finished without the client and charged, and `work` (an
-    Idempotency-Key's answer included) completes (service.py)."""
+    Idempotency-Key's answer included) completes (service.py). A request that is itself
+    cancelled (a forced stop) lets its work go the same way."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the request itself was cancelled
+        if not task.done():
+            service(request).let_go(task)
+        raise
     finally:
         watcher.cancel()
     if not task.done():
