@@ -292,6 +292,51 @@ def test_every_endpoint_is_in_the_docs(tmp_path: Path) -> None:
     assert not missing, f"endpoints not written as `METHOD /path` anywhere in docs/: {missing}"
 
 
+# ---- modules ------------------------------------------------------------------------------
+
+
+def _module_table() -> set[str]:
+    """The paths (relative to src/imagegate/) in the first column of the table under
+    docs/architecture.md's "## Modules"; a folder ends with `/`."""
+    names: set[str] = set()
+    for row in _table_rows(_section((DOCS / "architecture.md").read_text(), "## Modules")):
+        names |= _backticked(row.strip().strip("|").split("|")[0])
+    return names
+
+
+def _holds_something(init: Path) -> bool:
+    """Whether a package's __init__.py holds more than its docstring and re-exports."""
+    for node in ast.parse(init.read_text()).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]:
+            continue
+        return True
+    return False
+
+
+def test_every_module_is_in_the_module_table() -> None:
+    listed = _module_table()
+    assert listed, "docs/architecture.md has no module table under '## Modules'"
+    folders = tuple(name for name in listed if name.endswith("/"))
+    missing = []
+    for path in sorted(SRC.rglob("*.py")):
+        name = path.relative_to(SRC).as_posix()
+        if name in listed or name.startswith(folders):
+            continue
+        if path.name == "__init__.py" and not _holds_something(path):
+            continue  # a package's docstring, and what it re-exports
+        missing.append(name)
+    assert not missing, f"modules missing from docs/architecture.md's module table: {missing}"
+
+
+def test_the_module_table_names_no_module_that_does_not_exist() -> None:
+    stale = sorted(name for name in _module_table() if not (SRC / name).exists())
+    assert not stale, f"docs/architecture.md's module table names what src/ lacks: {stale}"
+
+
 @pytest.mark.parametrize("heading", ["## Errors", "## Settings"])
 def test_section_stops_at_the_next_heading(heading: str) -> None:
     text = f"intro\n{heading}\n| `a` |\n```\n# not a heading\n```\n| `b` |\n## Next\n| `c` |\n"
