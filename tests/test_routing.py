@@ -3,7 +3,9 @@ best healthy priority tier, fallback on failures the upstream did not take, neve
 attempt after a timeout, bounded attempts and a total deadline, cool-downs and recovery,
 per-deployment concurrency.
 
-Unit tests drive `UpstreamRouter` with scripted fake adapters (no HTTP). The end-to-end tests run a
+Unit tests drive `UpstreamRouter` with scripted fake adapters (no HTTP), on a loop of virtual time
+(tests/virtual_time.py) that is also the router's clock: deadlines, sleeps and cool-downs take no
+real time, and end in exactly the order their times say. The end-to-end tests run a
 real `imagegate serve` in front of fake OpenAI-compatible Images APIs (tests/upstream_server.py);
 they need providers/upstream/openai_images.py and are skipped until it exists.
 """
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import importlib.util
 import io
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import httpx
@@ -26,11 +29,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 from upstream_server import serve_app, wait_until
+from virtual_time import VirtualClockLoop
 
 from imagegate.catalog import Deployment, ModelSpec
 from imagegate.errors import APIError
 from imagegate.generation import GeneratedImage, ProviderResult, ResolvedRequest
-from imagegate.providers.upstream import router as relay
 from imagegate.providers.upstream.call import UpstreamCall
 from imagegate.providers.upstream.router import UpstreamRouter
 from imagegate.settings import RoutePolicy
@@ -113,12 +116,12 @@ async def _named(what: str, call: UpstreamCall) -> ProviderResult:
 
 
 class Routed:
-    """A router over one fake adapter table, closed at the end of the test."""
+    """A router over one fake adapter table."""
 
-    def __init__(self, script: Script, **policy: Any) -> None:
+    def __init__(self, script: Script, clock: Callable[[], float], **policy: Any) -> None:
         self.script = script
         self.router = UpstreamRouter(policy=RoutePolicy(**policy),
-                                     adapter_table={"fake": script})
+                                     adapter_table={"fake": script}, clock=clock)
 
     async def generate(self, spec: ModelSpec, prompt: str = "a red fox") -> ProviderResult:
         return await self.router.generate(spec, _request(prompt))
@@ -133,48 +136,57 @@ class Routed:
         return None if chosen is None else chosen[1].name
 
 
-class RouterClock:
-    """The router's `time`: real time plus what a test skipped ahead, so that a cool-down ends
-    when the test says so, not when a busy machine gets round to the next line."""
+class Routers:
+    """Makes a test's routers, all on one loop of virtual time whose clock is theirs too (a
+    cool-down ends when the test sleeps past it, not when a busy machine gets round to the next
+    line); closes them at the end of the test."""
 
     def __init__(self) -> None:
-        self.skipped = 0.0
+        self.loop = VirtualClockLoop()
+        self._made: list[Routed] = []
 
-    def monotonic(self) -> float:
-        return time.monotonic() + self.skipped
+    def __call__(self, script: Script, **policy: Any) -> Routed:
+        routed = Routed(script, self.loop.time, **policy)
+        self._made.append(routed)
+        return routed
 
-    def skip(self, seconds: float) -> None:
-        self.skipped += seconds
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
-@pytest.fixture
-def router_clock(monkeypatch: pytest.MonkeyPatch) -> RouterClock:
-    clock = RouterClock()
-    monkeypatch.setattr(relay, "time", clock)
-    return clock
+    def close(self) -> None:
+        try:
+            for routed in self._made:
+                self.loop.run_until_complete(routed.router.aclose())
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        finally:
+            self.loop.close()
 
 
 @pytest.fixture
-async def routed(router_clock: RouterClock) -> Any:
-    made: list[Routed] = []
+def routed() -> Iterator[Routers]:
+    routers = Routers()
+    yield routers
+    routers.close()
 
-    def make(script: Script, **policy: Any) -> Routed:
-        r = Routed(script, **policy)
-        made.append(r)
-        return r
 
-    yield make
-    for r in made:
-        await r.router.aclose()
+def in_virtual_time(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Runs the async test `test(routed, ...)` on its routers' loop (instead of on
+    pytest-asyncio's, whose clock is real)."""
+
+    @functools.wraps(test)
+    def run(routed: Routers, **fixtures: Any) -> None:
+        routed.loop.run_until_complete(test(routed, **fixtures))
+
+    return run
+
+
+def _now() -> float:
+    """The loop's clock, which is the routers' (virtual) clock."""
+    return asyncio.get_running_loop().time()
 
 
 # --------------------------------------------------------------------------------------------
 # choice: weights and priorities
 
 
+@in_virtual_time
 async def test_weights_are_respected(routed) -> None:
     r = routed(Script())
     spec = _spec(_deployment("heavy", weight=3), _deployment("light", weight=1),
@@ -184,6 +196,7 @@ async def test_weights_are_respected(routed) -> None:
     assert 0.70 <= picks["heavy"] / 4000 <= 0.80, picks
 
 
+@in_virtual_time
 async def test_weight_zero_is_never_picked_even_as_the_last_one(routed) -> None:
     r = routed(Script())
     spec = _spec(_deployment("on"), _deployment("off", weight=0))
@@ -193,6 +206,7 @@ async def test_weight_zero_is_never_picked_even_as_the_last_one(routed) -> None:
     assert r.script.calls == []
 
 
+@in_virtual_time
 async def test_lower_priority_number_always_wins_while_healthy(routed) -> None:
     r = routed(Script())
     spec = _spec(_deployment("backup", priority=5, weight=100), _deployment("main", priority=1),
@@ -204,7 +218,8 @@ async def test_lower_priority_number_always_wins_while_healthy(routed) -> None:
     assert "backup" not in r.script.calls
 
 
-async def test_second_tier_only_while_the_first_is_cooling(routed, router_clock) -> None:
+@in_virtual_time
+async def test_second_tier_only_while_the_first_is_cooling(routed) -> None:
     script = Script(main="503", backup="ok")
     r = routed(script, cooldown_seconds=30)
     spec = _spec(_deployment("main", priority=0), _deployment("backup", priority=1))
@@ -218,7 +233,7 @@ async def test_second_tier_only_while_the_first_is_cooling(routed, router_clock)
     assert script.count("main") == 3
     # Healthy again after the cool-down: the first tier is back.
     script.set("main", "ok")
-    router_clock.skip(31)
+    await asyncio.sleep(31)
     assert all(r.picked(spec) == "main" for _ in range(50))
     assert (await r.generate(spec)).deployment == "main"
 
@@ -227,6 +242,7 @@ async def test_second_tier_only_while_the_first_is_cooling(routed, router_clock)
 # fallback and retry rules
 
 
+@in_virtual_time
 async def test_retryable_failure_falls_back_to_the_next_deployment(routed) -> None:
     script = Script(first="503", second="ok")
     r = routed(script)
@@ -236,8 +252,8 @@ async def test_retryable_failure_falls_back_to_the_next_deployment(routed) -> No
     assert script.calls == ["first", "second"]
 
 
-async def test_retry_after_failure_falls_back_and_cools_for_that_long(routed,
-                                                                     router_clock) -> None:
+@in_virtual_time
+async def test_retry_after_failure_falls_back_and_cools_for_that_long(routed) -> None:
     script = Script(first="retry-after:20", second="ok")
     r = routed(script, cooldown_seconds=600)
     spec = _spec(_deployment("first", priority=0), _deployment("second", priority=1))
@@ -246,11 +262,12 @@ async def test_retry_after_failure_falls_back_and_cools_for_that_long(routed,
     assert r.picked(spec) == "second"
     assert r.router.describe(spec)["deployments"][0]["cooling_down"] is True
     script.set("first", "ok")
-    router_clock.skip(21)
+    await asyncio.sleep(21)
     assert r.picked(spec) == "first"
     assert (await r.generate(spec)).deployment == "first"
 
 
+@in_virtual_time
 async def test_no_second_attempt_after_a_timeout(routed) -> None:
     script = Script(first="timeout", second="ok")
     r = routed(script)
@@ -260,14 +277,15 @@ async def test_no_second_attempt_after_a_timeout(routed) -> None:
     assert script.calls == ["first"]
 
 
+@in_virtual_time
 async def test_no_second_attempt_after_the_adapter_overran_the_deadline(routed) -> None:
     """The router's own clock (asyncio.wait_for) counts as a timeout too."""
     script = Script(first="sleep:30", second="ok")
     r = routed(script, deadline_seconds=1.0)
     spec = _spec(_deployment("first", priority=0), _deployment("second", priority=1))
-    started = time.monotonic()
+    started = _now()
     error = await r.error(spec)
-    assert time.monotonic() - started < 25  # not the adapter's 30 s
+    assert _now() - started < 25  # not the adapter's 30 s
     assert (error.status, error.code) == (502, "upstream_timeout")
     assert script.calls == ["first"]
 
@@ -277,6 +295,7 @@ async def test_no_second_attempt_after_the_adapter_overran_the_deadline(routed) 
     ("refused", 400, "content_policy_violation"),
     ("rejected", 502, "upstream_error"),
 ])
+@in_virtual_time
 async def test_answers_that_another_deployment_would_not_fix_are_not_retried(
         routed, kind: str, status: int, code: str) -> None:
     script = Script(first=kind, second="ok")
@@ -291,6 +310,7 @@ async def test_answers_that_another_deployment_would_not_fix_are_not_retried(
     assert "first" in error.message and ".invalid" not in error.message
 
 
+@in_virtual_time
 async def test_refusals_do_not_cool_a_deployment_down(routed) -> None:
     """A refusal is about the prompt, not the upstream's health."""
     script = Script(only="refused")
@@ -301,6 +321,7 @@ async def test_refusals_do_not_cool_a_deployment_down(routed) -> None:
     assert r.picked(spec) == "only"
 
 
+@in_virtual_time
 async def test_attempts_are_bounded_by_max_attempts(routed) -> None:
     names = [f"d{i}" for i in range(6)]
     script = Script(**{n: "503" for n in names})
@@ -312,6 +333,7 @@ async def test_attempts_are_bounded_by_max_attempts(routed) -> None:
     assert len(set(script.calls)) == 3  # another deployment each time, never the same twice
 
 
+@in_virtual_time
 async def test_each_deployment_is_tried_at_most_once_per_request(routed) -> None:
     script = Script(a="503", b="503")
     r = routed(script, max_attempts=10)
@@ -321,17 +343,19 @@ async def test_each_deployment_is_tried_at_most_once_per_request(routed) -> None
     assert sorted(script.calls) == ["a", "b"]
 
 
+@in_virtual_time
 async def test_total_deadline_stops_a_slow_adapter(routed) -> None:
     script = Script(slow="sleep:30")
     r = routed(script, deadline_seconds=1.5)
     spec = _spec(_deployment("slow"))
-    started = time.monotonic()
+    started = _now()
     error = await r.error(spec)
-    elapsed = time.monotonic() - started
+    elapsed = _now() - started
     assert (error.status, error.code) == (502, "upstream_timeout")
     assert 1.0 <= elapsed < 25, elapsed  # the deadline, not the adapter's 30 s
 
 
+@in_virtual_time
 async def test_no_retry_once_the_deadline_has_passed(routed) -> None:
     async def slow_then_503(call: UpstreamCall) -> ProviderResult:
         await asyncio.sleep(0.7)  # past the deadline, within the router's 1 s floor per attempt
@@ -345,12 +369,14 @@ async def test_no_retry_once_the_deadline_has_passed(routed) -> None:
     assert script.calls == ["first"]
 
 
+@in_virtual_time
 async def test_no_deployments_is_model_unavailable(routed) -> None:
     r = routed(Script())
     error = await r.error(_spec())
     assert (error.status, error.code) == (503, "model_unavailable")
 
 
+@in_virtual_time
 async def test_unknown_provider_is_model_unavailable(routed) -> None:
     r = routed(Script())
     spec = _spec(Deployment(provider="nope", base_url="http://x.invalid", name="x"))
@@ -374,8 +400,8 @@ async def test_everything_cooling_is_503_with_retry_after(routed) -> None:
 # cool-down and recovery
 
 
-async def test_three_failures_in_a_row_cool_a_deployment_then_it_recovers(routed,
-                                                                          router_clock) -> None:
+@in_virtual_time
+async def test_three_failures_in_a_row_cool_a_deployment_then_it_recovers(routed) -> None:
     script = Script(flaky="503", steady="ok")
     r = routed(script, cooldown_seconds=30)
     spec = _spec(_deployment("flaky", priority=0), _deployment("steady", priority=1))
@@ -385,11 +411,12 @@ async def test_three_failures_in_a_row_cool_a_deployment_then_it_recovers(routed
     assert (await r.generate(spec)).deployment == "steady"
     assert r.picked(spec) == "steady"  # third failure in a row: cooling
     assert [d["cooling_down"] for d in r.router.describe(spec)["deployments"]] == [True, False]
-    router_clock.skip(31)
+    await asyncio.sleep(31)
     assert r.picked(spec) == "flaky"
     assert r.router.describe(spec)["deployments"][0]["cooling_down"] is False
 
 
+@in_virtual_time
 async def test_a_success_resets_the_failure_count(routed) -> None:
     script = Script(flaky="503", steady="ok")
     r = routed(script, cooldown_seconds=60)
@@ -404,6 +431,7 @@ async def test_a_success_resets_the_failure_count(routed) -> None:
     assert r.picked(spec) == "flaky"  # 2 + success + 2: never three in a row
 
 
+@in_virtual_time
 async def test_timeouts_and_bad_responses_count_towards_the_cool_down(routed) -> None:
     script = Script(flaky="timeout", steady="ok")
     r = routed(script, cooldown_seconds=60)
@@ -416,6 +444,7 @@ async def test_timeouts_and_bad_responses_count_towards_the_cool_down(routed) ->
     assert r.picked(spec) == "steady"
 
 
+@in_virtual_time
 async def test_health_is_per_model_and_deployment(routed) -> None:
     """Cooling one model's deployment does not cool another model's on the same upstream."""
     script = Script(shared="503")
@@ -431,18 +460,20 @@ async def test_health_is_per_model_and_deployment(routed) -> None:
 # concurrency
 
 
+@in_virtual_time
 async def test_max_concurrency_one_runs_calls_one_after_the_other(routed) -> None:
     script = Script(single="sleep:0.3")
     r = routed(script)
     spec = _spec(_deployment("single", max_concurrency=1))
-    started = time.monotonic()
+    started = _now()
     results = await asyncio.gather(r.generate(spec), r.generate(spec))
-    elapsed = time.monotonic() - started
+    elapsed = _now() - started
     assert [x.deployment for x in results] == ["single", "single"]
     assert script.most_active["single"] == 1
     assert elapsed >= 0.55, elapsed
 
 
+@in_virtual_time
 async def test_without_max_concurrency_calls_run_together(routed) -> None:
     script = Script(wide="sleep:0.3")
     r = routed(script)
@@ -451,6 +482,7 @@ async def test_without_max_concurrency_calls_run_together(routed) -> None:
     assert script.most_active["wide"] == 5  # all five calls were in flight at once
 
 
+@in_virtual_time
 async def test_max_concurrency_two(routed) -> None:
     script = Script(pair="sleep:0.2")
     r = routed(script)
@@ -460,6 +492,7 @@ async def test_max_concurrency_two(routed) -> None:
     assert script.count("pair") == 6
 
 
+@in_virtual_time
 async def test_waiting_for_a_slot_counts_against_the_total_deadline(routed) -> None:
     """Requests queued behind max_concurrency must not outlive the total deadline: the 10th of ten
     0.5 s calls on one slot would otherwise answer after about 5 s with a 2 s deadline."""
@@ -468,13 +501,13 @@ async def test_waiting_for_a_slot_counts_against_the_total_deadline(routed) -> N
     spec = _spec(_deployment("single", max_concurrency=1))
 
     async def timed() -> tuple[float, str]:
-        started = time.monotonic()
+        started = _now()
         try:
             await r.generate(spec)
             outcome = "ok"
         except APIError as exc:
             outcome = str(exc.code)
-        return time.monotonic() - started, outcome
+        return _now() - started, outcome
 
     results = await asyncio.gather(*(timed() for _ in range(10)))
     outcomes = Counter(o for _, o in results)
@@ -485,6 +518,7 @@ async def test_waiting_for_a_slot_counts_against_the_total_deadline(routed) -> N
     assert script.count("single") < 10, results
 
 
+@in_virtual_time
 async def test_waiting_for_a_busy_deployment_does_not_cool_it_down(routed) -> None:
     """Requests that ran out of time queued for a slot never reached the upstream: that says the
     deployment is busy, not broken, and must not take it out of rotation."""

@@ -92,8 +92,12 @@ class UpstreamRouter(ProviderBase):
     name = "upstream"
 
     def __init__(self, settings: Settings | None = None, policy: RoutePolicy | None = None,
-                 adapter_table: dict[str, Adapter] | None = None) -> None:
+                 adapter_table: dict[str, Adapter] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy or (settings.upstream if settings else RoutePolicy())
+        # Deadlines and cool-downs are read on `clock`; it must be the clock of the loop that
+        # waits them out (asyncio's default: time.monotonic).
+        self._clock = clock
         self._adapters = adapter_table  # loaded on first use
         self._health: dict[str, _Health] = {}
         self._flights: dict[str, _Flights] = {}
@@ -105,7 +109,7 @@ class UpstreamRouter(ProviderBase):
         self._downloader = ImageDownloader(self.policy.max_image_bytes)
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self._clock()
         flights = self._flights.get(spec.name) or _Flights()
         return {"deployments": [
             {"name": d.label(spec.name), "provider": d.provider, "priority": d.priority,
@@ -122,7 +126,7 @@ class UpstreamRouter(ProviderBase):
         (also while it finishes for a client that left); 429 at once when all are taken."""
         flights = self._flights.setdefault(spec.name, _Flights())
         limit = self.policy.max_in_flight
-        now = time.monotonic()
+        now = self._clock()
         if limit and len(flights.started) >= limit:
             flights.rejected += 1
             wait = flights.retry_after(now)
@@ -151,7 +155,7 @@ class UpstreamRouter(ProviderBase):
 
     def pick(self, spec: ModelSpec, exclude: set[int]) -> tuple[int, Deployment] | None:
         """The deployment for the next attempt, or None when every one is spent or cooling."""
-        now = time.monotonic()
+        now = self._clock()
         ready = [(i, d) for i, d in enumerate(spec.deployments)
                  if i not in exclude and d.weight > 0
                  and not self._state(spec, d).cooling(now)]
@@ -167,7 +171,7 @@ class UpstreamRouter(ProviderBase):
         if not spec.deployments:
             raise ModelUnavailable(
                 f"No upstream deployment is configured for `{spec.name}` on this server.")
-        deadline = time.monotonic() + self.policy.deadline_seconds
+        deadline = self._clock() + self.policy.deadline_seconds
         tried: set[int] = set()
         last: UpstreamFailure | None = None
         for _attempt in range(self.policy.max_attempts):
@@ -180,7 +184,7 @@ class UpstreamRouter(ProviderBase):
                 return await self._attempt(spec, deployment, request, deadline, progress)
             except UpstreamFailure as failure:
                 last = failure
-                if failure.kind != "retryable" or time.monotonic() >= deadline:
+                if failure.kind != "retryable" or self._clock() >= deadline:
                     raise failure.to_api_error() from None
                 log.warning("%s failed on %s (%s); trying another deployment", spec.name,
                             deployment.label(spec.name), failure.message)
@@ -209,10 +213,10 @@ class UpstreamRouter(ProviderBase):
             # here says the deployment is busy, not broken: it never got the request.
             try:
                 await asyncio.wait_for(slots.acquire(),
-                                       timeout=max(0.0, deadline - time.monotonic()))
+                                       timeout=max(0.0, deadline - self._clock()))
             except asyncio.TimeoutError:
                 raise call.fail("timeout", "was busy until the deadline.") from None
-        started = time.monotonic()
+        started = self._clock()
         try:
             remaining = max(1.0, deadline - started)
             result = await asyncio.wait_for(adapter(call), timeout=remaining)
@@ -227,13 +231,13 @@ class UpstreamRouter(ProviderBase):
             if slots is not None:
                 slots.release()
         state.failures, state.cool_until = 0, 0.0
-        self._flights.setdefault(spec.name, _Flights()).record(time.monotonic() - started)
+        self._flights.setdefault(spec.name, _Flights()).record(self._clock() - started)
         result.deployment = label
         return result
 
     def _failed(self, state: _Health, retry_after: float | None) -> None:
         state.failures += 1
-        now = time.monotonic()
+        now = self._clock()
         if retry_after:
             state.cool_until = max(state.cool_until, now + min(retry_after, 3600))
         if state.failures >= FAILURES_BEFORE_COOLDOWN:
