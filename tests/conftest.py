@@ -3,6 +3,7 @@ listening on free loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a model hub
@@ -16,10 +17,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import pytest
+import pytest_asyncio
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "e2e: starts real server processes (`imagegate serve`, fake upstreams' peers, "
-        "client libraries); `pytest -m 'not e2e'` is the fast, in-process tier")
+        "client libraries), a fresh interpreter or an external toolchain (a C++ compiler); "
+        "`pytest -m 'not e2e'` is the fast, in-process tier")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -238,35 +241,81 @@ class InProcess:
 
 ADMIN_KEY = "sk-admin-inprocess-0123456789abcdef"
 
+StartInProcess = Callable[..., Awaitable[InProcess]]
+"""`await start(config=..., **settings)`: keys on, ADMIN_KEY is an admin."""
 
-@pytest.fixture
-async def inprocess(tmp_path: Path, tiny_models_dir: Path) -> Any:
-    """Start with `await inprocess(config=..., **settings)`; keys on, ADMIN_KEY is an admin."""
-    import contextlib
 
-    from imagegate.app import create_app
-    from imagegate.settings import Settings
+class InProcessApps:
+    """Apps started on the running loop, each in a data directory of its own under `root`;
+    all stopped when the block ends (on the loop that started them)."""
 
-    stack = contextlib.AsyncExitStack()
+    def __init__(self, root: Path, models_dir: Path) -> None:
+        self.root = root
+        self.models_dir = models_dir
+        self.started = 0
+        self._stack = contextlib.AsyncExitStack()
 
-    async def start(config: str | None = None, **settings: Any) -> InProcess:
-        data_dir = tmp_path / f"data{len(stack._exit_callbacks)}"
+    async def __aenter__(self) -> InProcessApps:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def start(self, config: str | None = None, **settings: Any) -> InProcess:
+        from imagegate.app import create_app
+        from imagegate.settings import Settings
+
+        data_dir = self.root / f"data{self.started}"
+        self.started += 1
         data_dir.mkdir()
         config_file = None
         if config is not None:
             config_file = data_dir / "imagegate.toml"
             config_file.write_text(config)
-        values: dict[str, Any] = {"data_dir": data_dir, "models_dir": tiny_models_dir,
+        values: dict[str, Any] = {"data_dir": data_dir, "models_dir": self.models_dir,
                                   "auth": "on", "admin_key": ADMIN_KEY, "log_level": "warning"}
         values.update(settings)
         app = create_app(Settings.load(config_file, **values))
-        await stack.enter_async_context(app.router.lifespan_context(app))
+        await self._stack.enter_async_context(app.router.lifespan_context(app))
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                    base_url="http://testserver", timeout=240)
-        await stack.enter_async_context(client)
+        await self._stack.enter_async_context(client)
         return InProcess(app, client, ADMIN_KEY, data_dir)
 
-    async with stack:
+
+@pytest.fixture
+async def inprocess(tmp_path: Path, tiny_models_dir: Path) -> AsyncIterator[StartInProcess]:
+    """This test's own apps: `await inprocess(config=..., **settings)` starts one."""
+    async with InProcessApps(tmp_path, tiny_models_dir) as apps:
+        yield apps.start
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def inprocess_on_module_loop(tmp_path: Path,
+                                   tiny_models_dir: Path) -> AsyncIterator[StartInProcess]:
+    """`inprocess` for a module whose tests run on one loop, the module's
+    (`pytestmark = pytest.mark.asyncio(loop_scope="module")`, as `shared_inprocess` needs)."""
+    async with InProcessApps(tmp_path, tiny_models_dir) as apps:
+        yield apps.start
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_inprocess(tmp_path_factory: pytest.TempPathFactory,
+                           tiny_models_dir: Path) -> AsyncIterator[StartInProcess]:
+    """Apps shared by a module's tests, which run on the module's loop (`pytestmark =
+    pytest.mark.asyncio(loop_scope="module")`): the first call with a config and settings
+    starts an app, and every later call with the same ones gets that app. For tests that leave
+    nothing behind that another test of the module looks at; starting an app for each test
+    costs a fifth of a second or more."""
+    shared: dict[str, InProcess] = {}
+    async with InProcessApps(tmp_path_factory.mktemp("shared"), tiny_models_dir) as apps:
+
+        async def start(config: str | None = None, **settings: Any) -> InProcess:
+            key = repr((config, sorted(settings.items())))
+            if key not in shared:
+                shared[key] = await apps.start(config, **settings)
+            return shared[key]
+
         yield start
 
 

@@ -266,6 +266,9 @@ async def test_auth_on_does_not_warn(inprocess, caplog) -> None:
     assert not [r for r in caplog.records if "IMAGEGATE_AUTH=off" in r.getMessage()]
 
 
+# End to end: the notices are printed once, as diffusers is first imported, so only a fresh
+# interpreter shows them (importing torch, diffusers and transformers there takes seconds).
+@pytest.mark.e2e
 def test_no_torchvision_notices_when_the_engine_loads_diffusers() -> None:
     """transformers announces a PIL fallback for three image processors when torchvision is
     absent (it is not a dependency); the engine drops exactly those lines."""

@@ -2,7 +2,8 @@
 error (status, type, param, code and message) from a generation, an edit (multipart and JSON)
 and a variation.
 
-In-process; every request here is refused before any image is made.
+In-process, on one app for the whole module: every request here is refused before any image is
+made, so no case leaves anything behind for another to see.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # as shared_inprocess needs
 
 MODEL = "tiny-sd"
 ABSENT = object()
@@ -119,8 +122,8 @@ def _form(case: Case) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-async def test_a_bad_value_gets_the_same_error_everywhere(inprocess, case: Case) -> None:
-    srv = await inprocess()
+async def test_a_bad_value_gets_the_same_error_everywhere(shared_inprocess, case: Case) -> None:
+    srv = await shared_inprocess()
     image = [("image", ("in.png", PNG, "image/png"))]
     data_url = "data:image/png;base64," + base64.b64encode(PNG).decode("ascii")
     answers = {

@@ -152,7 +152,7 @@ def test_compile_wraps_the_denoiser_and_warm_up_runs_each_size(
         spec, model_dir: Path, default_pipe: Any,  # type: ignore[no-untyped-def]
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Dynamo only (the "eager" backend): inductor's C++ build of tiny-sd's UNet takes about 90 s
-    # on a 2-core CPU; test_compile_with_inductor below runs it when asked.
+    # on a 2-core CPU; test_compile_with_inductor below runs it, in the e2e tier.
     monkeypatch.setattr(speed, "compile_options", lambda device: {"backend": "eager"})
     calls: list[tuple[int, int, int]] = []
     real = pipelines.generate_batch
@@ -183,6 +183,9 @@ def test_warm_up_sizes_default_to_the_models_size_when_compiling(spec) -> None: 
     assert warmup.warmup_sizes(spec, SpeedOptions(warmup_sizes=["64x64"])) == ["64x64"]
 
 
+# End to end: inductor generates C++ and builds it with the system's compiler in worker
+# processes, an external toolchain (about 90 s on 2 cores with an empty compile cache).
+@pytest.mark.e2e
 def test_compile_with_inductor(spec, model_dir: Path, default_pipe: Any) -> None:  # type: ignore[no-untyped-def]
     """The real thing (inductor, C++ code generation): about 90 s on 2 cores with an empty
     compile cache, paid by the warm-up, not by the request after it."""
