@@ -34,12 +34,20 @@ def pytest_configure(config: pytest.Config) -> None:
         "`pytest -m 'not e2e'` is the fast, in-process tier")
 
 
+MODULE_LOOP_FIXTURES = {"shared_inprocess", "inprocess_on_module_loop"}
+"""Fixtures that run on their module's event loop: so must every test that uses them."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that starts a real `imagegate serve` (through `start_server`, however
-    indirectly) is end-to-end; so is one marked by hand."""
+    indirectly) is end-to-end; so is one marked by hand. An async test that uses an app on its
+    module's loop runs on that loop (the mark goes first, before pytest-asyncio's own)."""
     for item in items:
-        if "start_server" in getattr(item, "fixturenames", ()):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "start_server" in fixtures:
             item.add_marker(pytest.mark.e2e)
+        if fixtures & MODULE_LOOP_FIXTURES and item.get_closest_marker("asyncio"):
+            item.add_marker(pytest.mark.asyncio(loop_scope="module"), append=False)
 
 
 def free_port() -> int:
@@ -293,8 +301,7 @@ async def inprocess(tmp_path: Path, tiny_models_dir: Path) -> AsyncIterator[Star
 @pytest_asyncio.fixture(loop_scope="module")
 async def inprocess_on_module_loop(tmp_path: Path,
                                    tiny_models_dir: Path) -> AsyncIterator[StartInProcess]:
-    """`inprocess` for a module whose tests run on one loop, the module's
-    (`pytestmark = pytest.mark.asyncio(loop_scope="module")`, as `shared_inprocess` needs)."""
+    """`inprocess` on the module's loop, for a module whose other tests share apps."""
     async with InProcessApps(tmp_path, tiny_models_dir) as apps:
         yield apps.start
 
@@ -302,11 +309,10 @@ async def inprocess_on_module_loop(tmp_path: Path,
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared_inprocess(tmp_path_factory: pytest.TempPathFactory,
                            tiny_models_dir: Path) -> AsyncIterator[StartInProcess]:
-    """Apps shared by a module's tests, which run on the module's loop (`pytestmark =
-    pytest.mark.asyncio(loop_scope="module")`): the first call with a config and settings
-    starts an app, and every later call with the same ones gets that app. For tests that leave
-    nothing behind that another test of the module looks at; starting an app for each test
-    costs a fifth of a second or more."""
+    """Apps shared by a module's tests (which therefore run on the module's loop): the first
+    call with a config and settings starts an app, and every later call with the same ones gets
+    that app. For tests that leave nothing behind that another test of the module looks at;
+    starting an app for each test costs a fifth of a second or more."""
     shared: dict[str, InProcess] = {}
     async with InProcessApps(tmp_path_factory.mktemp("shared"), tiny_models_dir) as apps:
 

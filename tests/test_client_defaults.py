@@ -3,7 +3,8 @@ data URLs and one choice per image, previews that say the resolved values, `x-sh
 `/v1/models` availability, and a too-many-images 400 that names the field the client used.
 
 Each request is sent as the client that depends on it sends it. In-process unless a real SDK
-must meet a real server (the retry count).
+must meet a real server (the retry count), on apps the module's tests share: each reads only the
+answers to its own requests (the rate-limited key is its test's own).
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def test_catalog_defaults_follow_openai() -> None:
     assert catalog.lookup("imagen-3").response_format("url") == "url"  # vendors' Images API docs
 
 
-async def test_generation_default_comes_from_the_model(inprocess) -> None:
-    srv = await inprocess(config=CONFIG)
+async def test_generation_default_comes_from_the_model(shared_inprocess) -> None:
+    srv = await shared_inprocess(config=CONFIG)
     # OpenAI's documented gpt-image-1 example reads data[0].b64_json without asking for it.
     gpt = await _generate(srv, model="gpt-image-tiny")
     assert "url" not in gpt["data"][0]
@@ -100,16 +101,16 @@ async def test_generation_default_comes_from_the_model(inprocess) -> None:
     assert "url" in asked["data"][0]
 
 
-async def test_server_and_model_settings(inprocess) -> None:
-    srv = await inprocess(config=CONFIG, images_response_format="b64_json")
+async def test_server_and_model_settings(shared_inprocess) -> None:
+    srv = await shared_inprocess(config=CONFIG, images_response_format="b64_json")
     assert "b64_json" in (await _generate(srv))["data"][0]  # the server's setting
     assert "url" in (await _generate(srv, model="tiny-links"))["data"][0]  # the model's own
 
 
-async def test_edits_answer_base64_for_any_model(inprocess) -> None:
+async def test_edits_answer_base64_for_any_model(shared_inprocess) -> None:
     """The AI SDK's `generateImage({prompt: {text, images}})`: multipart with `image`, no
     `response_format`, whatever the model; it reads `b64_json`."""
-    srv = await inprocess(config=CONFIG)
+    srv = await shared_inprocess(config=CONFIG)
     for model in (MODEL, "gpt-image-tiny"):
         response = await srv.client.post(
             "/v1/images/edits", headers=srv.auth(),
@@ -126,8 +127,8 @@ async def test_edits_answer_base64_for_any_model(inprocess) -> None:
     assert "url" in response.json()["data"][0]
 
 
-async def test_variations_keep_links(inprocess) -> None:
-    srv = await inprocess()
+async def test_variations_keep_links(shared_inprocess) -> None:
+    srv = await shared_inprocess()
     response = await srv.client.post(
         "/v1/images/variations", headers=srv.auth(), data={"model": MODEL, "size": "64x64"},
         files=[("image", ("in.png", _png(), "image/png"))])
@@ -151,9 +152,9 @@ async def _chat(srv: Any, body: dict[str, Any]) -> dict[str, Any]:
     return response.json()
 
 
-async def test_chat_images_are_data_urls_as_openrouter_sends_them(inprocess) -> None:
+async def test_chat_images_are_data_urls_as_openrouter_sends_them(shared_inprocess) -> None:
     """The OpenRouter AI SDK provider base64-decodes `images[].image_url.url`."""
-    srv = await inprocess()
+    srv = await shared_inprocess()
     completion = await _chat(srv, _chat_body())
     message = completion["choices"][0]["message"]
     inline = _decode_data_url(message["images"][0]["image_url"]["url"])
@@ -172,16 +173,16 @@ async def test_chat_images_are_data_urls_as_openrouter_sends_them(inprocess) -> 
     assert json.dumps(completion).count("base64,") == 1
 
 
-async def test_chat_image_links_setting(inprocess) -> None:
-    srv = await inprocess(chat_image_links=True)
+async def test_chat_image_links_setting(shared_inprocess) -> None:
+    srv = await shared_inprocess(chat_image_links=True)
     message = (await _chat(srv, _chat_body()))["choices"][0]["message"]
     url = message["images"][0]["image_url"]["url"]
     assert url.startswith("http://testserver/v1/media/")
     assert f"![image]({url})" in message["content"]
 
 
-async def test_chat_n_is_n_choices(inprocess) -> None:
-    srv = await inprocess()
+async def test_chat_n_is_n_choices(shared_inprocess) -> None:
+    srv = await shared_inprocess()
     completion = await _chat(srv, _chat_body(n=2))
     choices = completion["choices"]
     assert [c["index"] for c in choices] == [0, 1]
@@ -192,8 +193,8 @@ async def test_chat_n_is_n_choices(inprocess) -> None:
     assert choices[0]["message"]["images"] != choices[1]["message"]["images"]
 
 
-async def test_streamed_chat_n_chunks_carry_their_choice(inprocess) -> None:
-    srv = await inprocess()
+async def test_streamed_chat_n_chunks_carry_their_choice(shared_inprocess) -> None:
+    srv = await shared_inprocess()
     body = _chat_body(n=2, stream=True, stream_options={"include_usage": True})
     response = await srv.client.post("/v1/chat/completions", json=body, headers=srv.auth())
     assert response.status_code == 200, response.text
@@ -223,8 +224,8 @@ def _sse_events(text: str) -> list[dict[str, Any]]:
             if line.startswith("data: ")]
 
 
-async def test_previews_say_what_the_completed_event_says(inprocess) -> None:
-    srv = await inprocess()
+async def test_previews_say_what_the_completed_event_says(shared_inprocess) -> None:
+    srv = await shared_inprocess()
     body = {"model": MODEL, "prompt": "a fox", "stream": True, "partial_images": 2,
             "num_inference_steps": 3, "size": "auto"}  # quality, background: left to the model
     response = await srv.client.post("/v1/images/generations", json=body, headers=srv.auth())
@@ -243,8 +244,8 @@ async def test_previews_say_what_the_completed_event_says(inprocess) -> None:
 # 3. x-should-retry
 
 
-async def test_errors_say_whether_a_retry_can_help(inprocess) -> None:
-    srv = await inprocess()
+async def test_errors_say_whether_a_retry_can_help(shared_inprocess) -> None:
+    srv = await shared_inprocess()
     bad = await srv.client.post("/v1/images/generations", headers=srv.auth(),
                                 json={"model": MODEL, "prompt": "x", "size": "nope"})
     assert bad.status_code == 400 and bad.headers["x-should-retry"] == "false"
@@ -263,16 +264,16 @@ async def test_errors_say_whether_a_retry_can_help(inprocess) -> None:
     assert "x-should-retry" not in ok.headers
 
 
-async def test_openapi_documents_the_retry_header(inprocess) -> None:
-    srv = await inprocess()
+async def test_openapi_documents_the_retry_header(shared_inprocess) -> None:
+    srv = await shared_inprocess()
     document = (await srv.client.get("/openapi.json")).json()
     responses = document["paths"]["/v1/images/generations"]["post"]["responses"]
     for status in ("400", "404", "429", "503"):
         assert "x-should-retry" in responses[status]["headers"], status
 
 
-async def test_limits_are_retryable_with_retry_after(inprocess) -> None:
-    srv = await inprocess()
+async def test_limits_are_retryable_with_retry_after(shared_inprocess) -> None:
+    srv = await shared_inprocess()
     account = await srv.client.post("/admin/accounts", headers=srv.auth(),
                                     json={"name": "slow"})
     assert account.status_code == 201, account.text
@@ -326,8 +327,8 @@ def test_sdk_does_not_retry_missing_weights(start_server) -> None:
 # 6. /v1/models availability, and the field named for too many images
 
 
-async def test_models_mark_what_cannot_serve(inprocess) -> None:
-    srv = await inprocess()
+async def test_models_mark_what_cannot_serve(shared_inprocess) -> None:
+    srv = await shared_inprocess()
     cards = {c["id"]: c for c in (await srv.client.get("/v1/models",
                                                        headers=srv.auth())).json()["data"]}
     assert cards["tiny-sd"]["imagegate"]["available"] is True
@@ -336,8 +337,8 @@ async def test_models_mark_what_cannot_serve(inprocess) -> None:
     assert {"id", "object", "created", "owned_by"} <= set(cards["sd-turbo"])
 
 
-async def test_unavailable_models_can_be_hidden(inprocess) -> None:
-    srv = await inprocess(list_unavailable_models=False)
+async def test_unavailable_models_can_be_hidden(shared_inprocess) -> None:
+    srv = await shared_inprocess(list_unavailable_models=False)
     listed = {c["id"] for c in (await srv.client.get("/v1/models",
                                                      headers=srv.auth())).json()["data"]}
     assert "tiny-sd" in listed and "sd-turbo" not in listed and "flux-schnell" not in listed
@@ -345,9 +346,9 @@ async def test_unavailable_models_can_be_hidden(inprocess) -> None:
     assert one.status_code == 200 and one.json()["imagegate"]["available"] is False
 
 
-async def test_too_many_images_names_the_field(inprocess) -> None:
+async def test_too_many_images_names_the_field(shared_inprocess) -> None:
     """tiny-sd takes one input image; each form of sending two is refused by its own name."""
-    srv = await inprocess()
+    srv = await shared_inprocess()
     png = _png()
 
     async def edit(files: list[tuple[str, Any]]) -> dict[str, Any]:

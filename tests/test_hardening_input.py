@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 from PIL import Image
 
 MODEL = "tiny-sd"
@@ -127,9 +128,11 @@ def _list_cases(base: dict, names: list[str]) -> list[tuple[str, Any, str, None]
             for name in names for value in NOT_LISTS]
 
 
-@pytest.fixture
-async def srv(inprocess):
-    return await inprocess()
+@pytest_asyncio.fixture(loop_scope="module")
+async def srv(shared_inprocess):
+    """One app for the module: what its tests send is refused, or valid and left alone by the
+    others (the last-admin-key rule, which disables keys, gets an app of its own)."""
+    return await shared_inprocess()
 
 
 def _poster(srv, path: str, key: str | None = None):
@@ -373,10 +376,11 @@ async def test_admin_bodies_reject_bad_text_huge_ints_and_loose_types(srv) -> No
     assert [k["name"] for k in keys] == ["configured admin key"], keys
 
 
-async def test_admin_query_and_path_values_are_bounded_on_postgresql(inprocess,
+async def test_admin_query_and_path_values_are_bounded_on_postgresql(inprocess_on_module_loop,
                                                                     pg_url) -> None:
     """PostgreSQL refuses NUL in text and ids beyond 32 bits: none of it may get that far."""
-    await test_admin_query_and_path_values_are_bounded(await inprocess(database_url=pg_url))
+    await test_admin_query_and_path_values_are_bounded(
+        await inprocess_on_module_loop(database_url=pg_url))
 
 
 async def test_admin_query_and_path_values_are_bounded(srv) -> None:
@@ -418,13 +422,13 @@ def _key_id(keys: list[dict], name: str) -> int:
     return next(k["id"] for k in keys if k["name"] == name)
 
 
-async def test_the_last_enabled_admin_key_cannot_be_removed(srv) -> None:
-    await _last_admin_key_is_kept(srv)
+async def test_the_last_enabled_admin_key_cannot_be_removed(inprocess_on_module_loop) -> None:
+    await _last_admin_key_is_kept(await inprocess_on_module_loop())
 
 
-async def test_the_last_enabled_admin_key_cannot_be_removed_on_postgresql(inprocess,
-                                                                          pg_url) -> None:
-    await _last_admin_key_is_kept(await inprocess(database_url=pg_url))
+async def test_the_last_enabled_admin_key_cannot_be_removed_on_postgresql(
+        inprocess_on_module_loop, pg_url) -> None:
+    await _last_admin_key_is_kept(await inprocess_on_module_loop(database_url=pg_url))
 
 
 async def _last_admin_key_is_kept(srv) -> None:
@@ -511,7 +515,7 @@ async def test_the_cli_shares_the_admin_rules(srv) -> None:
     with pytest.raises(InvalidRequest) as bad_key:
         await admin.usage(key_id=2**63)
     assert bad_key.value.param == "key"
-    account = await _account(srv)
+    account = await _account(srv, "acme-cli")
     with pytest.raises(InvalidRequest) as bad_rpm:
         await admin.create_key(account["id"], "k", rpm_limit=10**20)
     assert bad_rpm.value.param == "rpm_limit"

@@ -17,8 +17,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")  # as shared_inprocess needs
-
 MODEL = "tiny-sd"
 ABSENT = object()
 """A field left out of the request."""

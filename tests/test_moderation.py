@@ -234,17 +234,21 @@ async def test_an_answer_without_a_verdict_is_not_a_pass(fake: FakeModerations,
 
 async def test_endpoint_timeout_is_unavailable() -> None:
     app = FastAPI()
+    late = threading.Event()
 
     @app.post("/v1/moderations")
     async def slow() -> dict:
         import asyncio
 
-        await asyncio.sleep(1.5)
+        await asyncio.to_thread(late.wait)  # no answer before the moderator has given up
         return {"results": [{"flagged": False}]}
 
     with serve_app(app) as base:
-        with pytest.raises(APIError) as caught:  # the endpoint would answer "not flagged"
-            await _endpoint_moderator(base + "/v1", timeout_seconds=0.5).check("a calm sea")
+        try:
+            with pytest.raises(APIError) as caught:  # the endpoint would answer "not flagged"
+                await _endpoint_moderator(base + "/v1", timeout_seconds=0.5).check("a calm sea")
+        finally:
+            late.set()  # then it answers, and the server stops at once
         assert caught.value.code == "moderation_unavailable"
 
 
