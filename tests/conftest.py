@@ -34,7 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "`pytest -m 'not e2e'` is the fast, in-process tier")
 
 
-MODULE_LOOP_FIXTURES = {"shared_inprocess", "inprocess_on_module_loop"}
+MODULE_LOOP_FIXTURES = {"shared_inprocess"}
 """Fixtures that run on their module's event loop: so must every test that uses them."""
 
 
@@ -57,7 +57,18 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def one_torch_thread() -> None:
+    """torch in this process (the in-process engines' workers included) on one thread: tiny-sd's
+    ops are too small to gain from a second, and with torch's default of one OpenMP thread per
+    core any other busy process on a small machine makes every op wait at thread barriers (seen:
+    test_tiny_model.py's latent-size sweep going from 2 s to 80 s on a shared 2-core box)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Path:
     """A MODELS_DIR holding tiny-sd, built through the same code the server uses."""
     from imagegate.engine.tiny import build_tiny_sd
 
@@ -158,38 +169,85 @@ def server(start_server: ServerFactory) -> Server:
     return start_server()
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards.
+class PostgresDatabases:
+    """Fresh databases on the PostgreSQL server that `admin_dsn` names, each created one ahead
+    while the tests before it run (CREATE DATABASE copies a template: up to a third of a second
+    on a busy server), and dropped after its test; both in a thread of their own, in order."""
 
-    Needs IMAGEGATE_TEST_DATABASE_URL (set by .ci/run when PostgreSQL is up); skipped without it.
-    """
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self._worker = ThreadPoolExecutor(1)
+        self._next: Future[str] | None = None
+        self._drops: list[Future[None]] = []
+
+    def _execute(self, sql: str) -> None:
+        import asyncio
+
+        import asyncpg
+
+        async def run() -> None:
+            conn = await asyncpg.connect(self.admin_dsn)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    def _create(self) -> str:
+        import uuid
+
+        name = f"imagegate_test_{uuid.uuid4().hex[:12]}"
+        self._execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def take(self) -> str:
+        """A new, empty database's name (the next one is begun at once)."""
+        ready = self._next or self._worker.submit(self._create)
+        self._next = self._worker.submit(self._create)
+        return ready.result()
+
+    def drop(self, name: str) -> None:
+        self._drops.append(self._worker.submit(
+            self._execute, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def close(self) -> None:
+        """Drop the one made ahead; fail if any drop failed."""
+        try:
+            if self._next is not None:
+                self.drop(self._next.result())
+        finally:
+            self._worker.shutdown(wait=True)
+        for dropped in self._drops:
+            dropped.result()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
     base = os.environ.get("IMAGEGATE_TEST_DATABASE_URL")
     if not base:
         pytest.skip("no PostgreSQL to test against: set IMAGEGATE_TEST_DATABASE_URL="
                     "postgresql://USER@HOST:PORT/DB (a server where tests may create and drop "
                     "databases; see README.md)")
-    import asyncio
-    import uuid
+    databases = PostgresDatabases(base.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        yield databases
+    finally:
+        databases.close()
 
-    import asyncpg
 
-    name = f"imagegate_test_{uuid.uuid4().hex[:12]}"
-    admin_dsn = base.replace("postgresql+asyncpg://", "postgresql://")
+@pytest.fixture
+def pg_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards.
 
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    prefix, _, _ = admin_dsn.rpartition("/")
+    Needs IMAGEGATE_TEST_DATABASE_URL (set by .ci/run when PostgreSQL is up); skipped without it.
+    """
+    name = postgres_databases.take()
+    prefix, _, _ = postgres_databases.admin_dsn.rpartition("/")
     try:
         yield f"{prefix}/{name}"
     finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        postgres_databases.drop(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -294,14 +352,6 @@ class InProcessApps:
 @pytest.fixture
 async def inprocess(tmp_path: Path, tiny_models_dir: Path) -> AsyncIterator[StartInProcess]:
     """This test's own apps: `await inprocess(config=..., **settings)` starts one."""
-    async with InProcessApps(tmp_path, tiny_models_dir) as apps:
-        yield apps.start
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def inprocess_on_module_loop(tmp_path: Path,
-                                   tiny_models_dir: Path) -> AsyncIterator[StartInProcess]:
-    """`inprocess` on the module's loop, for a module whose other tests share apps."""
     async with InProcessApps(tmp_path, tiny_models_dir) as apps:
         yield apps.start
 

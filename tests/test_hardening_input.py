@@ -376,11 +376,10 @@ async def test_admin_bodies_reject_bad_text_huge_ints_and_loose_types(srv) -> No
     assert [k["name"] for k in keys] == ["configured admin key"], keys
 
 
-async def test_admin_query_and_path_values_are_bounded_on_postgresql(inprocess_on_module_loop,
+async def test_admin_query_and_path_values_are_bounded_on_postgresql(inprocess,
                                                                     pg_url) -> None:
     """PostgreSQL refuses NUL in text and ids beyond 32 bits: none of it may get that far."""
-    await test_admin_query_and_path_values_are_bounded(
-        await inprocess_on_module_loop(database_url=pg_url))
+    await test_admin_query_and_path_values_are_bounded(await inprocess(database_url=pg_url))
 
 
 async def test_admin_query_and_path_values_are_bounded(srv) -> None:
@@ -422,13 +421,13 @@ def _key_id(keys: list[dict], name: str) -> int:
     return next(k["id"] for k in keys if k["name"] == name)
 
 
-async def test_the_last_enabled_admin_key_cannot_be_removed(inprocess_on_module_loop) -> None:
-    await _last_admin_key_is_kept(await inprocess_on_module_loop())
+async def test_the_last_enabled_admin_key_cannot_be_removed(inprocess) -> None:
+    await _last_admin_key_is_kept(await inprocess())
 
 
-async def test_the_last_enabled_admin_key_cannot_be_removed_on_postgresql(
-        inprocess_on_module_loop, pg_url) -> None:
-    await _last_admin_key_is_kept(await inprocess_on_module_loop(database_url=pg_url))
+async def test_the_last_enabled_admin_key_cannot_be_removed_on_postgresql(inprocess,
+                                                                          pg_url) -> None:
+    await _last_admin_key_is_kept(await inprocess(database_url=pg_url))
 
 
 async def _last_admin_key_is_kept(srv) -> None:

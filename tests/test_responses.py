@@ -374,7 +374,8 @@ def test_translation_refusals_name_the_param(body: dict, param: str, code: str) 
 
 
 # --------------------------------------------------------------------------------------------
-# in-process: the service's errors, stored answers, streams
+# in-process: the service's errors, stored answers, streams (on apps the tests share, but for the
+# stored answers, which are counted)
 
 
 class PreviewThenFail:
@@ -416,8 +417,9 @@ max_reference_images = 1
 """
 
 
-async def test_errors_name_the_tool_field_and_stream_errors_keep_their_status(inprocess) -> None:
-    srv = await inprocess(default_model="tiny-sd")
+async def test_errors_name_the_tool_field_and_stream_errors_keep_their_status(
+        shared_inprocess) -> None:
+    srv = await shared_inprocess(default_model="tiny-sd")
     post = srv.client.post
     size = await post("/v1/responses", headers=srv.auth(), json={
         "model": "gpt-4.1", "input": "x", "tools": [{**TOOL, "size": "65x64"}]})
@@ -437,8 +439,8 @@ async def test_errors_name_the_tool_field_and_stream_errors_keep_their_status(in
     assert "/v1/responses" in schema["paths"]
 
 
-async def test_wire_limits_hold_here_too(inprocess) -> None:
-    srv = await inprocess(default_model="tiny-sd")
+async def test_wire_limits_hold_here_too(shared_inprocess) -> None:
+    srv = await shared_inprocess(default_model="tiny-sd")
     cases = [
         ({"input": "a\u0000b"}, "input", "invalid_value"),
         ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "\ud800"}]}]},
@@ -464,8 +466,8 @@ async def test_wire_limits_hold_here_too(inprocess) -> None:
 
 
 async def test_a_failure_after_the_stream_began_is_an_error_then_response_failed(
-        inprocess) -> None:
-    srv = await inprocess(config=FAILING)
+        shared_inprocess) -> None:
+    srv = await shared_inprocess(config=FAILING)
     response = await srv.client.post("/v1/responses", headers=srv.auth(), json={
         "model": "late-fail", "input": "fail now", "stream": True,
         "tools": [{**TOOL, "partial_images": 1}]})
@@ -486,8 +488,8 @@ async def test_a_failure_after_the_stream_began_is_an_error_then_response_failed
         adapter.validate_python(event)
 
 
-async def test_text_besides_the_image_is_a_message_item(inprocess) -> None:
-    srv = await inprocess(config=FAILING)
+async def test_text_besides_the_image_is_a_message_item(shared_inprocess) -> None:
+    srv = await shared_inprocess(config=FAILING)
     body = {"model": "late-fail", "input": "talk to me"}
     answer = (await srv.client.post("/v1/responses", headers=srv.auth(), json=body)).json()
     assert [item["type"] for item in answer["output"]] == ["image_generation_call", "message"]

@@ -11,7 +11,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -29,15 +29,7 @@ from imagegate.generation import GenerationRequest, Size
 from imagegate.rules import resolve
 from imagegate.settings import Settings
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # tiny-sd's ops are too small to gain from threads, and on a busy 2-core machine threads
-    # wait on each other (see test_tiny_model.py).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from imagegate.api import streaming
 from imagegate.generation import ProviderResult
@@ -73,11 +74,13 @@ class HoldingProvider:
         raise AssertionError("a held job was never let go")
 
 
-@pytest.fixture
-async def gateway(inprocess: Any) -> Any:
+@pytest_asyncio.fixture(loop_scope="module")
+async def gateway(shared_inprocess: Any) -> Any:
+    """The module's one app (each test has an account of its own, and its job has ended when
+    the test does); what the provider saw, afresh."""
     global HELD
     HELD = _Held()
-    return await inprocess(config=CONFIG)
+    return await shared_inprocess(config=CONFIG)
 
 
 async def _user_key(srv: Any, account: str) -> str:

@@ -7,7 +7,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers are imported
 import hashlib
 import json
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ from diffusers import (
 from imagegate.engine import tiny
 from imagegate.engine.tiny import TINY_SD_MARKER, build_tiny_sd, is_tiny_sd_built
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, str]]:
     return {
@@ -30,18 +31,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, str]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # The model's ops are tiny, so one thread is as fast as two; and with
-    # torch's default of one OpenMP thread per core, any other busy process
-    # on a small machine makes every op wait at thread barriers (seen: the
-    # latent-size sweep going from 2 s to 80 s on a shared 2-core box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
