@@ -390,3 +390,33 @@ def held_open(url: str, body: dict[str, Any]) -> Iterator[None]:
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
         sock.sendall(head.encode() + payload)
         yield
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis to test against (IMAGEGATE_TEST_REDIS_URL, set by .ci/run when Redis is up);
+    skipped without it. Tests share it: each keeps to its own `redis_prefix`."""
+    url = os.environ.get("IMAGEGATE_TEST_REDIS_URL")
+    if not url:
+        pytest.skip("no Redis to test against: set IMAGEGATE_TEST_REDIS_URL="
+                    "redis://HOST:PORT/DB (see README.md)")
+    pytest.importorskip("redis")
+    return url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own on `redis_url`; its keys are deleted afterwards."""
+    import uuid
+
+    import redis
+
+    prefix = f"imagegate-test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        names = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if names:
+            client.delete(*names)
+    finally:
+        client.close()

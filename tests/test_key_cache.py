@@ -1,6 +1,6 @@
-"""The API-key cache (accounts/keys.py): bounded, least recently used out one at a time, entries
-kept for `auth_cache_seconds`, and invalidation per key or all at once, as a pub/sub backend
-would also be asked."""
+"""The API-key cache in this process (limits/process.py, behind accounts/keys.py): bounded, least
+recently used out one at a time, entries kept for `auth_cache_seconds`, and invalidation per key
+or all at once, as the Redis backend (test_shared_limits.py) is also asked."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from imagegate.accounts.keys import (
     Caller,
     InvalidApiKey,
     KeyRecord,
-    ProcessKeyCache,
 )
 from imagegate.accounts.ledger import Ledger
+from imagegate.limits.process import ProcessKeyCache
 
 
 def _record(key_id: int) -> KeyRecord:

@@ -1,27 +1,22 @@
-"""Per-key limits (accounts/limits.py): `KeyLimits`, the policy, over `Limits`, the counts.
+"""Per-key limits: `KeyLimits` (accounts/limits.py), the policy, over `Limits` (limits/), the
+counts.
 
-The counting contract runs over every backend in `BACKENDS` (in-process only today: a shared
-one joins it). Time is the test's: `time.time` is a clock the test moves.
+The counting contract runs over every backend: in this process, and in Redis (skipped without
+IMAGEGATE_TEST_REDIS_URL). Time is the test's: `time.time` is a clock the test moves (the Redis
+backend is given it instead of the Redis server's clock).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from imagegate.accounts.keys import Caller
-from imagegate.accounts.limits import (
-    WINDOW_SECONDS,
-    KeyLimits,
-    Limits,
-    ProcessLimits,
-    RateLimited,
-)
-
-BACKENDS: dict[str, Callable[[], Limits]] = {"process": ProcessLimits}
-
+from imagegate.accounts.limits import KeyLimits, RateLimited
+from imagegate.limits.base import WINDOW_SECONDS, Limits
+from imagegate.limits.process import ProcessLimits
 
 T0 = 1_700_000_000.0
 
@@ -41,9 +36,19 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def counts(request: pytest.FixtureRequest) -> Limits:
-    return BACKENDS[request.param]()
+@pytest.fixture(params=["process", "redis"])
+async def counts(request: pytest.FixtureRequest) -> AsyncIterator[Limits]:
+    if request.param == "process":
+        yield ProcessLimits()
+        return
+    from imagegate.limits.redis import RedisLimits, connect
+
+    client = connect(request.getfixturevalue("redis_url"), 5.0)
+    try:
+        yield RedisLimits(client, request.getfixturevalue("redis_prefix"),
+                          clock=lambda: time.time())  # the test's clock, read at each call
+    finally:
+        await client.aclose()
 
 
 def _caller(key_id: int | None = 7, rpm: int | None = None,

@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_sweep_forever(service.store,
                                                settings.storage.sweep_interval_seconds)),
             *(asyncio.create_task(job) for job in accounts.background_tasks()),
+            asyncio.create_task(service.report_replica_forever()),
         ]
         try:
             yield

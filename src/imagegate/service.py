@@ -284,6 +284,50 @@ class ImageService:
         """Per local model, what its worker is doing and has done."""
         return optional(self.providers.get("local")).engine_stats()
 
+    def replica_report(self) -> dict[str, Any]:
+        """This replica's admission counts now: per local model its engine queue, per relayed
+        model its requests in flight (what `GET /admin/replicas` lists for each replica)."""
+        engine = {name: {"waiting": s.waiting, "running": s.running,
+                         "batch_images": s.batch_images, "loaded": s.loaded,
+                         "rejected": s.rejected}
+                  for name, s in sorted(self.engine_stats().items())}
+        relay: dict[str, Any] = {}
+        upstream = self.providers.get("upstream")
+        if upstream is not None:
+            for spec in self.catalog.served():
+                if spec.backend == "upstream" and spec.deployments:
+                    flights = upstream.describe(spec).get("in_flight") or {}
+                    relay[spec.name] = {"in_flight": flights.get("running", 0),
+                                        "max": flights.get("max"),
+                                        "rejected": flights.get("rejected", 0)}
+        return {"node_id": self._accounts.settings.resolved_node_id,
+                "reported_at": round(time.time(), 3), "engine": engine,
+                "relay": dict(sorted(relay.items()))}
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        """Every live replica's admission counts (this one's as of now), by node id."""
+        reports = {r["node_id"]: r for r in await self._accounts.replicas.reports()}
+        mine = self.replica_report()
+        reports[mine["node_id"]] = mine
+        return [reports[node] for node in sorted(reports)]
+
+    async def report_replica_forever(self) -> None:
+        """Post this replica's counts for the others to list, every `report_interval_seconds`
+        (a failure is logged once per outage by the board and retried at the next)."""
+        accounts = self._accounts
+        interval = accounts.settings.limits.report_interval_seconds
+        failing = False
+        while True:
+            try:
+                await accounts.replicas.publish(self.replica_report())
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("cannot post this replica's counts (%s: %s); retrying every "
+                                "%g s", type(exc).__name__, exc, interval)
+                failing = True
+            await asyncio.sleep(interval)
+
     @property
     def _accounts(self) -> AccountSystem:
         if self.accounts is None:

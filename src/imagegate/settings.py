@@ -149,6 +149,24 @@ class StorageSettings(_Group):
     sweep_interval_seconds: float = Field(60.0, gt=0)
 
 
+class LimitsSettings(_Group):
+    """`[limits]`: where per-key rate and concurrency counts, the API-key cache's invalidations
+    and the replicas' admission counts are shared: in this process, or in Redis."""
+
+    redis_url: str | None = None
+    """redis://[:password@]host:port/db (rediss:// for TLS). Unset: all of it in this process,
+    so each replica counts on its own."""
+    redis_prefix: str = "imagegate:"
+    """Put before every Redis key and channel: several deployments may share one Redis."""
+    redis_timeout_seconds: float = Field(1.0, gt=0)
+    """How long one Redis call may take (connecting included) before Redis counts as down."""
+    slot_lease_seconds: float = Field(30.0, ge=1)
+    """A concurrency slot's lease in Redis, renewed every third of it while its request runs:
+    a replica that dies holding slots frees them this long after its last renewal."""
+    report_interval_seconds: float = Field(2.0, gt=0)
+    """How often each replica posts its admission counts to Redis (kept for 3 intervals)."""
+
+
 class APISettings(_Group):
     """`[api]`: defaults of the OpenAI-compatible endpoints."""
 
@@ -173,6 +191,9 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     **{name: ("accounts", name) for name in AccountSettings.model_fields},
     **{name: ("storage", name) for name in StorageSettings.model_fields},
     **{name: ("api", name) for name in APISettings.model_fields},
+    **{name: ("limits", name) for name in ("redis_url", "redis_prefix", "redis_timeout_seconds")},
+    "limits_slot_lease_seconds": ("limits", "slot_lease_seconds"),
+    "limits_report_interval_seconds": ("limits", "report_interval_seconds"),
 }
 """Flat name (TOML key; `IMAGEGATE_` + its upper case is the environment variable) -> where the
 setting lives in the nested model."""
@@ -262,6 +283,7 @@ class Settings(BaseSettings):
     accounts: AccountSettings = Field(default_factory=AccountSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     api: APISettings = Field(default_factory=APISettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     """`[moderation]`: word and pattern lists per language, and an optional OpenAI-compatible
     moderation endpoint ([moderation.endpoint]). Empty: no moderation."""

@@ -4,9 +4,9 @@ Only a SHA-256 of each key is stored, with a short visible prefix; the full key 
 the answer to its creation. Keys are 256 random bits, so a fast hash is the right one (there is
 nothing to brute-force) and lookups by hash need no per-row salt.
 
-Looked-up keys are cached for `auth_cache_seconds` behind `KeyCache`. `ProcessKeyCache` keeps
-them in this process; a shared backend (invalidation over pub/sub, so an admin change on one
-replica reaches every replica's cache) is one more module implementing `KeyCache`.
+Looked-up keys are cached for `auth_cache_seconds` behind `KeyCache` (limits/): in this process,
+or in this process with invalidations over Redis pub/sub, so an admin change on one replica
+reaches every replica's cache.
 """
 
 from __future__ import annotations
@@ -18,19 +18,17 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
-from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import APIError
+from ..limits.base import KeyCache
 from .tables import Account, ApiKey
 
 KEY_PREFIX = "sk-ig-"
 VISIBLE_CHARS = 12
-MAX_CACHED_KEYS = 10_000
-"""Bounded: unknown tokens are cached too, and must not grow the cache without end."""
 NOT_BEARER = "\0not-bearer"
 """The token of an `Authorization` header without the `Bearer` scheme (`Authorization: KEY`):
 refused with a message that says so, rather than "no API key"."""
@@ -89,64 +87,15 @@ class KeyRecord:
     expires_at: datetime | None
     networks: Networks | None
 
-
-class KeyCache(Protocol):
-    """Key lookups by token hash, kept for a short while so each request needn't read the
-    database. A cached None is a token that matches no key."""
-
-    def get(self, digest: str) -> KeyRecord | None:
-        """The cached lookup of `digest`; KeyError when there is none."""
-        ...
-
-    def put(self, digest: str, record: KeyRecord | None) -> None:
-        ...
-
-    async def forget(self, key_id: int) -> None:
-        """Drop the key `key_id` (after an admin change to it), so the change takes effect
-        at once."""
-        ...
-
-    async def forget_all(self) -> None:
-        """Drop every cached key (after a change that may touch many, such as an account's)."""
-        ...
-
-
-class ProcessKeyCache:
-    """`KeyCache` in this process: at most `maxsize` lookups for `ttl_seconds` each; when full,
-    the least recently used one makes room."""
-
-    def __init__(self, ttl_seconds: float, maxsize: int = MAX_CACHED_KEYS) -> None:
-        self.ttl_seconds = ttl_seconds
-        self._cache: TTLCache[str, KeyRecord | None] = TTLCache(maxsize, ttl_seconds)
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def get(self, digest: str) -> KeyRecord | None:
-        return self._cache[digest]
-
-    def put(self, digest: str, record: KeyRecord | None) -> None:
-        if self.ttl_seconds > 0:  # 0: no caching at all
-            self._cache[digest] = record
-
-    async def forget(self, key_id: int) -> None:
-        # An admin action, rare: a scan of the cache beats an index kept in step with evictions.
-        for digest in list(self._cache):
-            try:
-                record = self._cache[digest]
-            except KeyError:  # expired meanwhile
-                continue
-            if record is not None and record.caller.key_id == key_id:
-                self._cache.pop(digest, None)
-
-    async def forget_all(self) -> None:
-        self._cache.clear()
+    @property
+    def key_id(self) -> int | None:
+        return self.caller.key_id
 
 
 class Authenticator:
     """Bearer token -> Caller, through `cache`."""
 
-    def __init__(self, engine: AsyncEngine, cache: KeyCache) -> None:
+    def __init__(self, engine: AsyncEngine, cache: KeyCache[KeyRecord]) -> None:
         self.engine = engine
         self.cache = cache
 

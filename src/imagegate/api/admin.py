@@ -169,6 +169,14 @@ async def delete_key(key_id: int, request: Request) -> dict[str, Any]:
     return {"id": key_id, "deleted": True}
 
 
+@router.get("/replicas", responses=error_responses(503))
+async def replicas(request: Request) -> dict[str, Any]:
+    """Every live gateway replica's admission counts: its local engine's queue per model and
+    its relayed requests in flight per model (each replica posts its own to Redis; without
+    Redis, only this one)."""
+    return {"object": "list", "data": await deps.service(request).replicas()}
+
+
 @router.get("/usage", response_model=None, responses={200: {
     "description": "Usage records, oldest first: JSON, or CSV with `format=csv`.",
     "content": {"application/json": {"schema": {"type": "object"}},
