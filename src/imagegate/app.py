@@ -30,6 +30,7 @@ from .catalog import BUILTIN_BACKENDS, Catalog
 from .moderation import Moderator
 from .providers.base import Provider, load_provider_class
 from .providers.local import LocalProvider
+from .providers.ray import RayProvider
 from .providers.upstream.router import UpstreamRouter
 from .references import ReferenceLoader
 from .service import ImageService
@@ -41,8 +42,9 @@ log = logging.getLogger(__name__)
 
 def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageService:
     """The request path's parts, without HTTP: shared by the server and the CLI."""
-    providers: dict[str, Provider] = {"local": LocalProvider(settings),
-                                      "upstream": UpstreamRouter(settings)}
+    local: Provider = (RayProvider(settings) if settings.engine.backend == "ray"
+                       else LocalProvider(settings))
+    providers: dict[str, Provider] = {"local": local, "upstream": UpstreamRouter(settings)}
     for name, target in settings.providers.items():
         providers[name] = load_provider_class(target)(settings)
     catalog = Catalog.from_config(settings.models, BUILTIN_BACKENDS | set(providers))

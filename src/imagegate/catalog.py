@@ -83,6 +83,44 @@ class Capabilities(BaseModel):
         return self
 
 
+class RayDeployment(BaseModel):
+    """How a local model runs on Ray Serve (`engine.backend = "ray"`): `[engine.ray]` for every
+    model, `[models.NAME.local.ray]` for one (the keys given there win)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_gpus: float = Field(1.0, ge=0)
+    """GPUs each replica holds (`ray_actor_options.num_gpus`); 0: CPU replicas."""
+    num_cpus: float = Field(1.0, ge=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    """Autoscaling bounds; equal bounds: a fixed number of replicas."""
+    target_ongoing_requests: float | None = Field(None, gt=0)
+    """Requests per replica the autoscaler aims at (unset: Serve's default)."""
+    max_ongoing_requests: int = Field(16, ge=1)
+    """Requests one replica takes at once; its worker queues and batches them."""
+    max_queued_requests: int | None = Field(None, ge=1)
+    """Requests a gateway lets wait for a free replica; past it 429 `server_busy`. Unset:
+    unbounded."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "RayDeployment":
+        # Only when both are given: a model's table may give one and take the other from
+        # `[engine.ray]` (the merged options are checked whole).
+        given = {"min_replicas", "max_replicas"} <= self.model_fields_set
+        if given and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas "
+                             f"{self.max_replicas}")
+        return self
+
+    def merged(self, model: "RayDeployment | None") -> "RayDeployment":
+        """These options with the keys `model` sets on top."""
+        if model is None:
+            return self
+        return RayDeployment.model_validate(
+            {**self.model_dump(), **model.model_dump(include=model.model_fields_set)})
+
+
 class LocalSpec(BaseModel):
     """How the diffusers engine runs a model."""
 
@@ -99,6 +137,8 @@ class LocalSpec(BaseModel):
     """Prompt token limit of the second text encoder (T5 in Flux), when the pipeline takes one."""
     speed: SpeedOptions | None = None
     """Speed options for this model; the fields given here win over the `engine_*` settings."""
+    ray: RayDeployment | None = None
+    """Ray Serve options for this model; the fields given here win over `[engine.ray]`."""
 
 
 class Pricing(BaseModel):

@@ -26,6 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .catalog import RayDeployment
 from .engine.options import SpeedOptions
 from .moderation import ModerationSettings
 
@@ -49,9 +50,24 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RaySettings(RayDeployment):
+    """`[engine.ray]`: where the Ray cluster is, and how every local model is deployed on it
+    (a model's `[models.NAME.local.ray]` wins field by field)."""
+
+    address: str | None = None
+    """The cluster to connect to (`ray.init(address=...)`): `auto`, HOST:PORT of the head's
+    GCS, or `ray://HOST:10001`. Unset: `auto` (RAY_ADDRESS, else a cluster on this host)."""
+    app_prefix: str = "imagegate-"
+    """A model's Serve application is named this prefix + the model's name."""
+
+
 class EngineSettings(_Group):
     """`[engine]`: the local diffusers engine."""
 
+    backend: Literal["process", "ray"] = "process"
+    """Where local models run: `process` (in this server) or `ray` (on Ray Serve, deployed by
+    `imagegate engine deploy`)."""
+    ray: RaySettings = Field(default_factory=RaySettings)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     models_dir: Path | None = None
     """Where local model weights are looked for (one diffusers folder per model name);
@@ -182,6 +198,8 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     **{f"engine_{name}": ("engine", name) for name in (
         "max_queue", "max_batch_images", "max_wait_ms", "memory_budget_mb")},
     **{f"engine_{name}": ("engine", "speed", name) for name in SpeedOptions.model_fields},
+    "engine_backend": ("engine", "backend"),
+    **{f"ray_{name}": ("engine", "ray", name) for name in RaySettings.model_fields},
     **{f"fetch_{name}": ("fetch", name) for name in FetchPolicy.model_fields},
     "upstream_max_attempts": ("upstream", "max_attempts"),
     "upstream_deadline_seconds": ("upstream", "deadline_seconds"),

@@ -8,6 +8,7 @@ import typer
 
 from .admin import accounts_app, db_app, keys_app, usage
 from .common import Command, Group
+from .engine import engine_app
 from .generate import generate
 from .models import models, pull
 from .server import serve
@@ -39,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(accounts_app, name="accounts")
 app.command("usage", cls=Command)(usage)
 app.add_typer(db_app, name="db")
+app.add_typer(engine_app, name="engine")
 
 
 def main() -> None:  # pragma: no cover - `python -m imagegate`
