@@ -1,7 +1,7 @@
 """URLSigner (signed, expiring links); the store interface (storage/base.py), as a contract every
-backend meets (only the local disk today: an object store joins `BACKENDS`); LocalStore's own
+backend meets (the local disk, and an S3 bucket on moto's server: `BACKENDS`); LocalStore's own
 ways (files on disk, swept by age); and GET /v1/media/ serving whatever a store opens, never an
-idempotent answer."""
+idempotent answer. The S3 store's own ways are test_storage_s3.py's."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from s3_server import s3_bucket, s3_server  # noqa: F401  (fixtures of the "s3" backend)
 
 from imagegate.errors import Forbidden, NotFound
 from imagegate.storage import (
@@ -160,16 +161,28 @@ def test_sixteen_byte_secret_accepted() -> None:
 
 StoreFactory = Callable[..., ImageStore]
 
-BACKENDS: dict[str, Callable[[Path, int, Mapping[str, str]], ImageStore]] = {
-    "local": lambda tmp, ttl, types: LocalStore(tmp / "store", ttl, types),
+def _s3_store(request: pytest.FixtureRequest, ttl: int, types: Mapping[str, str]) -> ImageStore:
+    from imagegate.settings import S3Settings
+    from imagegate.storage.s3 import S3Store
+
+    bucket = request.getfixturevalue("s3_bucket")
+    settings = S3Settings(bucket=bucket.name, endpoint_url=bucket.server.endpoint,
+                          prefix=bucket.prefix)
+    return S3Store(settings, "answers" if types is ANSWER_TYPES else "images", ttl, types)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path, int, Mapping[str, str]],
+                             ImageStore]] = {
+    "local": lambda _request, tmp, ttl, types: LocalStore(tmp / "store", ttl, types),
+    "s3": lambda request, _tmp, ttl, types: _s3_store(request, ttl, types),
 }
-"""How each backend is made for a test: a private, empty store under `tmp`."""
+"""How each backend is made for a test: a private, empty store (under `tmp`, in a new bucket)."""
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     def make(ttl_seconds: int = 100, types: Mapping[str, str] = IMAGE_TYPES) -> ImageStore:
-        return BACKENDS[request.param](tmp_path, ttl_seconds, types)
+        return BACKENDS[request.param](request, tmp_path, ttl_seconds, types)
     return make
 
 

@@ -35,7 +35,8 @@ from .providers.upstream.router import UpstreamRouter
 from .references import ReferenceLoader
 from .service import ImageService
 from .settings import Settings
-from .storage import ANSWER_TYPES, ImageStore, LocalStore, URLSigner
+from .storage import ImageStore
+from .storage.backends import open_stores
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,7 @@ def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageSer
     for name, target in settings.providers.items():
         providers[name] = load_provider_class(target)(settings)
     catalog = Catalog.from_config(settings.models, BUILTIN_BACKENDS | set(providers))
-    ttl = settings.storage.url_ttl_seconds
-    store = LocalStore(settings.images_dir, ttl)
-    signer = URLSigner(settings.signing_secret(), ttl)
-    answers = LocalStore(settings.data_dir / "answers", ttl, ANSWER_TYPES)
+    store, answers, signer = open_stores(settings)  # an unusable bucket stops here
     accounts = AccountSystem(settings, answers) if with_accounts else None
     references = ReferenceLoader(settings.fetch)
     return ImageService(catalog, providers, store, signer, references, accounts,

@@ -156,6 +156,25 @@ class AccountSettings(_Group):
     """How long a verified key is trusted without a database read."""
 
 
+class S3Settings(_Group):
+    """`[storage.s3]`: the bucket used when `[storage] backend = "s3"`. Credentials are read
+    from the standard AWS environment variables only, never from a setting."""
+
+    bucket: str = ""
+    endpoint_url: str | None = None
+    """An S3-compatible server (MinIO, R2, Ceph, ...); unset: AWS S3 in `region`."""
+    region: str = "us-east-1"
+    prefix: str = "imagegate"
+    """Key prefix in the bucket: images go under PREFIX/images/, replayable answers under
+    PREFIX/answers/."""
+    addressing_style: Literal["path", "virtual"] = "path"
+    """`path`: ENDPOINT/BUCKET/KEY (any S3-compatible server); `virtual`: BUCKET.ENDPOINT/KEY."""
+    presigned_links: bool = False
+    """Hand out the store's own presigned GET URLs (same expiry) instead of /v1/media links."""
+    sweep: bool = True
+    """Delete expired objects from this server; off when a bucket lifecycle rule does it."""
+
+
 class StorageSettings(_Group):
     """`[storage]`: generated images and their signed links."""
 
@@ -163,6 +182,9 @@ class StorageSettings(_Group):
     url_secret: str | None = None
     """HMAC key for image links. Unset: one is generated once and kept in DATA_DIR."""
     sweep_interval_seconds: float = Field(60.0, gt=0)
+    backend: Literal["local", "s3"] = "local"
+    """Where images and replayable answers are kept: DATA_DIR on this host, or a bucket."""
+    s3: S3Settings = Field(default_factory=S3Settings)
 
 
 class LimitsSettings(_Group):
@@ -207,7 +229,10 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     "upstream_max_image_bytes": ("upstream", "max_image_bytes"),
     "upstream_max_in_flight": ("upstream", "max_in_flight"),
     **{name: ("accounts", name) for name in AccountSettings.model_fields},
-    **{name: ("storage", name) for name in StorageSettings.model_fields},
+    **{name: ("storage", name) for name in (
+        "url_ttl_seconds", "url_secret", "sweep_interval_seconds")},
+    "storage_backend": ("storage", "backend"),
+    **{f"s3_{name}": ("storage", "s3", name) for name in S3Settings.model_fields},
     **{name: ("api", name) for name in APISettings.model_fields},
     **{name: ("limits", name) for name in ("redis_url", "redis_prefix", "redis_timeout_seconds")},
     "limits_slot_lease_seconds": ("limits", "slot_lease_seconds"),

@@ -50,6 +50,7 @@ from ..service import ImageService
 from . import deps, streaming
 from .errors import EVENT_STREAM, GENERATION_STATUSES, describe_validation_error, error_responses
 from .images import check_n
+from .media import public_link
 from .streaming import Event
 
 router = APIRouter(tags=["chat"])
@@ -185,7 +186,7 @@ def to_chat_completion(result: GenerationResult, base_url: str, *,
     hosted copy, or, when nothing was hosted, a line saying where the image is."""
     choices = []
     for index, image in enumerate(result.images):
-        link = base_url + image.url if image.url is not None else None
+        link = public_link(base_url, image.url) if image.url is not None else None
         if link is not None:
             shown = f"![image]({link})"
         else:

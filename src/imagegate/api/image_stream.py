@@ -33,6 +33,7 @@ from ..protocol.stream_events import (
 )
 from ..service import ImageService
 from . import deps, streaming
+from .media import public_link
 from .streaming import Event
 
 
@@ -116,7 +117,8 @@ class _ImageEvents:
             "revised_prompt": result.revised_prompt,
         }
         if image.url is not None:  # response_format=url: the hosted link as well
-            payload["url"], payload["expires_at"] = self.base_url + image.url, image.expires_at
+            payload["url"] = public_link(self.base_url, image.url)
+            payload["expires_at"] = image.expires_at
         return Event(payload, payload["type"])
 
     def failed(self, error: ErrorObject) -> list[Event]:

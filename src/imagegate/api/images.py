@@ -24,6 +24,7 @@ from ..service import ImageService
 from . import deps
 from .errors import EVENT_STREAM, GENERATION_STATUSES, error_responses
 from .image_stream import stream_images
+from .media import public_link
 
 router = APIRouter(tags=["images"])
 
@@ -125,7 +126,7 @@ def to_images_response(result: GenerationResult, base_url: str) -> ImagesRespons
     for image in result.images:
         item = ImageData(revised_prompt=result.revised_prompt, seed=image.seed)
         if result.response_format == "url":
-            item.url = base_url + (image.url or "")
+            item.url = public_link(base_url, image.url or "")
             item.expires_at = image.expires_at
         else:
             item.b64_json = base64.b64encode(image.data).decode("ascii")

@@ -1,4 +1,5 @@
-"""`GET /v1/media/{name}`: serve a stored image behind its signed, expiring link."""
+"""`GET /v1/media/{name}`: serve a stored image behind its signed, expiring link; and
+`public_link`, how every endpoint turns a stored image's link into the URL it answers with."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from ..service import ImageService
 from . import deps
 
 router = APIRouter(tags=["media"])
+
+
+def public_link(base_url: str, link: str) -> str:
+    """The URL an answer carries: a /v1/media path on this server's public URL, or as it is a
+    link that is already absolute (an object store's presigned URL)."""
+    return link if link.startswith(("https://", "http://")) else base_url + link
 
 
 @router.api_route("/v1/media/{name}", methods=["GET", "HEAD"], include_in_schema=False)

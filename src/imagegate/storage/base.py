@@ -2,8 +2,8 @@
 
 A store keeps write-once byte objects under names it mints, for `ttl_seconds`, then sweeps them.
 The image store is one; the answers replayed for an `Idempotency-Key` are kept in another, so an
-image store holds images only. local.py keeps them in a folder; an object store is one more
-module implementing the same methods.
+image store holds images only. local.py keeps them in a folder, s3.py in a bucket;
+backends.py picks one by the settings.
 
 The methods block (disk or network I/O): callers on the event loop run them in a thread.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import NotFound
+from ..errors import APIError, NotFound
 
 IMAGE_TYPES: Mapping[str, str] = {"png": "image/png", "jpeg": "image/jpeg",
                                   "webp": "image/webp"}
@@ -42,6 +42,15 @@ def check_name(name: str, types: Mapping[str, str]) -> str:
     if match is None or match["ext"] not in types:
         raise NotFound("No such image.")
     return types[match["ext"]]
+
+
+class StorageUnavailable(APIError):
+    """503: a store over the network failed (unreachable, refused); the message stays
+    generic, the cause goes to the log."""
+
+    status = 503
+    type = "server_error"
+    code = "storage_unavailable"
 
 
 @dataclass(frozen=True)
