@@ -399,7 +399,7 @@ def redis_url() -> str:
     url = os.environ.get("IMAGEGATE_TEST_REDIS_URL")
     if not url:
         pytest.skip("no Redis to test against: set IMAGEGATE_TEST_REDIS_URL="
-                    "redis://HOST:PORT/DB (see README.md)")
+                    "redis://HOST:PORT/DB (a Redis where tests may write keys)")
     pytest.importorskip("redis")
     return url
 
