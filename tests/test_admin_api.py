@@ -37,6 +37,7 @@ ADMIN_ROUTES = [
     ("DELETE", "/admin/keys/{key}", None),
     ("GET", "/admin/usage", None),
     ("GET", "/admin/usage/rejects", None),
+    ("GET", "/admin/replicas", None),
 ]
 
 
