@@ -7,6 +7,7 @@ presigned links fetched from the store itself, and a store that fails mid-reques
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -293,6 +294,14 @@ async def test_presigned_links_come_from_the_store(inprocess: Any,
         got = await plain.get(url)
     assert got.status_code == 200
     assert got.content.startswith(b"\x89PNG") and got.headers["content-type"] == "image/png"
+    # a stream's completed event carries the same kind of link
+    streamed = await srv.client.post("/v1/images/generations", headers=srv.auth(), json={
+        "model": "fake-image", "prompt": "streamed", "response_format": "url", "stream": True})
+    assert streamed.status_code == 200, streamed.text
+    events = [json.loads(line[len("data: "):]) for line in streamed.text.splitlines()
+              if line.startswith("data: {")]
+    links = [event["url"] for event in events if "url" in event]
+    assert len(links) == 1 and links[0].startswith(f"{s3_bucket.server.endpoint}/"), events
     # the chat endpoint's markdown link is the store's URL as it is, not glued to the server's
     chat = await srv.client.post("/v1/chat/completions", headers=srv.auth(), json={
         "model": "fake-image", "messages": [{"role": "user", "content": "a chat image"}]})
