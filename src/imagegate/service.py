@@ -313,13 +313,18 @@ class ImageService:
 
     async def report_replica_forever(self) -> None:
         """Post this replica's counts for the others to list, every `report_interval_seconds`
-        (a failure is logged once per outage by the board and retried at the next)."""
+        (a failure is logged once per outage and retried at the next). Without Redis there
+        is nobody to post to: `replicas()` reads this replica's counts when asked."""
         accounts = self._accounts
+        if accounts.settings.limits.redis_url is None:
+            return
         interval = accounts.settings.limits.report_interval_seconds
         failing = False
         while True:
             try:
                 await accounts.replicas.publish(self.replica_report())
+                if failing:
+                    log.warning("posting this replica's counts again")
                 failing = False
             except Exception as exc:
                 if not failing:
