@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import s3_server as s3_fixtures
+from pydantic import ValidationError
 from s3_server import S3Bucket
 
 from imagegate.errors import NotFound
@@ -161,6 +162,15 @@ def test_the_settings_have_flat_names(s3_bucket: S3Bucket, monkeypatch: pytest.M
     images, answers, signer = open_stores(Settings.load(None, data_dir=tmp_path))
     assert isinstance(images, S3Store) and isinstance(answers, S3Store)
     assert isinstance(signer, PresignedLinks)
+
+
+@pytest.mark.parametrize("url", ["not a url", "minio:9000", "ftp://minio", "http://",
+                                 "http://minio:9000/?x=1"])
+def test_a_malformed_endpoint_is_a_bad_setting(tmp_path: Path, url: str) -> None:
+    """Checked with the settings (the S3 client would fail on it without saying why)."""
+    with pytest.raises(ValidationError) as info:
+        Settings.load(None, data_dir=tmp_path, s3_endpoint_url=url)
+    assert "http:// or https:// URL" in str(info.value)
 
 
 def test_the_default_is_the_local_disk(tmp_path: Path) -> None:

@@ -17,8 +17,16 @@ import secrets
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -156,12 +164,24 @@ class AccountSettings(_Group):
     """How long a verified key is trusted without a database read."""
 
 
+def _http_url(value: str | None) -> str | None:
+    """An http(s) URL with a host, checked here: the S3 client does not say what is wrong."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or \
+            any(c.isspace() for c in value) or parts.query or parts.fragment:
+        raise ValueError("expected an http:// or https:// URL with a host, "
+                         "e.g. http://minio:9000")
+    return value
+
+
 class S3Settings(_Group):
     """`[storage.s3]`: the bucket used when `[storage] backend = "s3"`. Credentials are read
     from the standard AWS environment variables only, never from a setting."""
 
     bucket: str = ""
-    endpoint_url: str | None = None
+    endpoint_url: Annotated[str | None, AfterValidator(_http_url)] = None
     """An S3-compatible server (MinIO, R2, Ceph, ...); unset: AWS S3 in `region`."""
     region: str = "us-east-1"
     prefix: str = "imagegate"

@@ -214,5 +214,5 @@ def _reason(exc: BaseException) -> str:
     message = re.search(r"<Message>([^<]+)</Message>", text)
     if code:
         return code[1] + (f" ({message[1]})" if message else "")
-    first = " ".join(text.split())
+    first = " ".join(text.split()).split(" Debug source:")[0]  # the Rust client's own dump
     return first if len(first) <= 300 else first[:297] + "..."
