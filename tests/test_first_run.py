@@ -282,3 +282,11 @@ def test_no_torchvision_notices_when_the_engine_loads_diffusers() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "torchvision" not in proc.stderr
     assert "other lines still show" in proc.stderr
+
+
+def test_the_summary_names_the_bucket_when_images_go_to_object_storage(imagegate) -> None:
+    result = imagegate("accounts", "list", IMAGEGATE_STORAGE_BACKEND="s3",
+                       IMAGEGATE_S3_BUCKET="pictures", IMAGEGATE_S3_PREFIX="prod",
+                       IMAGEGATE_S3_ENDPOINT_URL="http://127.0.0.1:9")
+    assert _summary(result.stderr)["storage"] == (
+        "s3://pictures/prod/images/ at http://127.0.0.1:9 (links expire after 3600 s)")

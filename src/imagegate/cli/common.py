@@ -185,11 +185,19 @@ def print_summary(settings: Settings, service: ImageService | None = None) -> No
         f"  data dir  {data_dir}",
         f"  database  {safe_url(settings.resolved_database_url)}",
         f"  auth      {auth}",
-        f"  storage   {os.path.abspath(settings.images_dir)} (links expire after "
+        f"  storage   {_storage_line(settings)} (links expire after "
         f"{settings.storage.url_ttl_seconds} s)",
         f"  models    {_models_line(settings, service)}",
     ]
     typer.echo("\n".join(lines), err=True)
+
+
+def _storage_line(settings: Settings) -> str:
+    if settings.storage.backend == "s3":
+        s3 = settings.storage.s3
+        where = f" at {s3.endpoint_url}" if s3.endpoint_url else ""
+        return f"s3://{s3.bucket}/{s3.prefix.strip('/')}/images/{where}"
+    return os.path.abspath(settings.images_dir)
 
 
 def _models_line(settings: Settings, service: ImageService | None) -> str:
