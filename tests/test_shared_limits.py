@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -343,6 +344,33 @@ async def test_a_key_disabled_on_one_replica_is_refused_by_the_other_within_a_se
     response = await first.client.delete(f"/admin/keys/{key_id}", headers=first.auth())
     assert response.status_code == 200, response.text
     await eventually(lambda: refused_there("Incorrect"), "deleted on replica b", timeout=1.0)
+
+
+async def test_a_key_disabled_by_the_cli_is_refused_at_once_by_servers_sharing_redis(
+        inprocess: StartInProcess, tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    from typer.testing import CliRunner
+
+    from imagegate.cli import app
+
+    database = tmp_path / "shared.db"
+    srv = await inprocess(config=FAKE, database_url=f"sqlite:///{database}",
+                          redis_url=redis_url, redis_prefix=redis_prefix,
+                          auth_cache_seconds=3600)  # only the invalidation can make it see
+    key_id, key = await _key(srv)
+    assert (await _generate(srv, key)).status_code == 200  # the key is cached now
+    env: dict[str, str | None] = {name: None for name in os.environ
+                                  if name.startswith("IMAGEGATE_")}
+    env.update(IMAGEGATE_DATABASE_URL=f"sqlite:///{database}", IMAGEGATE_REDIS_URL=redis_url,
+               IMAGEGATE_REDIS_PREFIX=redis_prefix, IMAGEGATE_DATA_DIR=str(tmp_path / "cli"))
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["keys", "disable", str(key_id)],
+                                     env=env)
+    assert result.exit_code == 0, result.output
+    assert "running servers sharing Redis were told at once" in result.stderr
+
+    async def refused() -> bool:
+        return (await _generate(srv, key)).status_code == 401
+
+    await eventually(refused, "the CLI's disable seen by the server", timeout=1.0)
 
 
 async def test_admin_replicas_lists_every_replicas_counts(

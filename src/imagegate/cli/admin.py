@@ -11,7 +11,8 @@ one line naming it, exit status 2 (as for `serve`); every other error is one lin
 exit status 1.
 
 A running server trusts a key it has verified for `auth_cache_seconds` (default 5), so a key
-disabled or deleted here stops working there within that time.
+disabled or deleted here stops working there within that time; servers that share Redis
+(`redis_url`) are told at once.
 """
 
 from __future__ import annotations
@@ -356,8 +357,21 @@ def _set_enabled(key_id: int, enabled: bool, config: Optional[Path]) -> None:
     settings = _settings(config)
     info = _run(settings, lambda admin_: admin_.set_key_enabled(key_id, enabled))
     console.print(f"key {info['id']} {escape(repr(info['name']))} ({info['prefix']}…) is now "
-                  f"{'enabled' if enabled else 'disabled'}; a running server notices within "
-                  f"{settings.accounts.auth_cache_seconds:g} s.", soft_wrap=True)
+                  f"{'enabled' if enabled else 'disabled'}; {_servers_notice(settings, key_id)}",
+                  soft_wrap=True)
+
+
+def _servers_notice(settings: Settings, key_id: int) -> str:
+    """Tell running servers about a key change through Redis when they share one (they
+    forget the key at once); otherwise say how long their key caches may still trust it."""
+    limits = settings.limits
+    if limits.redis_url is not None:
+        from ..limits.redis import announce_key_change
+
+        if asyncio.run(announce_key_change(limits.redis_url, limits.redis_prefix,
+                                           limits.redis_timeout_seconds, key_id)):
+            return "running servers sharing Redis were told at once."
+    return (f"a running server notices within {settings.accounts.auth_cache_seconds:g} s.")
 
 
 @keys_app.command("disable", cls=Command)
@@ -390,7 +404,8 @@ def keys_delete(
         if not typer.confirm(f"Delete {label}?", default=False, err=True):
             fail("not deleted.")
     _run(settings, lambda admin_: admin_.delete_key(key_id))
-    console.print(f"deleted {escape(label)}", soft_wrap=True)
+    console.print(f"deleted {escape(label)}; {_servers_notice(settings, key_id)}",
+                  soft_wrap=True)
 
 
 # accounts ---------------------------------------------------------------------------------

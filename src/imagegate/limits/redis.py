@@ -221,6 +221,25 @@ class RedisLimits:
         return LimitsUnavailable()
 
 
+async def announce_key_change(url: str, prefix: str, timeout_seconds: float,
+                              key_id: int) -> bool:
+    """Tell every replica's key cache to forget `key_id` (for a change made outside a server,
+    by the operator CLI). False when Redis could not be reached."""
+    client = connect(url, timeout_seconds)
+    try:
+        await client.publish(key_channel(prefix), f"key {key_id}")
+        return True
+    except UNREACHABLE:
+        return False
+    finally:
+        await client.aclose()
+
+
+def key_channel(prefix: str) -> str:
+    """The channel key-cache invalidations go out on."""
+    return f"{prefix}keys"
+
+
 class RedisKeyCache(Generic[R]):
     """`KeyCache` kept in this process (a TTL cache, as `ProcessKeyCache`) and invalidated
     across replicas: `forget` publishes on one channel every replica listens to."""
@@ -230,7 +249,7 @@ class RedisKeyCache(Generic[R]):
         """`listener`: a client of its own for the subscription, without retries, so that
         every lost connection is seen (what was published meanwhile is missed)."""
         self.local: ProcessKeyCache[R] = ProcessKeyCache(ttl_seconds, maxsize)
-        self.channel = f"{prefix}keys"
+        self.channel = key_channel(prefix)
         self._client = client
         self._listener = listener
         self.listening = asyncio.Event()
