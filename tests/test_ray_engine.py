@@ -22,8 +22,6 @@ import pytest_asyncio
 
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.e2e
-
 CONFIG = """
 [models.tiny-sd.pricing]
 per_image = "0.01"
@@ -35,6 +33,43 @@ RAY = {"engine_backend": "ray"}
 # leaves, a replica killed): it stops at its next step either way, long before it would end.
 LONG = {"model": "tiny-sd", "prompt": "a long job", "n": 10, "size": "1024x1024",
         "num_inference_steps": 100}
+
+
+def test_the_serve_config_file_is_what_serve_deploy_reads(tmp_path: Path) -> None:
+    """`imagegate engine config` writes a file Serve's own schema accepts: one application per
+    model, no HTTP proxy, and each model's options over `[engine.ray]`."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+    from typer.testing import CliRunner
+
+    from imagegate.cli import app
+
+    config = tmp_path / "engine.toml"
+    config.write_text('[engine.ray]\nnum_gpus = 0.5\nmax_ongoing_requests = 8\n\n'
+                      '[models.tiny-sd.local.ray]\nnum_gpus = 0\nmax_replicas = 3\n')
+    result = CliRunner().invoke(app, ["engine", "config", "tiny-sd", "sd-turbo",
+                                      "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    document = yaml.safe_load(result.stdout)
+    ServeDeploySchema.model_validate(document)
+    assert document["proxy_location"] == "Disabled"
+    tiny, turbo = document["applications"]
+    assert (tiny["name"], turbo["name"]) == ("imagegate-tiny-sd", "imagegate-sd-turbo")
+    assert tiny["import_path"] == "imagegate.providers.ray_replica:build_app"
+    assert tiny["args"]["ray"] | {"max_ongoing_requests": 8, "num_gpus": 0.0,
+                                  "max_replicas": 3} == tiny["args"]["ray"]
+    assert turbo["args"]["ray"]["num_gpus"] == 0.5
+    assert turbo["args"]["ray"]["max_replicas"] == 1
+
+
+def test_a_model_that_is_not_local_is_not_deployed() -> None:
+    from typer.testing import CliRunner
+
+    from imagegate.cli import app
+
+    result = CliRunner().invoke(app, ["engine", "config", "dall-e-3"])
+    assert result.exit_code == 1
+    assert "not a served model" in result.output
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +141,7 @@ async def _images(srv: Any, body: dict[str, Any], key: str | None = None) -> lis
     return [base64.b64decode(item["b64_json"]) for item in response.json()["data"]]
 
 
+@pytest.mark.e2e
 async def test_an_image_on_ray_equals_the_in_process_one_for_the_same_seed(
         gateway: Any, shared_inprocess: Any) -> None:
     in_process = await shared_inprocess(config=CONFIG)
@@ -117,6 +153,7 @@ async def test_an_image_on_ray_equals_the_in_process_one_for_the_same_seed(
     assert on_ray == here  # the same PNG bytes: the same pixels, encoded the same way
 
 
+@pytest.mark.e2e
 async def test_previews_stream_through_from_the_replica(gateway: Any) -> None:
     body = {"model": "tiny-sd", "prompt": "a harbour", "size": "128x128", "seed": 7,
             "num_inference_steps": 4, "stream": True, "partial_images": 2}
@@ -134,6 +171,7 @@ async def test_previews_stream_through_from_the_replica(gateway: Any) -> None:
         assert base64.b64decode(event["b64_json"]).startswith(b"\x89PNG")
 
 
+@pytest.mark.e2e
 async def test_a_client_that_leaves_stops_the_job_on_its_replica(
         gateway: Any, ray_engine: str) -> None:
     key = await _funded_key(gateway, "leaver")
@@ -180,6 +218,7 @@ async def test_a_client_that_leaves_stops_the_job_on_its_replica(
     assert (info["balance_micros"], info["held_micros"]) == (TOPUP, 0)
 
 
+@pytest.mark.e2e
 async def test_a_replica_killed_mid_request_is_a_clean_502_that_costs_nothing(
         gateway: Any, ray_engine: str) -> None:
     key = await _funded_key(gateway, "unlucky")

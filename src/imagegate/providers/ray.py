@@ -99,22 +99,20 @@ class RayProvider(ProviderBase):
         from ray.serve.exceptions import BackPressureError
 
         handle = await self._handle(spec)
-        partial_images = progress.partial_images if progress is not None else 0
-        call = handle.options(stream=True).generate.remote(request, progress is not None,
-                                                           partial_images)
+        # With a listener, a stream of the replica's messages; without, one answer.
+        call = (handle.options(stream=True).generate.remote(request, True,
+                                                            progress.partial_images)
+                if progress is not None else handle.run.remote(request))
         try:
+            if progress is None:
+                return self._result(await call)
             async for message in call:
-                kind = message[0]
-                if kind == "step" and progress is not None:
+                if message[0] == "step":
                     progress.step(message[1], message[2])
-                elif kind == "partial" and progress is not None:
+                elif message[0] == "partial":
                     progress.partial(partial_from(message))
-                elif kind == "done":
-                    result = result_from(message)
-                    result.deployment = self.name
-                    return result
-                elif kind == "error":
-                    raise error_from(message)
+                else:
+                    return self._result(message)
         except asyncio.CancelledError:
             call.cancel()  # the replica's worker stops the job at its next step
             raise
@@ -135,6 +133,16 @@ class RayProvider(ProviderBase):
             log.exception("generation with %s on Ray failed", spec.name)
             raise GenerationFailed("The image could not be generated.") from exc
         raise GenerationFailed("The image could not be generated.")  # the stream just ended
+
+    def _result(self, message: tuple[Any, ...]) -> ProviderResult:
+        """The images of a "done" message; the error of an "error" one, raised."""
+        if message and message[0] == "error":
+            raise error_from(message)
+        if not message or message[0] != "done":
+            raise GenerationFailed("The image could not be generated.")
+        result = result_from(message)
+        result.deployment = self.name
+        return result
 
     async def aclose(self) -> None:
         # The cluster and its applications outlive the gateway; only our handles go.

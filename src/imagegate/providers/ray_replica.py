@@ -137,6 +137,14 @@ class EngineReplica:
         yield ("done", [(pixels(image.image), image.seed) for image in result.images],
                result.revised_prompt, result.prompt_tokens)
 
+    async def run(self, request: ResolvedRequest) -> tuple[Any, ...]:
+        """A generation nobody listens to: its last message alone, in one answer (a stream
+        costs a round trip more)."""
+        last: tuple[Any, ...] = ()
+        async for message in self.generate(request, False, 0):
+            last = message
+        return last
+
     def stats(self) -> dict[str, Any]:
         """This replica's process and its worker's numbers (`EngineStats`' fields)."""
         numbers = self._engine.engine_stats().get(self._spec.name)
