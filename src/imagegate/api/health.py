@@ -3,6 +3,7 @@ readiness, which waits for the models named in `preload`."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -16,7 +17,9 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health")
 async def health(service: ImageService = Depends(deps.service)) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": "ok", "models": await service.local_models()}
+    # pid: which of a server's worker processes answered (`serve --workers`).
+    body: dict[str, Any] = {"status": "ok", "pid": os.getpid(),
+                            "models": await service.local_models()}
     loading = service.preload_status().loading
     if loading:
         body["loading"] = loading

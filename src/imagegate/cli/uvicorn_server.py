@@ -4,7 +4,9 @@ dropping them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -26,9 +28,13 @@ class Server(uvicorn.Server):
     cancelled while the loop still runs, so each request is answered 503 in the API's error
     envelope (api/middleware.py); then the application's shutdown runs after all."""
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI,
+                 on_started: Callable[[], None] | None = None) -> None:
+        """`on_started`: called once the application has started and the server listens (a
+        worker tells its supervisor so)."""
         super().__init__(config)
         self._app = app
+        self._on_started = on_started
         self._resident: set[asyncio.Task[Any]] = set()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -36,6 +42,8 @@ class Server(uvicorn.Server):
         # What runs for the server's whole life (its loop, the app's background jobs): any
         # task newer than these was started by a request.
         self._resident = asyncio.all_tasks()
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets=sockets)
@@ -58,3 +66,12 @@ class Server(uvicorn.Server):
             for task in running:
                 task.cancel()
             await asyncio.wait(running, timeout=_ROUND_SECONDS)
+
+
+def configure_logging(level: str) -> None:
+    """imagegate's own loggers, alongside uvicorn's."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    logger = logging.getLogger("imagegate")
+    logger.addHandler(handler)
+    logger.setLevel(5 if level == "trace" else level.upper())
