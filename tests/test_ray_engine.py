@@ -242,3 +242,32 @@ async def test_a_replica_killed_mid_request_is_a_clean_502_that_costs_nothing(
                             key)
     assert image.startswith(b"\x89PNG")
     assert (await _account(gateway, "unlucky"))["balance_micros"] == TOPUP - PRICE
+
+
+@pytest.mark.e2e
+async def test_imagegate_engine_deploy_puts_a_model_on_the_cluster(
+        ray_engine: str, shared_inprocess: Any, tiny_models_dir: Path, tmp_path: Path) -> None:
+    """The one command, in a process of its own, against the running cluster; a gateway with
+    the same application prefix then generates on what it deployed."""
+    import subprocess
+    import sys
+
+    from ray import serve
+
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path), "IMAGEGATE_RAY_APP_PREFIX": "cli-",
+           "IMAGEGATE_MODELS_DIR": str(tiny_models_dir), "IMAGEGATE_RAY_NUM_GPUS": "0",
+           "IMAGEGATE_RAY_NUM_CPUS": "0.5"}
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "imagegate", "engine", "deploy", "tiny-sd",
+                             "--address", address],
+            env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "running: cli-tiny-sd"
+        gateway = await shared_inprocess(ray_app_prefix="cli-", **RAY)
+        [image] = await _images(gateway, {"model": "tiny-sd", "prompt": "deployed", "seed": 3,
+                                          "size": "64x64"})
+        assert image.startswith(b"\x89PNG")
+    finally:
+        await asyncio.to_thread(serve.delete, "cli-tiny-sd")
