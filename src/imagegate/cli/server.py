@@ -40,13 +40,13 @@ def serve(
     import uvicorn
 
     from ..app import create_app
-    from .uvicorn_server import Server, configure_logging
+    from .uvicorn_server import Server
 
     settings = load_settings(config, host=host, port=port)
     if not 1 <= settings.port <= 65535:
         bad_setting(setting_source(["port"], config, {"port": port} if port is not None else {},
                                    settings.port), "a port is a number from 1 to 65535")
-    configure_logging(settings.log_level)
+    _configure_logging(settings.log_level)
     if workers > 1 and settings.engine.preload and settings.engine.backend == "process":
         fail("--workers above 1 with preload would load each model once per worker process; "
              "run the engine on Ray Serve (engine_backend = \"ray\") or drop preload")
@@ -141,3 +141,9 @@ def _check_node_id_free(settings: Settings, node_ids: list[str]) -> None:
         asyncio.run(check())
     except NodeIdInUse as exc:
         fail(f"not starting: {exc}")
+
+
+def _configure_logging(level: str) -> None:
+    from .uvicorn_server import configure_logging
+
+    configure_logging(level)
