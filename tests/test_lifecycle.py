@@ -152,7 +152,7 @@ def test_preload_from_env_is_json_or_comma_separated(monkeypatch: pytest.MonkeyP
     from imagegate.settings import Settings
 
     monkeypatch.setenv("IMAGEGATE_PRELOAD", value)
-    assert Settings().preload == ["tiny-sd", "tiny-a"]
+    assert Settings().engine.preload == ["tiny-sd", "tiny-a"]
 
 
 def test_preload_loads_at_start_and_readiness_follows(start_server, config: str) -> None:
