@@ -16,7 +16,6 @@ from fake_providers import calls
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from imagegate.accounts.database import create_engine, migrate
 from imagegate.accounts.idempotency import (
     FILE_REF,
     Idempotency,
@@ -40,21 +39,6 @@ fake = "fake_providers:FakeProvider"
 [models.fake-image]
 backend = "fake"
 """
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'answers.db'}"
-    return request.getfixturevalue("pg_url").replace("postgresql://", "postgresql+asyncpg://", 1)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
 
 
 def _answers(tmp_path: Path, ttl: int = 3600) -> LocalStore:

@@ -11,9 +11,7 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,26 +19,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegate.accounts.admin import Admin
-from imagegate.accounts.database import create_engine, migrate
 from imagegate.accounts.ledger import InsufficientBalance, Ledger, Settlement, utcnow
 from imagegate.accounts.tables import Account, LedgerEntry, Reservation, UsageRecord
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """(A sync fixture: `pg_url` runs its own event loop, so it can't be asked from a running
-    one.)"""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-    return request.getfixturevalue("pg_url").replace("postgresql://", "postgresql+asyncpg://", 1)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture
