@@ -18,9 +18,8 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
@@ -63,9 +62,12 @@ class Pair:
                 gateway.server.process.kill()
 
 
+StartPair = Callable[..., Pair]
+
+
 @pytest.fixture(scope="module")
 def shared_backends(postgres_databases: PostgresDatabases, redis_url: str,
-                    s3_server: S3Server) -> Iterator[Any]:
+                    s3_server: S3Server) -> Iterator[StartPair]:
     """Start two gateways on a fresh database, a Redis prefix and a bucket of their own:
     `start(**settings)` gives a Pair; each is stopped, and what it used removed, at the end."""
     import redis
@@ -107,7 +109,7 @@ def shared_backends(postgres_databases: PostgresDatabases, redis_url: str,
 
 
 @pytest.fixture(scope="module")
-def pair(shared_backends: Any, start_server: ServerFactory) -> Pair:
+def pair(shared_backends: StartPair, start_server: ServerFactory) -> Pair:
     """Two gateways shared by the tests that leave both running."""
     return shared_backends(start_server, auth_cache_seconds="60")
 
@@ -168,18 +170,21 @@ def test_a_key_disabled_through_one_is_refused_by_the_other_within_a_second(pair
 def test_200_concurrent_requests_against_a_balance_for_50_get_exactly_50(pair: Pair) -> None:
     key = pair.a.funded_key("fifty", 50 * UNIT)
 
-    async def burst() -> list[httpx.Response]:
+    async def burst() -> list[httpx.Response | BaseException]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=240, limits=limits,
                                      headers={"Authorization": f"Bearer {key}"}) as client:
             return await asyncio.gather(*(client.post(
                 (pair.a if i % 2 == 0 else pair.b).base_url + "/v1/images/generations",
-                json={"model": "fake-image", "prompt": f"burst {i}"}) for i in range(200)))
+                json={"model": "fake-image", "prompt": f"burst {i}"}) for i in range(200)),
+                return_exceptions=True)
 
     answers = asyncio.run(burst())
-    statuses = [r.status_code for r in answers]
+    responses = [a for a in answers if isinstance(a, httpx.Response)]
+    assert len(responses) == len(answers), [repr(a) for a in answers if a not in responses]
+    statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 50, sorted(statuses)
-    refused = [r for r in answers if r.status_code != 200]
+    refused = [r for r in responses if r.status_code != 200]
     assert all(r.status_code == 402 and r.json()["error"]["type"] == "insufficient_quota"
                and _error_code(r) == "insufficient_balance" for r in refused), \
         {r.status_code: r.text for r in refused}
@@ -189,7 +194,7 @@ def test_200_concurrent_requests_against_a_balance_for_50_get_exactly_50(pair: P
                 account["spent_micros"]) == (0, 0, 50 * UNIT), account
 
 
-def test_kill_9_of_one_during_20_requests(shared_backends: Any,
+def test_kill_9_of_one_during_20_requests(shared_backends: StartPair,
                                           start_server: ServerFactory) -> None:
     crash = shared_backends(start_server)
     doomed, survivor = crash.a, crash.b
