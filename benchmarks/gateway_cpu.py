@@ -2,7 +2,7 @@
 """Gateway CPU per request, for capacity planning: relayed requests through `imagegate serve`
 with one and with two worker processes, and local requests on the in-process engine.
 
-    python benchmarks/gateway_cpu.py [--requests 400] [--concurrency 16] [--mb 1.0]
+    python benchmarks/gateway_cpu.py [--requests 400] [--concurrency 16] [--mb 1.0] [--rounds 1]
 
 The relay path: an OpenAI-compatible upstream on loopback (fake_openai_upstream.py) answers
 each request at once with one PNG of about --mb MB (base64 in JSON); the gateway decodes it,
@@ -11,7 +11,9 @@ parameters) at 64x64, 2 steps, in the gateway's own process: its figure is the g
 plus a negligible model. For each, after 20 warm-up requests, --requests requests are sent by
 --concurrency clients; measured: the CPU time (user + system) the gateway's processes spent
 (supervisor and workers), divided by the requests, and the requests per second. Every request
-must succeed. `IMAGEGATE_AUTH=off` (the billing section of BENCHMARKS.md measures what keys and
+must succeed. With --rounds N the relay rows are measured N times, one and two processes taking
+turns to go first, and the median ratio of requests/s (two ÷ one, per round) is printed.
+`IMAGEGATE_AUTH=off` (the billing section of BENCHMARKS.md measures what keys and
 balances add); SQLite in a temporary data directory. Everything listens on 127.0.0.1 only.
 """
 
@@ -136,6 +138,8 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--mb", type=float, default=1.0, help="the upstream's image, base64 MB")
     p.add_argument("--skip-local", action="store_true")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="relay rounds of one and two processes, alternating which goes first")
     args = p.parse_args()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGATE_")}
@@ -150,8 +154,13 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{upstream_port}/", upstream)
         relay = {"model": "relayed", "prompt": "a lighthouse", "response_format": "b64_json"}
         config = RELAY_CONFIG.format(port=upstream_port)
-        for workers in (1, 2):
-            rows.append(measure(args, "relay", workers, config, relay, env))
+        ratios = []
+        for round_ in range(args.rounds):
+            pair = {}
+            for workers in ((1, 2) if round_ % 2 == 0 else (2, 1)):
+                pair[workers] = measure(args, "relay", workers, config, relay, env)
+                rows.append(pair[workers])
+            ratios.append(float(pair[2]["rps"]) / float(pair[1]["rps"]))
         if not args.skip_local:
             with tempfile.TemporaryDirectory() as models:
                 from imagegate.engine.tiny import build_tiny_sd
@@ -175,6 +184,12 @@ def main() -> int:
     for row in rows:
         print(f"| {row['path']} | {row['workers']} | {row['cpu_ms']:.1f} ms | "
               f"{row['rps']:.1f} | {100 * float(row['machine_busy']):.0f}% |")
+    if args.rounds > 1:
+        import statistics
+
+        print(f"\nRelay requests/s, two processes ÷ one, median of {args.rounds} rounds: "
+              f"{statistics.median(ratios):.2f}x (rounds: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)})")
     return 0
 
 
