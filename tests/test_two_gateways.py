@@ -9,6 +9,9 @@ server on loopback), with the same `url_secret` and their own `node_id`s: issue 
   and every account's balance plus spent is its top-ups.
 
 Skipped without PostgreSQL or Redis (IMAGEGATE_TEST_DATABASE_URL, IMAGEGATE_TEST_REDIS_URL).
+The burst needs about 85 free connections on the PostgreSQL server (each gateway's pool
+opens up to 40, plus its lock's); a server out of them answers the gateways' new connections
+"too many clients", and those requests get 500s.
 """
 
 from __future__ import annotations
