@@ -24,6 +24,18 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached (down, restarting, refusing new
+    connections, out of connection slots, a pool with none free in time), as opposed to a
+    statement that failed: a connect that fails carries no statement."""
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, PoolTimeout | ConnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or exc.statement is None)
+
+
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         path = sqlite_path(url)

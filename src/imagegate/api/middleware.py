@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..accounts.database import unreachable
 from ..errors import error_body
 
 log = logging.getLogger("imagegate.http")
@@ -133,7 +134,15 @@ class RequestContextMiddleware:
                     "The server is shutting down and could not finish this request. Retry it "
                     "in a moment.",
                     type="server_error", code="server_shutting_down"))
-        except Exception:
+        except Exception as exc:
+            if unreachable(exc):  # not this request's fault, and a retry may well succeed
+                log.error("request %s: the database cannot be reached: %s", request_id,
+                          " ".join(str(exc).split())[:300])
+                if not started:
+                    await _send_json(send_with_id, 503, error_body(
+                        "The server cannot reach its database right now. Retry in a moment.",
+                        type="server_error", code="database_unavailable"))
+                return
             log.exception("unhandled error in request %s", request_id)
             if not started:
                 await _send_json(send_with_id, 500, error_body(
