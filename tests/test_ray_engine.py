@@ -93,10 +93,16 @@ def ray_engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _replicas(app: str) -> list[dict[str, Any]]:
-    """Each replica's process id and engine numbers (blocking: call in a thread)."""
+    """Each replica's process id and engine numbers (blocking: call in a thread); none while
+    Serve has no replica running (one replaced after a kill, or restarted after a failed
+    health check on a busy machine): the callers poll until what they wait for holds."""
     from ray import serve
+    from ray.serve.exceptions import DeploymentUnavailableError
 
-    return list(serve.get_app_handle(app).broadcast("stats").results())
+    try:
+        return list(serve.get_app_handle(app).broadcast("stats").results())
+    except DeploymentUnavailableError:
+        return []
 
 
 async def _wait_for(check: Any, what: str, timeout: float = 120) -> Any:
