@@ -15,6 +15,7 @@ from .accounts.system import AccountSystem
 from .api import (
     admin,
     chat,
+    console,
     edits,
     health,
     images,
@@ -113,6 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(admin.router)
     app.include_router(usage_rejects.router)
+    if settings.api.console:
+        app.include_router(console.router)
     return app
 
 

@@ -233,6 +233,8 @@ class APISettings(_Group):
     edits_response_format: Literal["url", "b64_json"] = "b64_json"
     chat_image_links: bool = False
     list_unavailable_models: bool = True
+    console: bool = True
+    """Serve the web console at `/` (and its files under `/console/`)."""
 
 
 FLAT_NAMES: dict[str, tuple[str, ...]] = {
