@@ -1,0 +1,83 @@
+// Admin: the server's health: version, uptime, the database, storage, engine and limits
+// backends, readiness, and every gateway replica's admission counts.
+
+import { api, errorMessage } from "../api.js";
+import { t } from "../i18n.js";
+import { alertBox, dateTime, h, table } from "../ui.js";
+
+function uptime(seconds) {
+  const s = Math.floor(seconds);
+  const days = Math.floor(s / 86400);
+  const hours = Math.floor((s % 86400) / 3600);
+  const minutes = Math.floor((s % 3600) / 60);
+  return t("status.uptime_value", { days, hours, minutes, seconds: s % 60 });
+}
+
+function badge(ok, text) {
+  return h("span", { class: `badge ${ok ? "ok" : "off"}`, text });
+}
+
+function facts(pairs) {
+  return h("dl", { class: "facts" }, ...pairs.flatMap(([key, value]) => [h("dt", { i18n: key }), h("dd", {}, value)]));
+}
+
+function readiness(ready) {
+  const status = ready?.status || "unknown";
+  const label = { ready: "status.ready", loading: "status.loading", failed: "status.failed" }[status];
+  const parts = [badge(status === "ready", label ? t(label) : status)];
+  if (ready?.loading?.length) parts.push(" ", t("status.loading_models", { models: ready.loading.join(", ") }));
+  for (const [model, why] of Object.entries(ready?.failed || {})) parts.push(h("div", { text: `${model}: ${why}` }));
+  return h("span", {}, ...parts);
+}
+
+/** "model: 1 waiting, 2 running" per model of a replica's engine or relay counts. */
+function counts(byModel) {
+  const lines = Object.entries(byModel || {}).map(([model, numbers]) => h("div", { text: `${model}: ${
+    Object.entries(numbers).filter(([, v]) => v !== null && typeof v !== "object").map(([k, v]) => `${k} ${v}`).join(", ")}` }));
+  return lines.length ? h("div", {}, ...lines) : "—";
+}
+
+function view(status) {
+  return h("div", {},
+    h("section", { class: "card", "aria-labelledby": "status-server" },
+      h("h2", { id: "status-server", i18n: "status.server" }),
+      facts([
+        ["status.version", status.version],
+        ["status.pid", String(status.pid)],
+        ["status.started_at", dateTime(status.started_at)],
+        ["status.uptime", uptime(status.uptime_seconds)],
+        ["status.readiness", readiness(status.readiness)],
+        ["status.database", h("span", {}, `${status.database.backend} `,
+          badge(status.database.reachable, status.database.reachable ? t("status.reachable") : t("status.unreachable")))],
+        ["status.storage", status.storage.backend],
+        ["status.engine", status.engine.backend],
+        ["status.limits", status.limits.backend],
+      ])),
+    h("section", { class: "card", "aria-labelledby": "status-replicas" },
+      h("h2", { id: "status-replicas", i18n: "status.replicas" }),
+      table([
+        ["status.node", (r) => h("code", { text: r.node_id })],
+        ["status.reported_at", (r) => dateTime(r.reported_at)],
+        ["status.engine_queue", (r) => counts(r.engine)],
+        ["status.relay", (r) => counts(r.relay)],
+      ], status.replicas || [], { captionKey: "status.replicas" })));
+}
+
+export async function render(root) {
+  const out = h("div", { "aria-live": "polite" });
+  const checked = h("p", { class: "muted" });
+  const refresh = h("button", { type: "button", i18n: "common.refresh", on: { click: () => load() } });
+  root.append(h("div", { class: "actions" }, refresh), checked, out);
+  async function load() {
+    refresh.disabled = true;
+    try {
+      out.replaceChildren(view(await api("/admin/status")));
+      checked.textContent = t("status.checked_at", { time: new Date().toLocaleTimeString() });
+    } catch (err) {
+      out.replaceChildren(alertBox(errorMessage(err)));
+    } finally {
+      refresh.disabled = false;
+    }
+  }
+  await load();
+}

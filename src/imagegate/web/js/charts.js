@@ -1,0 +1,101 @@
+// Bar charts as inline SVG, drawn from numbers the page already has: no library, no canvas.
+// A screen reader meets each chart as one image (role="img") whose label sums it up, and the
+// numbers themselves are in a table under a disclosure; each bar also has a <title> (a tooltip).
+
+import { t } from "./i18n.js";
+import { h, table } from "./ui.js";
+
+const SVG = "http://www.w3.org/2000/svg";
+const WIDTH = 640;
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function clip(text, chars) {
+  return text.length > chars ? `${text.slice(0, chars - 1)}…` : text;
+}
+
+/** One sentence for the chart's label: what it shows, how many bars, total and highest. */
+function summary(title, items, format) {
+  if (!items.length) return t("chart.summary_empty", { title });
+  const total = items.reduce((sum, item) => sum + item.value, 0);
+  const top = items.reduce((best, item) => (item.value > best.value ? item : best), items[0]);
+  return t("chart.summary", { title, count: items.length, total: format(total),
+    top: top.label, top_value: format(top.value) });
+}
+
+/** The numbers as a table, folded away under a <details> for anyone who wants them. */
+function numbers(items, format, labelKey, valueKey) {
+  return h("details", { class: "chart-numbers" },
+    h("summary", { i18n: "chart.show_numbers" }),
+    table([[labelKey, (item) => item.label], [valueKey, (item) => format(item.value)]], items));
+}
+
+function figure(title, items, format, drawing, labelKey, valueKey) {
+  const image = svg("svg", { viewBox: drawing.viewBox, role: "img",
+    "aria-label": summary(title, items, format), preserveAspectRatio: "xMidYMid meet" },
+  ...drawing.nodes);
+  return h("figure", { class: "chart" }, h("figcaption", { text: title }),
+    items.length ? image : h("p", { class: "muted", i18n: "chart.empty" }),
+    items.length ? numbers(items, format, labelKey, valueKey) : null);
+}
+
+/** Vertical bars in the order given (days): items [{label, value}]; `format` writes a value.
+ *  `labelKey`/`valueKey` head the table of numbers. */
+export function columnChart({ title, items, format, labelKey = "chart.day", valueKey = "chart.value" }) {
+  const height = 220;
+  const top = 22;
+  const bottom = 28;
+  const left = 8;
+  const plot = height - top - bottom;
+  const max = Math.max(0, ...items.map((item) => item.value));
+  const band = (WIDTH - 2 * left) / Math.max(1, items.length);
+  const every = Math.ceil(items.length / 8); // at most 8 labels under the axis
+  const nodes = [
+    svg("line", { class: "axis", x1: left, x2: WIDTH - left, y1: top + plot, y2: top + plot }),
+    svg("text", { x: left, y: 14 }, t("chart.max", { value: format(max) })),
+  ];
+  items.forEach((item, i) => {
+    const barHeight = max > 0 ? Math.max(item.value > 0 ? 1 : 0, (item.value / max) * plot) : 0;
+    const x = left + i * band;
+    nodes.push(svg("g", {},
+      svg("title", {}, `${item.label}: ${format(item.value)}`),
+      svg("rect", { class: "bar", x: x + band * 0.1, width: Math.max(1, band * 0.8),
+        y: top + plot - barHeight, height: barHeight }),
+      // An invisible full-height band, so the tooltip is easy to hover even over a tiny bar.
+      svg("rect", { class: "hit", x, width: band, y: top, height: plot })));
+    if (i % every === 0) {
+      nodes.push(svg("text", { x: x + band / 2, y: height - 8, "text-anchor": "middle" },
+        item.label.length === 10 ? item.label.slice(5) : clip(item.label, 10)));
+    }
+  });
+  return figure(title, items, format, { viewBox: `0 0 ${WIDTH} ${height}`, nodes },
+    labelKey, valueKey);
+}
+
+/** Horizontal bars, one row per item (models, accounts), in the order given. */
+export function barChart({ title, items, format, labelKey = "chart.name", valueKey = "chart.value" }) {
+  const row = 28;
+  const labels = 190;
+  const values = 110;
+  const height = Math.max(1, items.length) * row + 4;
+  const max = Math.max(0, ...items.map((item) => item.value));
+  const span = WIDTH - labels - values;
+  const nodes = items.map((item, i) => {
+    const y = i * row + 2;
+    const width = max > 0 ? Math.max(item.value > 0 ? 1 : 0, (item.value / max) * span) : 0;
+    return svg("g", {},
+      svg("title", {}, `${item.label}: ${format(item.value)}`),
+      svg("text", { x: labels - 8, y: y + row / 2 + 5, "text-anchor": "end" }, clip(item.label, 24)),
+      svg("rect", { class: "bar", x: labels, y: y + 4, width, height: row - 8 }),
+      svg("text", { x: labels + width + 6, y: y + row / 2 + 5 }, format(item.value)));
+  });
+  return figure(title, items, format, { viewBox: `0 0 ${WIDTH} ${height}`, nodes },
+    labelKey, valueKey);
+}
