@@ -72,9 +72,10 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     launched.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def console_gateway(start_server: Any) -> Iterator[Gateway]:
-    """One server per test module: keys on, tiny-sd priced. Tests make their own accounts."""
+    """One server for all the browser tests: keys on, tiny-sd priced. Each test makes the
+    accounts and keys it looks at, so none sees another's."""
     gateway = Gateway.start(start_server, PRICED_TINY)
     yield gateway
     gateway.close()
