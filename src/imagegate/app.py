@@ -13,7 +13,10 @@ from fastapi import FastAPI
 from . import __version__
 from .accounts.system import AccountSystem
 from .api import (
+    account,
     admin,
+    admin_views,
+    billing_dashboard,
     chat,
     console,
     edits,
@@ -106,13 +109,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
 
-    for router in (images.router, edits.router, models.router, chat.router, responses.router):
+    for router in (images.router, edits.router, models.router, chat.router, responses.router,
+                   account.router, billing_dashboard.router):
         app.include_router(router, prefix="/v1")
         app.include_router(router, include_in_schema=False)  # /images/... as some clients call it
     app.include_router(media.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(admin.router)
+    app.include_router(admin_views.router)
     app.include_router(usage_rejects.router)
     if settings.api.console:
         app.include_router(console.router)

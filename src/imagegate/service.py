@@ -251,6 +251,11 @@ class ImageService:
         """After an admin change to a key: it takes effect at once, not when the cache expires."""
         await self._accounts.authenticator.forget(key_id)
 
+    async def forget_cached_keys(self) -> None:
+        """After an admin change to an account (its multiplier, `unlimited`), which every key
+        of it carries in the cache: the next request of each sees the change."""
+        await self._accounts.authenticator.forget_all()
+
     async def flush_usage(self) -> None:
         """Write the usage rows still queued, so a listing includes every request so far."""
         await self._accounts.usage.flush()

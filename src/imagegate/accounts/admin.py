@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -16,6 +18,9 @@ from ..errors import APIError, InvalidRequest, NotFound
 from .keys import hash_key, mint_key
 from .ledger import Ledger, utcnow
 from .tables import Account, ApiKey, LedgerEntry, Reservation, UsageRecord
+from .usage_summary import UsageFilter, summarize, totals
+
+log = logging.getLogger(__name__)
 
 MAX_ID = 2**31 - 1
 """Account and key ids are 32-bit columns (PostgreSQL `integer`)."""
@@ -31,6 +36,11 @@ MAX_RPM = 1_000_000_000
 MAX_CONCURRENCY = 1_000_000
 LOCAL_ACCOUNT = "local"
 ADMIN_ACCOUNT = "admin"
+KEY_FIELDS = ("name", "expires_at", "allowed_models", "allowed_ips", "rpm_limit",
+              "concurrency_limit", "price_multiplier")
+"""What `update_key` may change; `None` clears a field (but `name`, which every key has)."""
+DATABASE_CHECK_SECONDS = 5.0
+"""How long `database_status` waits for the database to answer."""
 
 
 class LastAdminKey(APIError):
@@ -114,6 +124,23 @@ class Admin:
             ids = (await conn.execute(select(Account.id).order_by(Account.id))).scalars().all()
         return [await self.account(i) for i in ids]
 
+    async def update_account(self, ref: str | int, *, price_multiplier: str | None = None,
+                             unlimited: bool | None = None) -> dict[str, Any]:
+        """Change what a request of the account costs or whether it may run short; the
+        caller forgets the account's cached keys, so the next request sees the change."""
+        changes: dict[str, Any] = {}
+        if price_multiplier is not None:
+            _check_multiplier(price_multiplier)
+            changes["price_multiplier"] = price_multiplier
+        if unlimited is not None:
+            changes["unlimited"] = unlimited
+        account = await self.account(ref)
+        if changes:
+            async with self.engine.begin() as conn:
+                await conn.execute(update(Account).where(Account.id == account["id"])
+                                   .values(**changes))
+        return await self.account(account["id"])
+
     async def topup(self, ref: str | int, amount_micros: int, note: str | None = None
                     ) -> dict[str, Any]:
         if amount_micros == 0 or abs(amount_micros) > MAX_MONEY_MICROS:
@@ -133,18 +160,8 @@ class Admin:
                          concurrency_limit: int | None = None,
                          price_multiplier: str | None = None, key: str | None = None) -> NewKey:
         owner = await self.account(account)
-        for net in allowed_ips or []:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise InvalidRequest(f"{net!r} is not an IP address or CIDR network.",
-                                     param="allowed_ips") from None
-        if price_multiplier is not None:
-            _check_multiplier(price_multiplier)
-        for field, limit, most in (("rpm_limit", rpm_limit, MAX_RPM),
-                                   ("concurrency_limit", concurrency_limit, MAX_CONCURRENCY)):
-            if limit is not None and not 1 <= limit <= most:
-                raise InvalidRequest(f"`{field}` must be between 1 and {most}.", param=field)
+        _check_key_fields(allowed_ips=allowed_ips, price_multiplier=price_multiplier,
+                          rpm_limit=rpm_limit, concurrency_limit=concurrency_limit)
         if key is None:
             key, prefix, digest = mint_key()
         else:  # a configured key: show at most half of it
@@ -176,6 +193,31 @@ class Admin:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_key_info(r) for r in rows]
+
+    async def update_key(self, key_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        """Set the fields in `changes` (KEY_FIELDS; None clears one), checked as at creation.
+        An expiry in the past is refused for the last usable admin key (409), as disabling it
+        is. The caller forgets the cached key, so the change applies to its next request."""
+        unknown = set(changes) - set(KEY_FIELDS)
+        if unknown:
+            raise InvalidRequest(f"A key has no changeable field {sorted(unknown)[0]!r}.",
+                                 param=sorted(unknown)[0])
+        if "name" in changes and not changes["name"]:
+            raise InvalidRequest("A key's `name` cannot be removed.", param="name")
+        _check_key_fields(**{field: changes.get(field) for field in
+                             ("allowed_ips", "price_multiplier", "rpm_limit",
+                              "concurrency_limit")})
+        values = dict(changes)
+        if "expires_at" in values:
+            values["expires_at"] = to_utc(values["expires_at"])
+        await self.key(key_id)  # 404 for a key that is not there
+        if values:
+            async with self.engine.begin() as conn:
+                expires = values.get("expires_at")
+                if expires is not None and expires <= datetime.now(timezone.utc):
+                    await _keep_an_admin(conn, key_id, "expire")
+                await conn.execute(update(ApiKey).where(ApiKey.id == key_id).values(**values))
+        return await self.key(key_id)
 
     async def set_key_enabled(self, key_id: int, enabled: bool) -> dict[str, Any]:
         if not 0 < key_id <= MAX_ID:
@@ -211,26 +253,72 @@ class Admin:
             await self.ensure_account(ADMIN_ACCOUNT, unlimited=True)
             await self.create_key(ADMIN_ACCOUNT, "configured admin key", is_admin=True, key=key)
 
+    # the database -------------------------------------------------------------------------
+
+    async def database_status(self) -> dict[str, Any]:
+        """Which database holds the accounts (`sqlite`, `postgresql`) and whether it answers
+        now; never its URL, which may hold a password."""
+        async def ask() -> None:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(ask(), DATABASE_CHECK_SECONDS)
+            reachable = True
+        except Exception as exc:  # whatever it was, the database did not answer
+            log.warning("the database did not answer a check: %s: %s", type(exc).__name__, exc)
+            reachable = False
+        return {"backend": self.engine.dialect.name, "reachable": reachable}
+
     # usage --------------------------------------------------------------------------------
 
     async def usage(self, *, key_id: int | None = None, model: str | None = None,
                     account: str | int | None = None, since: datetime | None = None,
+                    until: datetime | None = None, status: str | None = None,
                     limit: int = 10_000) -> list[dict[str, Any]]:
+        """The newest `limit` rows that match, oldest first. `until` is exclusive; `status`
+        is `succeeded`, `failed` or an HTTP status (usage_summary.py)."""
+        rows = await self._usage_filter(key_id=key_id, model=model, account=account,
+                                        since=since, until=until, status=status)
+        query = (select(UsageRecord).where(*rows.conditions())
+                 .order_by(UsageRecord.id.desc()).limit(limit))  # the newest
+        async with self.engine.connect() as conn:
+            found = list(reversed((await conn.execute(query)).all()))  # oldest first
+        return [{c: as_utc(getattr(r, c)) if c == "created_at" else getattr(r, c)
+                 for c in USAGE_COLUMNS} for r in found]
+
+    async def usage_summary(self, *, key_id: int | None = None, model: str | None = None,
+                            account: str | int | None = None, since: datetime | None = None,
+                            until: datetime | None = None, status: str | None = None,
+                            utc_offset_minutes: int = 0, by_account: bool = False
+                            ) -> dict[str, Any]:
+        """Totals of the matching rows, per day (at `utc_offset_minutes` from UTC), per model
+        and with `by_account` per account; in the account's currency when one is named, else
+        the server's."""
+        rows = await self._usage_filter(key_id=key_id, model=model, account=account,
+                                        since=since, until=until, status=status)
+        currency = self.currency
+        if rows.account_id is not None:
+            currency = (await self.account(rows.account_id))["currency"]
+        summary = await summarize(self.engine, rows, utc_offset_minutes=utc_offset_minutes,
+                                  by_account=by_account)
+        return {"object": "usage_summary", "currency": currency, **summary}
+
+    async def usage_totals(self, *, account: str | int, since: datetime | None = None,
+                           until: datetime | None = None) -> dict[str, int]:
+        """One account's requests, images, cost_micros and failed requests in a period."""
+        rows = await self._usage_filter(key_id=None, model=None, account=account, since=since,
+                                        until=until, status=None)
+        return await totals(self.engine, rows)
+
+    async def _usage_filter(self, *, key_id: int | None, model: str | None,
+                            account: str | int | None, since: datetime | None,
+                            until: datetime | None, status: str | None) -> UsageFilter:
         if key_id is not None and not 0 < key_id <= MAX_ID:
             raise InvalidRequest(f"`key` must be between 1 and {MAX_ID}.", param="key")
-        query = select(UsageRecord).order_by(UsageRecord.id.desc()).limit(limit)  # newest
-        if key_id is not None:
-            query = query.where(UsageRecord.key_id == key_id)
-        if model is not None:
-            query = query.where(UsageRecord.model == model)
-        if account is not None:
-            query = query.where(UsageRecord.account_id == (await self.account(account))["id"])
-        if since is not None:
-            query = query.where(UsageRecord.created_at >= to_utc(since))
-        async with self.engine.connect() as conn:
-            rows = list(reversed((await conn.execute(query)).all()))  # oldest first
-        return [{c: as_utc(getattr(r, c)) if c == "created_at" else getattr(r, c)
-                 for c in USAGE_COLUMNS} for r in rows]
+        account_id = None if account is None else int((await self.account(account))["id"])
+        return UsageFilter(account_id=account_id, key_id=key_id, model=model,
+                           since=to_utc(since), until=to_utc(until), status=status)
 
 
 USAGE_COLUMNS = ("created_at", "request_id", "key_id", "account_id", "endpoint", "model",
@@ -253,6 +341,23 @@ async def _keep_an_admin(conn: AsyncConnection, key_id: int, action: str) -> Non
         raise LastAdminKey(
             f"Key {key_id} is the last enabled admin key; {action} it and nobody could use the "
             "admin API again. Create another admin key first.", param="key")
+
+
+def _check_key_fields(*, allowed_ips: list[str] | None, price_multiplier: str | None,
+                      rpm_limit: int | None, concurrency_limit: int | None) -> None:
+    """A key's settings as creating or changing it checks them (None: not set)."""
+    for net in allowed_ips or []:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise InvalidRequest(f"{net!r} is not an IP address or CIDR network.",
+                                 param="allowed_ips") from None
+    if price_multiplier is not None:
+        _check_multiplier(price_multiplier)
+    for field, limit, most in (("rpm_limit", rpm_limit, MAX_RPM),
+                               ("concurrency_limit", concurrency_limit, MAX_CONCURRENCY)):
+        if limit is not None and not 1 <= limit <= most:
+            raise InvalidRequest(f"`{field}` must be between 1 and {most}.", param=field)
 
 
 def _key_info(row: Any) -> dict[str, Any]:

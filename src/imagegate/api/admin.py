@@ -10,6 +10,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, 
 from pydantic_core import PydanticCustomError
 
 from ..accounts.admin import (
+    KEY_FIELDS,
     MAX_ALLOW_LIST,
     MAX_CONCURRENCY,
     MAX_ID,
@@ -24,30 +25,25 @@ from ..accounts.usage_export import usage_csv
 from ..errors import InvalidRequest
 from ..pricing import parse_money
 from ..protocol.wire import (
-    MAX_MODEL_CHARS,
     MAX_WORD_CHARS,
     Instant,
     ModelName,
     WireModel,
-    check_text,
     either,
 )
 from . import deps
 from .errors import error_responses
-
-
-async def _valid_parameters(request: Request) -> None:
-    """Path and query values are text for the database too: no NUL (or lone surrogate)."""
-    for where, values in (("path", request.path_params), ("query", request.query_params)):
-        for name, value in values.items():
-            try:
-                check_text(value, name)
-            except PydanticCustomError as exc:
-                raise InvalidRequest(exc.message(), param=name) from None
-
+from .query import (
+    CSV_DOWNLOAD,
+    CSV_RESPONSES,
+    UsageQuery,
+    UtcOffset,
+    usage_query,
+    valid_parameters,
+)
 
 router = APIRouter(prefix="/admin", tags=["admin"],
-                   dependencies=[Depends(deps.admin), Depends(_valid_parameters)],
+                   dependencies=[Depends(deps.admin), Depends(valid_parameters)],
                    responses=error_responses(401, 403, 404))
 
 
@@ -79,6 +75,15 @@ def _amount_type(value: Any) -> Any:
     raise PydanticCustomError("string_type", "Input should be a valid string")
 
 
+class AccountPatch(WireModel):
+    """What may change on an account; at least one field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price_multiplier: Multiplier | None = None
+    unlimited: StrictBool | None = None
+
+
 class TopUpIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -107,6 +112,30 @@ class KeyIn(WireModel):
     price_multiplier: Multiplier | None = None
 
 
+class KeyPatch(WireModel):
+    """What may change on a key: a field sent as `null` is cleared, one left out is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: AccountName | None = None
+    expires_at: Instant | None = None
+    allowed_models: Annotated[list[ModelName], Field(max_length=MAX_ALLOW_LIST)] | None = None
+    allowed_ips: Annotated[list[Annotated[StrictStr, Field(max_length=MAX_WORD_CHARS)]],
+                           Field(max_length=MAX_ALLOW_LIST)] | None = None
+    rpm_limit: Annotated[StrictInt, Field(ge=1, le=MAX_RPM)] | None = None
+    concurrency_limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY)] | None = None
+    price_multiplier: Multiplier | None = None
+
+
+def _one_change(body: WireModel) -> dict[str, Any]:
+    """The fields the body sent (a `null` included); 400 for an empty one."""
+    sent = {name: getattr(body, name) for name in body.model_fields_set}
+    if not sent:
+        fields = ", ".join(f"`{name}`" for name in type(body).model_fields)
+        raise InvalidRequest(f"Send at least one of {fields}.")
+    return sent
+
+
 @router.post("/accounts", status_code=201)
 async def create_account(body: AccountIn, request: Request) -> dict[str, Any]:
     return await _admin(request).create_account(
@@ -121,6 +150,21 @@ async def list_accounts(request: Request) -> dict[str, Any]:
 @router.get("/accounts/{ref}")
 async def get_account(ref: str, request: Request) -> dict[str, Any]:
     return await _admin(request).account(ref)
+
+
+@router.patch("/accounts/{ref}")
+async def update_account(ref: str, body: AccountPatch, request: Request) -> dict[str, Any]:
+    """Change an account's price multiplier or `unlimited`; its keys' next requests see it."""
+    sent = _one_change(body)
+    if "price_multiplier" in sent and body.price_multiplier is None:
+        raise InvalidRequest("An account's `price_multiplier` cannot be removed; send \"1\".",
+                             param="price_multiplier")
+    if "unlimited" in sent and body.unlimited is None:
+        raise InvalidRequest("`unlimited` must be true or false.", param="unlimited")
+    account = await _admin(request).update_account(
+        ref, price_multiplier=body.price_multiplier, unlimited=body.unlimited)
+    await deps.service(request).forget_cached_keys()
+    return account
 
 
 @router.post("/accounts/{ref}/topup")
@@ -146,6 +190,21 @@ async def list_keys(request: Request,
                     account: str | None = Query(None, max_length=MAX_NAME_CHARS)
                     ) -> dict[str, Any]:
     return {"object": "list", "data": await _admin(request).keys(account)}
+
+
+@router.get("/keys/{key_id}")
+async def get_key(key_id: int, request: Request) -> dict[str, Any]:
+    return await _admin(request).key(key_id)
+
+
+@router.patch("/keys/{key_id}", responses=error_responses(409))
+async def update_key(key_id: int, body: KeyPatch, request: Request) -> dict[str, Any]:
+    """Change a key's settings (`null` clears one); its next request sees the change."""
+    changes = _one_change(body)
+    assert set(changes) <= set(KEY_FIELDS)
+    info = await _admin(request).update_key(key_id, changes)
+    await _forget_cached_key(request, key_id)
+    return info
 
 
 @router.post("/keys/{key_id}/disable", responses=error_responses(409))
@@ -177,19 +236,25 @@ async def replicas(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": await deps.service(request).replicas()}
 
 
-@router.get("/usage", response_model=None, responses={200: {
-    "description": "Usage records, oldest first: JSON, or CSV with `format=csv`.",
-    "content": {"application/json": {"schema": {"type": "object"}},
-                "text/csv": {"schema": {"type": "string"}}}}})
-async def usage(request: Request, key: int | None = Query(None, ge=1, le=MAX_ID),
-                model: str | None = Query(None, max_length=MAX_MODEL_CHARS),
+@router.get("/usage", response_model=None, responses=CSV_RESPONSES)
+async def usage(request: Request, rows: UsageQuery = Depends(usage_query),
                 account: str | None = Query(None, max_length=MAX_NAME_CHARS),
-                since: Instant | None = None,
                 format: str = Query("json", pattern="^(json|csv)$"),
                 limit: int = Query(10_000, ge=1, le=100_000)) -> Any:
     await deps.service(request).flush_usage()  # include what is still queued
-    rows = await _admin(request).usage(key_id=key, model=model, account=account, since=since,
-                                       limit=limit)
+    found = await _admin(request).usage(account=account, limit=limit, **rows.filters())
     if format == "csv":
-        return PlainTextResponse(usage_csv(rows), media_type="text/csv")
-    return {"object": "list", "data": rows}
+        return PlainTextResponse(usage_csv(found), media_type="text/csv", headers=CSV_DOWNLOAD)
+    return {"object": "list", "data": found}
+
+
+@router.get("/usage/summary")
+async def usage_summary(request: Request, rows: UsageQuery = Depends(usage_query),
+                        account: str | None = Query(None, max_length=MAX_NAME_CHARS),
+                        utc_offset_minutes: int = UtcOffset) -> dict[str, Any]:
+    """Every account's usage (or one's, with `account`) added up: in total, per day, per model
+    and per account."""
+    await deps.service(request).flush_usage()
+    return await _admin(request).usage_summary(
+        account=account, utc_offset_minutes=utc_offset_minutes, by_account=True,
+        **rows.filters())

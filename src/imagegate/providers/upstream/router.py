@@ -113,7 +113,8 @@ class UpstreamRouter(ProviderBase):
         flights = self._flights.get(spec.name) or _Flights()
         return {"deployments": [
             {"name": d.label(spec.name), "provider": d.provider, "priority": d.priority,
-             "weight": d.weight, "cooling_down": self._state(spec, d).cooling(now)}
+             "weight": d.weight, "cooling_down": self._state(spec, d).cooling(now),
+             "cooling_down_seconds": round(max(0.0, self._state(spec, d).cool_until - now), 3)}
             for d in spec.deployments],
             "in_flight": {"running": len(flights.started),
                           "max": self.policy.max_in_flight or None,
