@@ -6,7 +6,6 @@ import { t } from "./i18n.js";
 import { h, table } from "./ui.js";
 
 const SVG = "http://www.w3.org/2000/svg";
-const WIDTH = 640;
 
 function svg(tag, attrs = {}, ...children) {
   const node = document.createElementNS(SVG, tag);
@@ -38,64 +37,65 @@ function numbers(items, format, labelKey, valueKey) {
 }
 
 function figure(title, items, format, drawing, labelKey, valueKey) {
-  const image = svg("svg", { viewBox: drawing.viewBox, role: "img",
-    "aria-label": summary(title, items, format), preserveAspectRatio: "xMidYMid meet" },
-  ...drawing.nodes);
+  // No viewBox: x is in percent of the width and y in pixels, so the text keeps its size on
+  // a phone and on a wide screen alike, and the bars stretch.
+  const image = svg("svg", { width: "100%", height: drawing.height, role: "img",
+    "aria-label": summary(title, items, format) }, ...drawing.nodes);
+  image.style.height = `${drawing.height}px`;
   return h("figure", { class: "chart" }, h("figcaption", { text: title }),
     items.length ? image : h("p", { class: "muted", i18n: "chart.empty" }),
     items.length ? numbers(items, format, labelKey, valueKey) : null);
 }
 
+const pct = (value) => `${value.toFixed(3)}%`;
+
 /** Vertical bars in the order given (days): items [{label, value}]; `format` writes a value.
  *  `labelKey`/`valueKey` head the table of numbers. */
 export function columnChart({ title, items, format, labelKey = "chart.day", valueKey = "chart.value" }) {
-  const height = 220;
+  const height = 200;
   const top = 22;
-  const bottom = 28;
-  const left = 8;
+  const bottom = 24;
   const plot = height - top - bottom;
   const max = Math.max(0, ...items.map((item) => item.value));
-  const band = (WIDTH - 2 * left) / Math.max(1, items.length);
-  const every = Math.ceil(items.length / 8); // at most 8 labels under the axis
+  const band = 100 / Math.max(1, items.length);
+  const every = Math.ceil(items.length / 6); // at most 6 labels under the axis: they fit 320 px
   const nodes = [
-    svg("line", { class: "axis", x1: left, x2: WIDTH - left, y1: top + plot, y2: top + plot }),
-    svg("text", { x: left, y: 14 }, t("chart.max", { value: format(max) })),
+    svg("line", { class: "axis", x1: "0%", x2: "100%", y1: top + plot, y2: top + plot }),
+    svg("text", { x: 2, y: 14 }, t("chart.max", { value: format(max) })),
   ];
   items.forEach((item, i) => {
     const barHeight = max > 0 ? Math.max(item.value > 0 ? 1 : 0, (item.value / max) * plot) : 0;
-    const x = left + i * band;
     nodes.push(svg("g", {},
       svg("title", {}, `${item.label}: ${format(item.value)}`),
-      svg("rect", { class: "bar", x: x + band * 0.1, width: Math.max(1, band * 0.8),
+      svg("rect", { class: "bar", x: pct((i + 0.1) * band), width: pct(band * 0.8),
         y: top + plot - barHeight, height: barHeight }),
       // An invisible full-height band, so the tooltip is easy to hover even over a tiny bar.
-      svg("rect", { class: "hit", x, width: band, y: top, height: plot })));
+      svg("rect", { class: "hit", x: pct(i * band), width: pct(band), y: top, height: plot })));
     if (i % every === 0) {
-      nodes.push(svg("text", { x: x + band / 2, y: height - 8, "text-anchor": "middle" },
+      nodes.push(svg("text", { x: pct((i + 0.5) * band), y: height - 6, "text-anchor": "middle" },
         item.label.length === 10 ? item.label.slice(5) : clip(item.label, 10)));
     }
   });
-  return figure(title, items, format, { viewBox: `0 0 ${WIDTH} ${height}`, nodes },
-    labelKey, valueKey);
+  return figure(title, items, format, { height, nodes }, labelKey, valueKey);
 }
 
-/** Horizontal bars, one row per item (models, accounts), in the order given. */
+/** Horizontal bars, one row per item (models, accounts), in the order given: the name on the
+ *  left, the bar, the amount right-aligned. */
 export function barChart({ title, items, format, labelKey = "chart.name", valueKey = "chart.value" }) {
   const row = 28;
-  const labels = 190;
-  const values = 110;
+  const labels = 34; // percent of the width for the names
+  const span = 42; // for the longest bar
   const height = Math.max(1, items.length) * row + 4;
   const max = Math.max(0, ...items.map((item) => item.value));
-  const span = WIDTH - labels - values;
   const nodes = items.map((item, i) => {
     const y = i * row + 2;
-    const width = max > 0 ? Math.max(item.value > 0 ? 1 : 0, (item.value / max) * span) : 0;
+    const width = max > 0 ? (item.value / max) * span : 0;
     return svg("g", {},
       svg("title", {}, `${item.label}: ${format(item.value)}`),
-      svg("text", { x: labels - 8, y: y + row / 2 + 5, "text-anchor": "end" }, clip(item.label, 24)),
-      svg("rect", { class: "bar", x: labels, y: y + 4, width, height: row - 8 }),
-      svg("text", { x: labels + width + 6, y: y + row / 2 + 5 }, format(item.value)));
+      svg("text", { x: pct(labels - 1), y: y + row / 2 + 5, "text-anchor": "end" }, clip(item.label, 16)),
+      svg("rect", { class: "bar", x: pct(labels), y: y + 4, height: row - 8,
+        width: item.value > 0 ? pct(Math.max(0.4, width)) : 0 }),
+      svg("text", { x: "100%", y: y + row / 2 + 5, "text-anchor": "end" }, format(item.value)));
   });
-  return figure(title, items, format, { viewBox: `0 0 ${WIDTH} ${height}`, nodes },
-    labelKey, valueKey);
+  return figure(title, items, format, { height, nodes }, labelKey, valueKey);
 }

@@ -46,9 +46,13 @@ function everyDay(byDay, first, last) {
   return days.sort((a, b) => a.date.localeCompare(b.date));
 }
 
-/** A number with its label, as a small card. */
+let stats = 0;
+
+/** A number with its label, as a small card (a group named by its label). */
 export function stat(labelKey, value, hintKey = null) {
-  return h("div", { class: "card stat-card" }, h("div", { class: "muted", i18n: labelKey }),
+  const id = `stat-${++stats}`;
+  return h("div", { class: "card stat-card", role: "group", "aria-labelledby": id },
+    h("div", { class: "muted", id, i18n: labelKey }),
     h("div", { class: "stat", text: value }),
     hintKey ? h("small", { class: "hint", i18n: hintKey }) : null);
 }
@@ -93,7 +97,7 @@ export function usageFilters({ models = [], extra = [], from = "", to = "" } = {
   const node = h("div", { class: "row filters" },
     ...extra.map(([labelKey, control]) => field(labelKey, control)),
     field("usage.model", model), field("usage.status", status),
-    field("usage.from", since), field("usage.to", until, "usage.to_hint"));
+    field("usage.from", since), field("usage.to", until));
   const values = () => ({
     ...Object.fromEntries(extra.map(([, control]) => [control.name, control.value])),
     model: model.value, status: status.value,

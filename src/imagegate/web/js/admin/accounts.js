@@ -30,7 +30,7 @@ function createForm(reload) {
   } } },
   h("h2", { id: "create-account", i18n: "accounts.create" }),
   h("div", { class: "row" }, field("accounts.name", name), field("accounts.multiplier", multiplier, "accounts.multiplier_hint")),
-  h("div", { class: "check" }, unlimited, h("label", { for: unlimited.id, i18n: "accounts.unlimited" })),
+  h("div", { class: "checkline" }, unlimited, h("label", { for: unlimited.id, i18n: "accounts.unlimited" })),
   problem,
   h("button", { type: "submit", class: "primary", i18n: "accounts.create_submit" }));
   return form;
@@ -63,7 +63,7 @@ function edit(parent, account, reload) {
   return formDialog(parent, {
     title: t("accounts.edit_title", { name: account.name }),
     body: [field("accounts.multiplier", multiplier, "accounts.multiplier_hint"),
-      h("div", { class: "check" }, unlimited, h("label", { for: unlimited.id, i18n: "accounts.unlimited" }))],
+      h("div", { class: "checkline" }, unlimited, h("label", { for: unlimited.id, i18n: "accounts.unlimited" }))],
     onSubmit: async () => {
       await api(`/admin/accounts/${account.id}`, { method: "PATCH",
         json: { price_multiplier: multiplier.value.trim(), unlimited: unlimited.checked } });

@@ -33,7 +33,7 @@ function keyFields(models, key = {}) {
   const modelList = h("fieldset", { class: "model-picks" },
     h("legend", { i18n: "keys.allowed_models" }),
     h("small", { class: "hint", i18n: "keys.allowed_models_hint" }),
-    ...boxes.map((box) => h("label", { class: "check" }, box, h("span", { text: box.value }))));
+    ...boxes.map((box) => h("label", { class: "checkline" }, box, h("span", { text: box.value }))));
   const ips = h("input", { name: "allowed_ips", autocomplete: "off", placeholder: "203.0.113.7, 10.0.0.0/8",
     value: (key.allowed_ips || []).join(", ") });
   const rpm = h("input", { type: "number", name: "rpm_limit", min: "1", step: "1", value: key.rpm_limit ?? "" });
@@ -98,7 +98,7 @@ function createForm(accounts, models, onCreated) {
   h("h2", { id: "create-key", i18n: "keys.create" }),
   field("keys.account", account),
   ...fields.nodes,
-  h("div", { class: "check" }, admin, h("label", { for: admin.id, i18n: "keys.is_admin" })),
+  h("div", { class: "checkline" }, admin, h("label", { for: admin.id, i18n: "keys.is_admin" })),
   problem,
   h("button", { type: "submit", class: "primary", i18n: "keys.create_submit" }));
   return form;
