@@ -29,15 +29,21 @@ ADMIN_ROUTES = [
     ("POST", "/admin/accounts", {"name": "sneaky"}),
     ("GET", "/admin/accounts", None),
     ("GET", "/admin/accounts/{account}", None),
+    ("PATCH", "/admin/accounts/{account}", {"unlimited": True, "price_multiplier": "0"}),
     ("POST", "/admin/accounts/{account}/topup", {"amount": "1000"}),
     ("POST", "/admin/keys", {"account": "{account}", "name": "sneaky", "is_admin": True}),
     ("GET", "/admin/keys", None),
+    ("GET", "/admin/keys/{key}", None),
+    ("PATCH", "/admin/keys/{key}", {"allowed_ips": ["203.0.113.7"]}),
     ("POST", "/admin/keys/{key}/disable", None),
     ("POST", "/admin/keys/{key}/enable", None),
     ("DELETE", "/admin/keys/{key}", None),
     ("GET", "/admin/usage", None),
+    ("GET", "/admin/usage/summary", None),
     ("GET", "/admin/usage/rejects", None),
     ("GET", "/admin/replicas", None),
+    ("GET", "/admin/models", None),
+    ("GET", "/admin/status", None),
 ]
 
 
@@ -145,6 +151,7 @@ def test_user_key_is_403_and_no_key_401_on_every_admin_route(server, admin) -> N
     assert admin.get("/admin/accounts/sneaky").status_code == 404
     keys = admin.get("/admin/keys", params={"account": account["id"]}).json()["data"]
     assert {k["id"]: k["enabled"] for k in keys} == {user["id"]: True, victim["id"]: True}
+    assert all(k["allowed_ips"] is None for k in keys)
     assert not any(k["name"] == "sneaky" for k in admin.get("/admin/keys").json()["data"])
 
 
