@@ -72,7 +72,9 @@ export function columnChart({ title, items, format, labelKey = "chart.day", valu
       // An invisible full-height band, so the tooltip is easy to hover even over a tiny bar.
       svg("rect", { class: "hit", x: pct(i * band), width: pct(band), y: top, height: plot })));
     if (i % every === 0) {
-      nodes.push(svg("text", { x: pct((i + 0.5) * band), y: height - 6, "text-anchor": "middle" },
+      const first = i === 0; // starts at the left edge rather than centred past it
+      nodes.push(svg("text", { x: first ? "0%" : pct((i + 0.5) * band), y: height - 6,
+        "text-anchor": first ? "start" : "middle" },
         item.label.length === 10 ? item.label.slice(5) : clip(item.label, 10)));
     }
   });

@@ -29,7 +29,7 @@ function createForm(reload) {
     }
   } } },
   h("h2", { id: "create-account", i18n: "accounts.create" }),
-  h("div", { class: "row" }, field("accounts.name", name), field("accounts.multiplier", multiplier, "accounts.multiplier_hint")),
+  h("div", { class: "row top" }, field("accounts.name", name), field("accounts.multiplier", multiplier, "accounts.multiplier_hint")),
   h("div", { class: "checkline" }, unlimited, h("label", { for: unlimited.id, i18n: "accounts.unlimited" })),
   problem,
   h("button", { type: "submit", class: "primary", i18n: "accounts.create_submit" }));

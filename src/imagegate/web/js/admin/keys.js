@@ -47,7 +47,7 @@ function keyFields(models, key = {}) {
       field("keys.expires_at", expires, "keys.expires_hint"),
       modelList,
       field("keys.allowed_ips", ips, "keys.allowed_ips_hint"),
-      h("div", { class: "row" }, field("keys.rpm_limit", rpm, "keys.no_limit_hint"),
+      h("div", { class: "row top" }, field("keys.rpm_limit", rpm, "keys.no_limit_hint"),
         field("keys.concurrency_limit", concurrency, "keys.no_limit_hint")),
       field("keys.multiplier", multiplier, "keys.multiplier_hint"),
     ],
@@ -89,8 +89,11 @@ function createForm(accounts, models, onCreated) {
     try {
       const created = await api("/admin/keys", { method: "POST", json: {
         account: Number(account.value), is_admin: admin.checked, ...fields.values() } });
+      const owner = account.value;
+      const ownerName = account.selectedOptions[0]?.textContent || "";
       form.reset();
-      await onCreated(created, account.selectedOptions[0]?.textContent || "");
+      account.value = owner; // the next key is often for the same account
+      await onCreated(created, ownerName);
     } catch (err) {
       problem.replaceChildren(alertBox(errorMessage(err)));
     }

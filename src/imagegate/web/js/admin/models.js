@@ -5,21 +5,10 @@
 import { api, errorMessage } from "../api.js";
 import { t } from "../i18n.js";
 import { alertBox, h, money, table } from "../ui.js";
+import { facts, numberFacts } from "./format.js";
 
 function badge(on, onKey, offKey) {
   return h("span", { class: `badge ${on ? "ok" : "off"}`, i18n: on ? onKey : offKey });
-}
-
-/** A number's label when the strings know the field, else the API's own field name. */
-function fieldName(name) {
-  const key = `models.field_${name}`;
-  const text = t(key);
-  return text === key ? name : text;
-}
-
-function facts(pairs) {
-  return h("dl", { class: "facts" }, ...pairs.filter(([, value]) => value !== null && value !== undefined && value !== "")
-    .flatMap(([label, value]) => [h("dt", { text: label }), h("dd", {}, value)]));
 }
 
 function price(pricing, currency) {
@@ -36,18 +25,9 @@ function price(pricing, currency) {
   return h("div", {}, ...parts.map((part) => (typeof part === "string" ? h("div", { text: part }) : part)));
 }
 
-/** The engine's numbers as label: value (whatever the server keeps: queue, running, batches). */
-function engineNumbers(engine) {
-  if (!engine) return null;
-  const flat = [];
-  for (const [name, value] of Object.entries(engine)) {
-    if (value && typeof value === "object") {
-      for (const [inner, v] of Object.entries(value)) flat.push([fieldName(inner), v]);
-    } else {
-      flat.push([fieldName(name), value]);
-    }
-  }
-  return facts(flat.map(([label, value]) => [label, value === null ? "—" : String(value)]));
+/** The engine's (or the relay's) numbers, but what the model's facts above already say. */
+function numbers(block, shown = []) {
+  return block ? numberFacts(block, shown) : null;
 }
 
 function deployments(list) {
@@ -77,9 +57,13 @@ function card(model, currency) {
       [t("models.weights"), model.weights ?? null],
       [t("models.loaded"), model.loaded === undefined ? null : (model.loaded ? t("common.yes") : t("common.no"))],
       [t("models.source"), model.source ? h("code", { text: String(model.source) }) : null],
+      [t("models.state_local"), model.state ?? null],
+      [t("models.error"), model.error ?? null],
     ]),
     model.engine ? h("h3", { i18n: "models.engine" }) : null,
-    engineNumbers(model.engine),
+    numbers(model.engine, model.loaded === undefined ? [] : ["loaded"]),
+    model.in_flight ? h("h3", { i18n: "models.relay" }) : null,
+    numbers(model.in_flight),
     deployments(model.deployments));
 }
 

@@ -4,13 +4,15 @@
 import { api, errorMessage } from "../api.js";
 import { t } from "../i18n.js";
 import { alertBox, dateTime, h, table } from "../ui.js";
+import { numberLines } from "./format.js";
 
+/** "3 d 4 h", "5 min 2 s": the two largest units that are not zero. */
 function uptime(seconds) {
   const s = Math.floor(seconds);
-  const days = Math.floor(s / 86400);
-  const hours = Math.floor((s % 86400) / 3600);
-  const minutes = Math.floor((s % 3600) / 60);
-  return t("status.uptime_value", { days, hours, minutes, seconds: s % 60 });
+  const parts = [["d", Math.floor(s / 86400)], ["h", Math.floor((s % 86400) / 3600)],
+    ["min", Math.floor((s % 3600) / 60)], ["s", s % 60]];
+  const first = Math.max(0, parts.findIndex(([, n]) => n > 0));
+  return parts.slice(first, first + 2).map(([unit, n]) => t(`status.unit_${unit}`, { n })).join(" ");
 }
 
 function badge(ok, text) {
@@ -30,10 +32,9 @@ function readiness(ready) {
   return h("span", {}, ...parts);
 }
 
-/** "model: 1 waiting, 2 running" per model of a replica's engine or relay counts. */
+/** "model: waiting 1, running no" per model of a replica's engine or relay counts. */
 function counts(byModel) {
-  const lines = Object.entries(byModel || {}).map(([model, numbers]) => h("div", { text: `${model}: ${
-    Object.entries(numbers).filter(([, v]) => v !== null && typeof v !== "object").map(([k, v]) => `${k} ${v}`).join(", ")}` }));
+  const lines = numberLines(byModel);
   return lines.length ? h("div", {}, ...lines) : "—";
 }
 
@@ -44,6 +45,7 @@ function view(status) {
       facts([
         ["status.version", status.version],
         ["status.pid", String(status.pid)],
+        ["status.node_id", status.node_id ? h("code", { text: status.node_id }) : "—"],
         ["status.started_at", dateTime(status.started_at)],
         ["status.uptime", uptime(status.uptime_seconds)],
         ["status.readiness", readiness(status.readiness)],
@@ -53,14 +55,12 @@ function view(status) {
         ["status.engine", status.engine.backend],
         ["status.limits", status.limits.backend],
       ])),
-    h("section", { class: "card", "aria-labelledby": "status-replicas" },
-      h("h2", { id: "status-replicas", i18n: "status.replicas" }),
-      table([
-        ["status.node", (r) => h("code", { text: r.node_id })],
-        ["status.reported_at", (r) => dateTime(r.reported_at)],
-        ["status.engine_queue", (r) => counts(r.engine)],
-        ["status.relay", (r) => counts(r.relay)],
-      ], status.replicas || [], { captionKey: "status.replicas" })));
+    h("div", { class: "card" }, table([ // the table's caption names it
+      ["status.node", (r) => h("code", { text: r.node_id })],
+      ["status.reported_at", (r) => dateTime(r.reported_at)],
+      ["status.engine_queue", (r) => counts(r.engine)],
+      ["status.relay", (r) => counts(r.relay)],
+    ], status.replicas || [], { captionKey: "status.replicas", empty: "status.no_replicas" })));
 }
 
 export async function render(root) {
