@@ -44,8 +44,10 @@ SMALL_TINY_SD = {MODEL: {
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 
-LAST = ("POST /admin/keys/{key_id}/disable", "DELETE /admin/keys/{key_id}")
-"""Run after everything else: they may take a key (the user's, or an admin's) away."""
+LAST = ("PATCH /admin/keys/{key_id}", "POST /admin/keys/{key_id}/disable",
+        "DELETE /admin/keys/{key_id}")
+"""Run after everything else: they may take a key (the user's, or an admin's) away (or expire
+it, or fence it in by IP address)."""
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from ..accounts.admin import (
@@ -75,13 +84,19 @@ def _amount_type(value: Any) -> Any:
     raise PydanticCustomError("string_type", "Input should be a valid string")
 
 
+def _not_null(kind: Any) -> WithJsonSchema:
+    """The schema of an optional field that may be left out but not sent as `null`."""
+    return WithJsonSchema(TypeAdapter(kind).json_schema())
+
+
 class AccountPatch(WireModel):
     """What may change on an account; at least one field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    price_multiplier: Multiplier | None = None
-    unlimited: StrictBool | None = None
+    # Neither can be cleared: `null` is refused (update_account), and not offered in the schema.
+    price_multiplier: Annotated[Multiplier | None, _not_null(Multiplier)] = None
+    unlimited: Annotated[StrictBool | None, _not_null(StrictBool)] = None
 
 
 class TopUpIn(WireModel):
@@ -115,9 +130,9 @@ class KeyIn(WireModel):
 class KeyPatch(WireModel):
     """What may change on a key: a field sent as `null` is cleared, one left out is kept."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    name: AccountName | None = None
+    name: Annotated[AccountName | None, _not_null(AccountName)] = None  # every key has one
     expires_at: Instant | None = None
     allowed_models: Annotated[list[ModelName], Field(max_length=MAX_ALLOW_LIST)] | None = None
     allowed_ips: Annotated[list[Annotated[StrictStr, Field(max_length=MAX_WORD_CHARS)]],
