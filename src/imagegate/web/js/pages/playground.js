@@ -31,7 +31,7 @@ function shown(node, visible) {
 export async function render(root, ctx) {
   const models = (await api("/v1/models")).data || [];
   const currency = ctx.me?.account?.currency || "USD";
-  const state = { controller: null, file: null, painted: false };
+  const state = { controller: null, file: null, painted: false, formProblem: false };
 
   // ---- the form's controls ----------------------------------------------------------------
   const model = h("select", { name: "model" }, ...models.map((m) => option(m.id,
@@ -83,7 +83,9 @@ export async function render(root, ctx) {
   const stop = h("button", { type: "button", i18n: "play.stop", disabled: true,
     on: { click: () => state.controller?.abort() } });
 
-  const form = h("form", { class: "card play-form", "aria-labelledby": "play-title" },
+  // Checked in run() rather than by the browser's bubbles, so that every problem is said the
+  // same way: in an alert, in the page's language.
+  const form = h("form", { class: "card play-form", "aria-labelledby": "play-title", novalidate: true },
     h("h1", { id: "play-title", i18n: "nav.playground" }),
     field("play.model", model), about, modes, editBox,
     field("play.prompt", prompt), wrap.negative,
@@ -93,7 +95,7 @@ export async function render(root, ctx) {
     estimate, h("div", { class: "actions" }, submit, stop));
 
   // ---- output -----------------------------------------------------------------------------
-  const status = h("p", { class: "play-status", role: "status" });
+  const status = h("p", { class: "play-status", role: "status", text: t("play.idle") });
   const problems = h("div", { class: "play-problems" });
   const cost = h("p", { class: "play-cost", "aria-live": "polite" });
   const view = resultsView({ onSeed: (value) => { seed.value = String(value); refresh(); seed.focus(); } });
@@ -147,11 +149,13 @@ export async function render(root, ctx) {
     applyMode();
   }
 
-  function applyMode() {
+  /** `fresh`: the mode changed, so the size goes back to that mode's default (an edit's is
+   *  the image's own shape). */
+  function applyMode(fresh = false) {
     const m = current();
     const c = caps(m);
     const edit = editing();
-    const keep = size.value;
+    const keep = fresh === true ? null : size.value;
     const choices = sizeChoices(m).map(([v, label]) => option(v, label));
     if (edit) choices.unshift(option("auto", t("play.size_auto")));
     if (c.size_rule) choices.push(option("custom", t("play.size_custom")));
@@ -213,6 +217,10 @@ export async function render(root, ctx) {
   }
 
   function refresh() {
+    if (state.formProblem) {
+      problems.replaceChildren();
+      state.formProblem = false;
+    }
     checkCustomSize();
     shown(customRow, size.value === "custom");
     const { fields } = buildRequest();
@@ -243,11 +251,23 @@ export async function render(root, ctx) {
     if (state.controller) return;
     problems.replaceChildren();
     cost.textContent = "";
-    const complain = (message) => problems.replaceChildren(alertBox(message));
+    const complain = (message, inForm = true) => {
+      problems.replaceChildren(alertBox(message));
+      state.formProblem = inForm; // gone as soon as the form is changed
+    };
     const sizeProblem = checkCustomSize();
-    if (sizeProblem) return complain(sizeProblem);
+    if (sizeProblem) {
+      width.focus();
+      return complain(sizeProblem);
+    }
     if (!prompt.value.trim()) return complain(t("play.need_prompt"));
     if (editing() && !state.file) return complain(t("play.need_image"));
+    const invalid = form.querySelector(":invalid");
+    if (invalid) {
+      invalid.focus();
+      return complain(t("play.invalid", { field: invalid.labels?.[0]?.textContent || invalid.name,
+        message: invalid.validationMessage }));
+    }
     const request = buildRequest();
     const controller = new AbortController();
     state.controller = controller;
@@ -288,7 +308,7 @@ export async function render(root, ctx) {
         status.textContent = t("play.stopped");
       } else {
         status.textContent = t("play.failed");
-        complain(errorMessage(err));
+        complain(errorMessage(err), false);
       }
     } finally {
       state.controller = null;
@@ -308,8 +328,8 @@ export async function render(root, ctx) {
 
   // ---- wiring -------------------------------------------------------------------------------
   model.addEventListener("change", applyModel);
-  modeGenerate.addEventListener("change", applyMode);
-  modeEdit.addEventListener("change", applyMode);
+  modeGenerate.addEventListener("change", () => applyMode(true));
+  modeEdit.addEventListener("change", () => applyMode(true));
   form.addEventListener("input", refresh);
   form.addEventListener("change", refresh);
   form.addEventListener("submit", run);
