@@ -57,7 +57,9 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API runs an event loop in this thread while it
+# is open, and the asyncio tests collected after tests/browser/ cannot start theirs beside it.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     if chromium_path() is None:
         pytest.skip("no Chromium: apt-get install chromium (or set IMAGEGATE_TEST_CHROMIUM)")
@@ -65,7 +67,7 @@ def playwright() -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     launched = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
     yield launched
