@@ -7,6 +7,7 @@ an account and a key reach the API, the tabs speak Chinese, and models and statu
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 
 from conftest import TIMEOUT_MS, Console
 from gateway import ADMIN_KEY, Gateway
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, Route, expect
 
 PRICE_MICROS = 10_000  # tiny-sd at 0.01 an image (conftest's PRICED_TINY)
 
@@ -88,7 +89,10 @@ def test_an_operator_opens_an_account_and_its_customer_uses_it(
     expect(shown).to_contain_text(f"This is the key of account {name}. It is shown this once")
     key = shown.locator("code").inner_text().strip()
     assert key.startswith("sk-") and len(key) > 30
-    expect(shown.get_by_role("button", name="Copy")).to_be_visible()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    shown.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("status")).to_contain_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == key
     expect(row(page, "browser key")).to_be_visible()
     shoot(console, "admin-keys")
     shown.get_by_role("button", name="Done: hide the key").click()
@@ -279,3 +283,30 @@ def test_models_and_status_and_the_tabs_in_chinese(console: Console) -> None:
     tabs.get_by_role("link", name="账户").click()
     expect(page.get_by_role("button", name="创建账户")).to_be_visible()
     page.get_by_label("语言").select_option("en")
+
+
+def test_upstream_deployments_show_their_cool_down(console: Console) -> None:
+    """The server under test has no upstream deployment configured (no network), so the
+    models list it answers gets two added to dall-e-3: how the page shows what the router
+    says of each (tests/test_admin_views.py checks the server's side)."""
+    def with_deployments(route: Route) -> None:
+        body = route.fetch().json()
+        for model in body["data"]:
+            if model["id"] == "dall-e-3":
+                model["deployments"] = [
+                    {"name": "dall-e-3/east", "format": "openai", "weight": 3, "priority": 0,
+                     "cooling_down": True, "cooling_down_seconds": 12.4},
+                    {"name": "dall-e-3/west", "format": "azure", "weight": 1, "priority": 1,
+                     "cooling_down": False, "cooling_down_seconds": 0.0}]
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page = console.page
+    page.route("**/admin/models", with_deployments)
+    console.sign_in(ADMIN_KEY)
+    console.open("admin/models")
+    card = page.get_by_role("region", name="dall-e-3", exact=True)
+    table = card.get_by_role("region", name="Upstream deployments")
+    expect(table.locator("tbody tr", has_text="dall-e-3/east")) \
+        .to_contain_text("Cooling down (13 s left)")
+    expect(table.locator("tbody tr", has_text="dall-e-3/west")).to_contain_text("Ready")
+    expect(table.locator("tbody tr", has_text="dall-e-3/west")).to_contain_text("azure")
