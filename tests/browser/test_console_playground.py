@@ -114,6 +114,14 @@ def test_a_user_sees_the_models_and_their_prices(console: Console,
     fits_a_phone(page)
     console.screenshot("playground")
 
+    page.get_by_label("Language").select_option("zh")
+    expect(page.get_by_label("提示词", exact=True)).to_be_visible()
+    expect(page.get_by_label("模型", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="生成", exact=True)).to_be_visible()
+    expect(page.get_by_label("模型", exact=True).locator("option[value='tiny-sd']")) \
+        .to_have_text(re.compile(r"每张 US\$0\.01"))
+    assert not re.search(r"\bplay\.[a-z_]+", page.inner_text("main"))  # no key left untranslated
+
 
 def test_previews_stream_in_before_the_image_and_the_account_is_charged(
         console: Console, console_gateway: Gateway) -> None:
@@ -211,6 +219,9 @@ def test_an_edit_sends_the_painted_mask(console: Console, console_gateway: Gatew
     page.mouse.up()
     page.get_by_label("Prompt", exact=True).fill("a window with a view")
     expect(page.locator("pre.snippet-curl")).to_contain_text("-F mask=@mask.png")
+    python_snippet = page.locator("pre.snippet-python").text_content() or ""
+    with page.expect_download() as saved:
+        page.get_by_role("button", name="Download the mask").click()
     console.screenshot("playground-edit")
 
     sent = capture(page, "/v1/images/edits")
@@ -229,6 +240,17 @@ def test_an_edit_sends_the_painted_mask(console: Console, console_gateway: Gatew
     assert alpha.getpixel((24, 24)) == 0 and alpha.getpixel((40, 24)) == 0
     for kept in ((0, 0), (63, 47), (32, 2), (2, 24), (61, 24)):
         assert alpha.getpixel(kept) == 255, kept  # untouched: opaque, kept
+    saved.value.save_as(tmp_path / "mask.png")
+    assert (tmp_path / "mask.png").read_bytes() == parts["mask"][1]  # what the snippets use
+
+    # The Python snippet makes the same edit from image.png and the downloaded mask.png.
+    (tmp_path / "image.png").write_bytes(picture.read_bytes())
+    (tmp_path / "snippet.py").write_text(python_snippet)
+    ran = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True,
+                         env={**os.environ, "IMAGEGATE_API_KEY": key}, text=True,
+                         timeout=TIMEOUT_MS / 1000)
+    assert ran.returncode == 0, ran.stderr
+    assert Image.open(tmp_path / "image-1.png").size == (88, 64)  # 64x48's shape, fitted
     expect(results(page).first.locator("img")).to_be_visible()
 
 

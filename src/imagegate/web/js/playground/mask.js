@@ -3,7 +3,7 @@
 // of the image, painted pixels fully transparent, every other pixel opaque.
 
 import { t } from "../i18n.js";
-import { field, h } from "../ui.js";
+import { download, field, h, toast } from "../ui.js";
 
 export function maskStage(onChange = () => {}) {
   const picture = h("img", { alt: "" });
@@ -15,10 +15,16 @@ export function maskStage(onChange = () => {}) {
     paint.getContext("2d").clearRect(0, 0, paint.width, paint.height);
     onChange();
   } } });
+  // The mask as a file, for the code snippets' mask.png.
+  const save = h("button", { type: "button", i18n: "play.mask_download", on: { click: async () => {
+    const blob = await api.mask();
+    if (blob) download(blob, "mask.png");
+    else toast(t("play.mask_empty"));
+  } } });
   const tools = h("div", { class: "mask-tools row", hidden: true },
     field("play.brush_size", brush),
     h("div", { class: "field check" }, h("label", {}, erase, " ", t("play.brush_erase"))),
-    h("div", { class: "field" }, clear));
+    h("div", { class: "field" }, h("div", { class: "actions" }, clear, save)));
   let url = null;
   let last = null;
 
@@ -62,7 +68,7 @@ export function maskStage(onChange = () => {}) {
     });
   }
 
-  return {
+  const api = {
     stage, tools,
     /** Show `file` (an image the browser can decode); resolves with its size. */
     async load(file) {
@@ -105,4 +111,5 @@ export function maskStage(onChange = () => {}) {
       return new Promise((resolve) => out.toBlob(resolve, "image/png"));
     },
   };
+  return api;
 }

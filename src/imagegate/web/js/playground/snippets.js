@@ -11,6 +11,8 @@ const SDK_FIELDS = {
 };
 
 const json = (value) => JSON.stringify(value);
+const files = (mask, comment) => `${comment} image.png: the image to edit${mask
+  ? "; mask.png: the mask painted in the playground (Download the mask)" : ""}`;
 const shellQuote = (text) => `'${String(text).replace(/'/g, "'\\''")}'`;
 
 function python(value) {
@@ -29,6 +31,7 @@ export function curlSnippet({ kind, fields, mask }, base) {
   if (kind === "generations") {
     lines.push("  -H 'Content-Type: application/json' \\", `  -d ${shellQuote(JSON.stringify(fields))}`);
   } else {
+    lines.unshift(files(mask, "#"));
     lines.push("  -F image=@image.png \\");
     if (mask) lines.push("  -F mask=@mask.png \\");
     const parts = Object.entries(fields).map(([k, v]) => `  -F ${shellQuote(`${k}=${v}`)}`);
@@ -55,9 +58,9 @@ export function pythonSnippet({ kind, fields, mask }, base) {
   if (kind === "generations") {
     call = ["stream = client.images.generate(", ...args, ")"];
   } else {
-    const files = mask ? 'open("image.png", "rb") as image, open("mask.png", "rb") as mask'
+    const opened = mask ? 'open("image.png", "rb") as image, open("mask.png", "rb") as mask'
       : 'open("image.png", "rb") as image';
-    call = [`with ${files}:`, "    stream = client.images.edit(",
+    call = [files(mask, "#"), `with ${opened}:`, "    stream = client.images.edit(",
       `        image=image,${mask ? " mask=mask," : ""}`, ...args.map((a) => `    ${a}`), "    )"];
   }
   const loop = ["done = 0", "for event in stream:",
@@ -79,6 +82,7 @@ export function nodeSnippet({ kind, fields, mask }, base) {
     "// imagegate's extension fields (seed, negative_prompt, ...) go in the same object",
     `const stream = await client.images.${kind === "generations" ? "generate" : "edit"}({`];
   if (kind === "edits") {
+    lines.splice(lines.length - 1, 0, files(mask, "//"));
     lines.push('  image: fs.createReadStream("image.png"),');
     if (mask) lines.push('  mask: fs.createReadStream("mask.png"),');
   }
