@@ -4,6 +4,7 @@ keeps, and the filters of usage listings and summaries."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from fastapi import Query, Request
@@ -41,8 +42,8 @@ class UsageQuery:
 
     key_id: int | None
     model: str | None
-    since: Any
-    until: Any
+    since: datetime | None
+    until: datetime | None
     status: str | None
 
     def filters(self) -> dict[str, Any]:
