@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import PHONE, TIMEOUT_MS, Console
-from gateway import Gateway
+from gateway import Gateway, wait_for
 from PIL import Image
 from playwright.sync_api import Page, Request, Route, expect
 
@@ -375,3 +375,22 @@ def test_history_keeps_links_across_reloads_and_clears(console: Console,
     expect(history.get_by_role("link")).to_have_count(0)
     expect(history).to_contain_text("No images yet")
     assert page.evaluate("localStorage.getItem('imagegate.history')") is None
+
+
+def test_stop_ends_the_stream_and_nothing_is_charged(console: Console,
+                                                     console_gateway: Gateway) -> None:
+    name, key = user(console_gateway)
+    page = console.page
+    console.sign_in(key)
+    # Long enough that the first preview comes long before the end: 100 steps of 2 images.
+    fill_request(page, "a long night", size=(128, 128))
+    page.get_by_label("Steps", exact=True).fill("100")
+    page.get_by_label("Number of images", exact=True).fill("2")
+    generate(page)
+    expect(page.locator("figure.preview").first).to_be_visible(timeout=TIMEOUT_MS)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.get_by_role("status").filter(has_text="Stopped")).to_be_visible()
+    expect(results(page)).to_have_count(0)
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()
+    wait_for(lambda: console_gateway.account(name)["held_micros"] == 0, "the hold released")
+    assert console_gateway.account(name)["spent_micros"] == 0

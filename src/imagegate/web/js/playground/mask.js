@@ -25,7 +25,6 @@ export function maskStage(onChange = () => {}) {
     field("play.brush_size", brush),
     h("div", { class: "field check" }, h("label", {}, erase, " ", t("play.brush_erase"))),
     h("div", { class: "field" }, h("div", { class: "actions" }, clear, save)));
-  let url = null;
   let last = null;
 
   function point(event) {
@@ -72,10 +71,13 @@ export function maskStage(onChange = () => {}) {
     stage, tools,
     /** Show `file` (an image the browser can decode); resolves with its size. */
     async load(file) {
-      if (url) URL.revokeObjectURL(url);
-      url = URL.createObjectURL(file);
+      const url = URL.createObjectURL(file);
       picture.src = url;
-      await picture.decode();
+      try {
+        await picture.decode();
+      } finally {
+        URL.revokeObjectURL(url); // decoded (or not an image): the URL is no longer needed
+      }
       paint.width = picture.naturalWidth;
       paint.height = picture.naturalHeight;
       picture.alt = t("play.mask_image_alt", { name: file.name });
@@ -85,8 +87,6 @@ export function maskStage(onChange = () => {}) {
       return { width: paint.width, height: paint.height };
     },
     reset() {
-      if (url) URL.revokeObjectURL(url);
-      url = null;
       picture.removeAttribute("src");
       stage.hidden = true;
       tools.hidden = true;

@@ -14,22 +14,28 @@ export function b64Blob(b64, format = "png") {
   return new Blob([bytes], { type: TYPES[format] || "image/png" });
 }
 
+/** Show `blob` in `img` through a blob: URL that is given back once the image has loaded (it
+ *  stays on screen): never sooner, since a URL revoked before its load starts is an error. A
+ *  load that a newer src replaced has its URL given back with the newer one's. */
+export function showBlob(img, blob) {
+  const url = URL.createObjectURL(blob);
+  const owed = [...(img.owedUrls || []), url];
+  img.owedUrls = owed;
+  const free = () => {
+    if (img.owedUrls !== owed) return; // a newer src frees these
+    for (const each of owed) URL.revokeObjectURL(each);
+    img.owedUrls = [];
+  };
+  img.addEventListener("load", free, { once: true });
+  img.addEventListener("error", free, { once: true });
+  img.src = url;
+}
+
 export function resultsView({ onSeed }) {
   const previews = h("div", { class: "previews", "aria-live": "polite" });
   const results = h("div", { class: "results", "aria-live": "polite" });
-  const urls = new Set();
   const shown = new Map(); // image_index -> preview figure
   let arrivals = 0;
-
-  function objectUrl(blob) {
-    const url = URL.createObjectURL(blob);
-    urls.add(url);
-    return url;
-  }
-
-  function drop(url) {
-    if (url && urls.delete(url)) URL.revokeObjectURL(url);
-  }
 
   function preview(event) {
     const index = event.image_index || 0;
@@ -43,8 +49,7 @@ export function resultsView({ onSeed }) {
     const step = event.step && event.total_steps
       ? t("play.preview_step", { image: index + 1, step: event.step, total: event.total_steps })
       : t("play.preview_n", { image: index + 1, n: (event.partial_image_index || 0) + 1 });
-    drop(img.getAttribute("src"));
-    img.src = objectUrl(b64Blob(event.b64_json, event.output_format));
+    showBlob(img, b64Blob(event.b64_json, event.output_format));
     img.alt = step;
     img.dataset.arrival = String(++arrivals);
     caption.textContent = step;
@@ -54,7 +59,6 @@ export function resultsView({ onSeed }) {
     const index = event.image_index || 0;
     const figure = shown.get(index);
     if (figure) {
-      drop(figure.querySelector("img").getAttribute("src"));
       figure.remove();
       shown.delete(index);
     }
@@ -76,18 +80,16 @@ export function resultsView({ onSeed }) {
       event.seed !== undefined && event.seed !== null
         ? h("button", { type: "button", i18n: "play.use_seed", on: { click: () => onSeed(event.seed) } })
         : null);
+    const img = h("img", { alt: prompt, "data-kind": "result" });
+    showBlob(img, blob);
     results.append(h("figure", { class: "result card", "data-kind": "result",
-      "data-arrival": String(++arrivals) },
-    h("img", { src: objectUrl(blob), alt: prompt, "data-kind": "result" }),
-    h("figcaption", {}, ...details, actions)));
+      "data-arrival": String(++arrivals) }, img, h("figcaption", {}, ...details, actions)));
   }
 
   return {
     previews, results, preview, completed,
-    /** Forget the last run's pictures (and free their memory). */
+    /** Forget the last run's pictures (their URLs are freed as their loads end). */
     clear() {
-      for (const url of urls) URL.revokeObjectURL(url);
-      urls.clear();
       shown.clear();
       previews.replaceChildren();
       results.replaceChildren();
