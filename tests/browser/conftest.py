@@ -14,16 +14,23 @@ to docs/images/console), else to a temporary directory; docs/console.md shows ea
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import re
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from gateway import Gateway
+from PIL import Image
 
 pytest.importorskip("playwright")
 
@@ -41,11 +48,54 @@ SHOTS = ("signin", "playground", "playground-result", "playground-edit", "accoun
 """Every screenshot the browser tests take, each at desktop and 375 px width
 (NAME-desktop.png, NAME-phone.png); docs/console.md shows them all."""
 
-PRICED_TINY = """
+CONFIG = """
 [models.tiny-sd.pricing]
 per_image = "0.01"
+
+[models.relayed]
+backend = "upstream"
+description = "Relayed to an OpenAI-format upstream with two deployments."
+[models.relayed.capabilities]
+sizes = ["256x256"]
+default_size = "256x256"
+[models.relayed.pricing]
+per_image = "0.02"
+[[models.relayed.deployments]]
+name = "east"
+provider = "openai_images"
+base_url = "{upstream}/v1"
+upstream_model = "busy"
+priority = 0
+[[models.relayed.deployments]]
+name = "west"
+provider = "openai_images"
+base_url = "{upstream}/v1"
+upstream_model = "dall-e-2"
+priority = 1
 """
-"""tiny-sd (a real local pipeline with random weights) at 0.01 an image, so money moves."""
+"""tiny-sd (a real local pipeline with random weights) at 0.01 an image, so money moves; and
+`relayed`, an upstream model whose first deployment (`east`) is always busy (429, Retry-After
+600: it cools down at its first call) and whose second (`west`) answers."""
+
+BUSY_SECONDS = 600
+
+
+def upstream_app() -> Any:
+    """A small upstream speaking OpenAI's images format: model `busy` answers 429."""
+    app = FastAPI()
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (40, 120, 200)).save(buffer, "PNG")
+    png = base64.b64encode(buffer.getvalue()).decode()
+
+    @app.post("/v1/images/generations")
+    async def generations(request: Request) -> JSONResponse:
+        body = await request.json()
+        if body.get("model") == "busy":
+            return JSONResponse({"error": {"message": "busy", "type": "rate_limit_error"}},
+                                status_code=429, headers={"Retry-After": str(BUSY_SECONDS)})
+        return JSONResponse({"created": int(time.time()), "data": [{"b64_json": png}]})
+
+    return app
 
 
 def chromium_path() -> str | None:
@@ -74,11 +124,28 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     launched.close()
 
 
+def free_port() -> int:
+    """tests/upstream_server.py takes its port from `conftest`, which in this folder is this
+    file."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 @pytest.fixture(scope="session")
-def console_gateway(start_server: Any) -> Iterator[Gateway]:
+def console_upstream() -> Iterator[str]:
+    from upstream_server import serve_app
+
+    with serve_app(upstream_app()) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="session")
+def console_gateway(start_server: Any, console_upstream: str) -> Iterator[Gateway]:
     """One server for all the browser tests: keys on, tiny-sd priced. Each test makes the
     accounts and keys it looks at, so none sees another's."""
-    gateway = Gateway.start(start_server, PRICED_TINY)
+    gateway = Gateway.start(start_server, CONFIG.replace("{upstream}", console_upstream))
     yield gateway
     gateway.close()
 

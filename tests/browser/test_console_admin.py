@@ -7,7 +7,6 @@ an account and a key reach the API, the tabs speak Chinese, and models and statu
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import uuid
@@ -16,9 +15,9 @@ from typing import Any
 
 from conftest import TIMEOUT_MS, Console
 from gateway import ADMIN_KEY, Gateway
-from playwright.sync_api import Locator, Page, Route, expect
+from playwright.sync_api import Locator, Page, expect
 
-PRICE_MICROS = 10_000  # tiny-sd at 0.01 an image (conftest's PRICED_TINY)
+PRICE_MICROS = 10_000  # tiny-sd at 0.01 an image (conftest's CONFIG)
 
 
 def unique(prefix: str) -> str:
@@ -285,28 +284,18 @@ def test_models_and_status_and_the_tabs_in_chinese(console: Console) -> None:
     page.get_by_label("语言").select_option("en")
 
 
-def test_upstream_deployments_show_their_cool_down(console: Console) -> None:
-    """The server under test has no upstream deployment configured (no network), so the
-    models list it answers gets two added to dall-e-3: how the page shows what the router
-    says of each (tests/test_admin_views.py checks the server's side)."""
-    def with_deployments(route: Route) -> None:
-        body = route.fetch().json()
-        for model in body["data"]:
-            if model["id"] == "dall-e-3":
-                model["deployments"] = [
-                    {"name": "dall-e-3/east", "format": "openai", "weight": 3, "priority": 0,
-                     "cooling_down": True, "cooling_down_seconds": 12.4},
-                    {"name": "dall-e-3/west", "format": "azure", "weight": 1, "priority": 1,
-                     "cooling_down": False, "cooling_down_seconds": 0.0}]
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
-
+def test_upstream_deployments_show_their_cool_down(console: Console,
+                                                    console_gateway: Gateway) -> None:
+    """`relayed` has two real deployments (conftest): `east` answers 429 with Retry-After and
+    cools down at its first call, the request goes on to `west`. The models page says so."""
+    answer = console_gateway.admin.post("/v1/images/generations", json={
+        "model": "relayed", "prompt": "a lighthouse", "response_format": "b64_json"})
+    assert answer.status_code == 200, answer.text
     page = console.page
-    page.route("**/admin/models", with_deployments)
     console.sign_in(ADMIN_KEY)
     console.open("admin/models")
-    card = page.get_by_role("region", name="dall-e-3", exact=True)
+    card = page.get_by_role("region", name="relayed", exact=True)
     table = card.get_by_role("region", name="Upstream deployments")
-    expect(table.locator("tbody tr", has_text="dall-e-3/east")) \
-        .to_contain_text("Cooling down (13 s left)")
-    expect(table.locator("tbody tr", has_text="dall-e-3/west")).to_contain_text("Ready")
-    expect(table.locator("tbody tr", has_text="dall-e-3/west")).to_contain_text("azure")
+    expect(table.locator("tbody tr", has_text="east")).to_contain_text("Cooling down")
+    expect(table.locator("tbody tr", has_text="west")).to_contain_text("Ready")
+    expect(table.locator("tbody tr", has_text="west")).to_contain_text("openai_images")
