@@ -4,6 +4,7 @@ that the Content Security Policy forbids, the size budget, and the headers."""
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import re
@@ -157,3 +158,18 @@ def test_images_may_come_from_where_links_point() -> None:
         "backend": "s3", "s3": {"bucket": "b", "endpoint_url": "http://minio:9000",
                                 "presigned_links": True}}}))
     assert "http://minio:9000" in s3
+
+
+def test_the_docs_show_every_screenshot() -> None:
+    """Each screenshot the browser tests take (SHOTS in tests/browser/conftest.py) is in
+    docs/images/console/ at both widths and shown in docs/console.md."""
+    conftest = Path(__file__).parent / "browser" / "conftest.py"
+    shots = next(ast.literal_eval(node.value) for node in ast.parse(conftest.read_text()).body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SHOTS")
+    docs = Path(__file__).parents[1] / "docs"
+    text = (docs / "console.md").read_text()
+    for name in shots:
+        for width in ("desktop", "phone"):
+            image = f"images/console/{name}-{width}.png"
+            assert (docs / image).is_file(), f"{image}: run scripts/console-screenshots.sh"
+            assert f"({image})" in text, f"docs/console.md does not show {image}"
