@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from account_helpers import (
     CONFIG,
     UNIT,
@@ -32,9 +33,10 @@ ACCOUNT_FIELDS = {"id", "name", "currency", "balance_micros", "held_micros", "sp
                   "unlimited", "price_multiplier", "created_at"}
 
 
-@pytest.fixture
-async def srv(inprocess):
-    return await inprocess(CONFIG)
+@pytest_asyncio.fixture(loop_scope="module")
+async def srv(shared_inprocess):
+    """One app for the module's tests: each makes the accounts and keys it looks at."""
+    return await shared_inprocess(CONFIG)
 
 
 def _sums(rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from account_helpers import (
     CONFIG,
     UNIT,
@@ -42,9 +43,10 @@ NEW_ADMIN_ROUTES = [
 ]
 
 
-@pytest.fixture
-async def srv(inprocess):
-    return await inprocess(CONFIG)
+@pytest_asyncio.fixture(loop_scope="module")
+async def srv(shared_inprocess):
+    """One app for the module's tests: each makes the accounts and keys it looks at."""
+    return await shared_inprocess(CONFIG)
 
 
 async def _patch(srv, path: str, body: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import pytest_asyncio
 from account_helpers import CONFIG, UNIT, account, error, generate, get, insert_usage, key
 from fake_providers import calls
 
@@ -16,9 +17,10 @@ SUBSCRIPTION = ("/v1/dashboard/billing/subscription", "/dashboard/billing/subscr
 USAGE = ("/v1/dashboard/billing/usage", "/dashboard/billing/usage")
 
 
-@pytest.fixture
-async def srv(inprocess):
-    return await inprocess(CONFIG)
+@pytest_asyncio.fixture(loop_scope="module")
+async def srv(shared_inprocess):
+    """One app for the module's tests: each makes the accounts and keys it looks at."""
+    return await shared_inprocess(CONFIG)
 
 
 async def _subscription(srv, api_key: str, path: str = SUBSCRIPTION[0]) -> dict:
@@ -39,7 +41,8 @@ async def test_the_limits_are_what_the_account_may_still_spend(srv) -> None:
     assert (await _subscription(srv, made["key"]))["hard_limit_usd"] == pytest.approx(12.47)
 
 
-async def test_what_a_running_request_holds_is_not_available(srv) -> None:
+async def test_what_a_running_request_holds_is_not_available(inprocess) -> None:
+    srv = await inprocess(CONFIG)  # its own: it counts the provider's calls
     owner = await account(srv, 10 * UNIT)
     made = await key(srv, owner)
     running = asyncio.ensure_future(generate(srv, made["key"], "gate:open-billing", n=4))

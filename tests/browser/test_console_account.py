@@ -10,9 +10,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-from conftest import Console
 from gateway import Gateway
 from playwright.sync_api import Locator, Page, expect
+
+from browser.conftest import Console
 
 
 def usd(micros: int) -> str:

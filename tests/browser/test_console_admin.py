@@ -13,9 +13,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import TIMEOUT_MS, Console
 from gateway import ADMIN_KEY, Gateway
 from playwright.sync_api import Locator, Page, expect
+
+from browser.conftest import TIMEOUT_MS, Console
 
 PRICE_MICROS = 10_000  # tiny-sd at 0.01 an image (conftest's CONFIG)
 

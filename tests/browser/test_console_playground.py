@@ -16,10 +16,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import PHONE, TIMEOUT_MS, Console
 from gateway import Gateway, wait_for
 from PIL import Image
 from playwright.sync_api import Page, Request, Route, expect
+
+from browser.conftest import PHONE, TIMEOUT_MS, Console
 
 PRICE_MICROS = 10_000  # tiny-sd at 0.01 an image (conftest's PRICED_TINY)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 import uuid
 
-from conftest import PHONE, Console
 from gateway import ADMIN_KEY, Gateway
 from playwright.sync_api import Browser, Request, expect
+
+from browser.conftest import PHONE, Console
 
 PAGES = ("playground", "account", "admin/accounts", "admin/keys", "admin/usage", "admin/models",
          "admin/status")
