@@ -14,11 +14,11 @@ apache=/usr/share/common-licenses/Apache-2.0
 out=src/imagegate/labels/fonts
 python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 )}
 
-# Printable ASCII, the characters of the default texts and of the usual Chinese wordings of the
-# label (AI生成, AI合成, 人工智能生成, 由AI生成, 本图片由人工智能生成的内容, ...), and the full-width
+# Printable ASCII and Latin-1 (English, French, German, Spanish... wordings), the characters of
+# the default texts and of the usual Chinese wordings of the label (AI生成, AI合成, 人工智能生成, 由AI生成, 本图片由人工智能生成的内容, ...), and the full-width
 # punctuation they are written with. Text outside this set falls back to Pillow's own font, or
 # is refused (labels.mark.check_mark_text).
-ASCII=U+0020-007E
+LATIN=U+0020-007E,U+00A0-00FF
 CHARS="生成合人工智能内容由本图片像的此该为已经过标识，。：；、（）·"
 
 if [ ! -f "$src" ]; then
@@ -33,7 +33,7 @@ mkdir -p "$out"
 # drawn as small as 10 px, where the hints keep the strokes sharp. The subset keeps every name
 # record (the copyright and licence strings are among them) and the 'modified' date of the
 # original, so a rerun gives the same bytes.
-"$python" -m fontTools.subset "$src" --font-number=0 --unicodes="$ASCII" --text="$CHARS" \
+"$python" -m fontTools.subset "$src" --font-number=0 --unicodes="$LATIN" --text="$CHARS" \
   --output-file="$out/WenQuanYiMicroHei-mark.ttf" \
   --name-IDs='*' --name-languages='*' --notdef-outline --layout-features='kern'
 
