@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .containers import sniff_format
 from .errors import LabelError
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -69,14 +70,10 @@ def _c2pa() -> Any:
 
 
 def _format_of(data: bytes) -> str:
-    """"png", "jpeg" or "webp" from the file's signature."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    raise LabelError("not a PNG, JPEG or WebP file")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise LabelError("not a PNG, JPEG or WebP file")
+    return fmt
 
 
 # --- Finding an embedded manifest store without c2pa ------------------------------------------
@@ -190,9 +187,11 @@ class CredentialSigner:
                 with c2pa.Builder(definition, context=context) as builder:
                     builder.sign(signer, "image/png", io.BytesIO(_probe_png()), io.BytesIO())
         except c2pa.C2paError as error:
-            raise LabelError(f"the C2PA signing certificate or key is unusable ({error}); "
-                             "the chain must be PEM, signing certificate first, and the key "
-                             f"its PEM private key for {self._algorithm}") from error
+            raise LabelError(
+                f"the C2PA signing certificate or key is unusable ({error}): the chain must be "
+                "PEM, signing certificate first (not a CA; key usage digitalSignature; extended "
+                "key usage emailProtection or documentSigning), and the key its PEM private key "
+                f"for {self._algorithm}") from error
 
     def _signer(self, *, with_timestamp: bool = True) -> Any:
         c2pa = _c2pa()
