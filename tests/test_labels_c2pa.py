@@ -177,6 +177,19 @@ def test_changing_the_image_data_after_signing_is_caught(
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_a_wrecked_manifest_store_is_reported_not_raised(
+        signer: CredentialSigner, fmt: str) -> None:
+    signed = bytearray(signer.sign(_image(fmt), fmt, model="tiny-sd"))
+    store = signed.index({"png": b"caBX", "jpeg": b"\xff\xeb", "webp": b"C2PA"}[fmt])
+    signed[store + 60:store + 400] = bytes(340)  # the claim and its signature zeroed
+    assert has_manifest(bytes(signed))
+    summary = read_credentials(bytes(signed))
+    assert summary is not None
+    assert (summary["valid"], summary["validation_state"], summary["errors"]) == (
+        False, "Invalid", ["manifest.unreadable"])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_an_upstream_manifest_is_kept_as_the_parent_ingredient(
         signer: CredentialSigner, upstream_signer: CredentialSigner, fmt: str) -> None:
     plain = _image(fmt)
