@@ -53,8 +53,8 @@ ABOVE = {
 """Each layer, and the only places that may import it besides itself."""
 
 BACKENDS = {"providers", "engine", "accounts", "storage"}
-SHARED = {"protocol", "net", "imaging", "settings", "errors", "catalog", "rules", "generation",
-          "pricing", "moderation", "aspect_ratios"}
+SHARED = {"protocol", "net", "imaging", "labels", "settings", "errors", "catalog", "rules",
+          "generation", "pricing", "moderation", "aspect_ratios"}
 """What every layer may use, and which uses none of them: no backend, nothing above."""
 LEAVES = {"imagegate.engine.options"}
 """Backend modules that import nothing of the project's, so anything may use them."""
@@ -130,3 +130,14 @@ def test_only_the_routers_read_the_wire_models() -> None:
     readers = {module for module in _importers(lambda target: _part(target) == "protocol")
                if _part(module) not in {"protocol", "api"}}
     assert not readers, f"wire models imported outside api/: {sorted(readers)}"
+
+
+def test_labels_use_nothing_of_the_project_but_its_errors() -> None:
+    # The labels are put in and read back by the service, the command line and the tests alike,
+    # and must not pull settings, accounts or storage in with them.
+    outside = {module: {t for t in targets if _part(t) != "labels"}
+               for module, targets in GRAPH.items() if _part(module) == "labels"}
+    allowed = {"imagegate", "imagegate.errors"}  # the package's version; APIError
+    reaching = {module: targets - allowed for module, targets in outside.items()
+                if targets - allowed}
+    assert not reaching, f"labels importing the project: {reaching}"
