@@ -73,7 +73,8 @@ def embed_aigc(data: bytes, label: AigcLabel, *, extra: dict[str, str] | None = 
 
 def upstream_aigc(data: bytes) -> AigcLabel | None:
     """The AIGC label a received file already carries (the first, should it hold several);
-    None when it has none, or XMP too broken to read one from."""
+    None when it has none, or XMP too broken to read one from. LabelError, as everywhere here,
+    when the file itself is not a PNG, JPEG or WebP file or is cut short."""
     packet = read_xmp(data)
     if packet is None:
         return None
