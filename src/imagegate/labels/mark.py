@@ -110,7 +110,7 @@ def add_visible_mark(image: Image.Image, text: str,
     """A copy of `image` (same size and mode) with the mark drawn in `corner`. Only the plate's
     pixels change."""
     if image.mode not in _MODES:
-        raise LabelError(f"a visible mark is drawn on RGB or RGBA images, not {image.mode}")
+        raise LabelError(f"a visible mark is drawn on RGB, RGBA, L or LA images, not {image.mode}")
     x, y, layout = _place(image.width, image.height, text, corner)
     box = (x, y, x + layout.plate.width, y + layout.plate.height)
     region = image.crop(box).convert("RGBA")
