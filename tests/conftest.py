@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a model hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -36,6 +37,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # Collecting imports torch, diffusers and the rest: they leave no garbage worth collecting,
     # yet the growing heap would set off a dozen full collections (seconds of them).
     gc.disable()
+    # A suite started in the background by a script (`cmd &`) inherits SIGINT ignored, and so
+    # would every server it starts: their Ctrl-C tests (exit status 130) would see 0. Servers
+    # and the suite itself get the default Ctrl-C, whatever started them.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
