@@ -28,9 +28,10 @@ from account_helpers import (
 from imagegate.accounts.admin import USAGE_COLUMNS
 
 KEY_FIELDS = {"id", "name", "prefix", "is_admin", "enabled", "expires_at", "allowed_models",
-              "allowed_ips", "rpm_limit", "concurrency_limit", "price_multiplier", "created_at"}
+              "allowed_ips", "rpm_limit", "concurrency_limit", "price_multiplier", "visible_mark",
+              "created_at"}
 ACCOUNT_FIELDS = {"id", "name", "currency", "balance_micros", "held_micros", "spent_micros",
-                  "unlimited", "price_multiplier", "created_at"}
+                  "unlimited", "price_multiplier", "label_producer", "visible_mark", "created_at"}
 
 
 @pytest_asyncio.fixture(loop_scope="module")

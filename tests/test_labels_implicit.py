@@ -428,7 +428,7 @@ def test_inspect_reports_the_label(case: Case) -> None:
         "width": 67, "height": 45,
         "implicit_labels": [LABEL.as_dict()], "implicit_label_count": 1,
         "xmp": True, "xmp_error": None, "extra": {"VisibleMark": "AI生成"},
-        "credentials": None, "credentials_error": None,
+        "visible_mark": "AI生成", "credentials": None, "credentials_error": None,
     }
 
 
@@ -436,6 +436,7 @@ def test_inspect_says_when_there_is_no_label() -> None:
     report = inspect_file(_encode(CASES[0]))
     assert report["implicit_labels"] == [] and report["implicit_label_count"] == 0
     assert report["xmp"] is False and report["extra"] == {} and report["credentials"] is None
+    assert report["visible_mark"] is None
     upstream = inspect_file(write_xmp(_encode(CASES[0]), UPSTREAM_PACKET))
     assert upstream["xmp"] is True and upstream["implicit_label_count"] == 0
 

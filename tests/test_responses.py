@@ -513,6 +513,10 @@ async def test_text_besides_the_image_is_a_message_item(shared_inprocess) -> Non
         adapter.validate_python(event)
 
 
+def _pixels(b64: str) -> bytes:
+    return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGBA").tobytes()
+
+
 async def test_stored_answers_are_the_callers_own_and_expire(database, inprocess) -> None:
     from sqlalchemy import func, select, update
 
@@ -534,7 +538,8 @@ async def test_stored_answers_are_the_callers_own_and_expire(database, inprocess
                                    {"role": "user", "content": "at night"}]}):
         edited = await respond(body)
         assert edited.status_code == 200, edited.text
-        assert edited.json()["output"][0]["result"] == item["result"]
+        # The same pixels; the file differs by its label (this request's ProduceID).
+        assert _pixels(edited.json()["output"][0]["result"]) == _pixels(item["result"])
 
     # Another account's key finds neither the response nor its item.
     await srv.client.post("/admin/accounts", headers=srv.auth(), json={"name": "other"})

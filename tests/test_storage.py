@@ -476,8 +476,8 @@ class WithoutFastPath:
         self.ttl_seconds = inner.ttl_seconds
         self.opened: list[str] = []
 
-    def put(self, data: bytes, ext: str) -> str:
-        return self.inner.put(data, ext)
+    def put(self, data: bytes, ext: str, name: str | None = None) -> str:
+        return self.inner.put(data, ext, name)
 
     def read(self, name: str) -> bytes:
         return self.inner.read(name)

@@ -22,6 +22,7 @@ from .api import (
     edits,
     health,
     images,
+    labels,
     media,
     metrics,
     models,
@@ -31,6 +32,7 @@ from .api import (
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .catalog import BUILTIN_BACKENDS, Catalog
+from .labelling import Labeller
 from .moderation import Moderator
 from .providers.base import Provider, load_provider_class
 from .providers.local import LocalProvider
@@ -57,7 +59,7 @@ def build_service(settings: Settings, *, with_accounts: bool = True) -> ImageSer
     accounts = AccountSystem(settings, answers) if with_accounts else None
     references = ReferenceLoader(settings.fetch)
     return ImageService(catalog, providers, store, signer, references, accounts,
-                        Moderator(settings.moderation))
+                        Moderator(settings.moderation), Labeller(settings.labels))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -113,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    account.router, billing_dashboard.router):
         app.include_router(router, prefix="/v1")
         app.include_router(router, include_in_schema=False)  # /images/... as some clients call it
+    app.include_router(labels.router, prefix="/v1")
     app.include_router(media.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -94,6 +94,8 @@ class GenerationRequest:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     negative_prompt: str | None = None
+    ai_mark: bool | None = None
+    """The request's wish about the visible AI mark; None: as its account and key say."""
     strength: float | None = None
     """Image-to-image: how far from the reference the result may move (0 keeps it, 1 ignores
     it)."""

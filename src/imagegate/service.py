@@ -50,6 +50,8 @@ from .generation import (
     Size,
 )
 from .imaging import encode
+from .labelling import Labeller, LabelPlan
+from .labels.errors import LabelError
 from .moderation import Moderator
 from .pricing import unit_price_micros
 from .providers.base import (
@@ -62,7 +64,9 @@ from .providers.base import (
 )
 from .references import ReferenceLoader
 from .rules import check_inputs, resolve
+from .settings import LabelSettings
 from .storage import ImageStore, URLSigner
+from .storage.base import mint_name
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +82,10 @@ class ImageService:
     def __init__(self, catalog: Catalog, providers: dict[str, Provider],
                  store: ImageStore, signer: URLSigner, references: ReferenceLoader,
                  accounts: AccountSystem | None = None,
-                 moderator: Moderator | None = None) -> None:
+                 moderator: Moderator | None = None,
+                 labeller: Labeller | None = None) -> None:
         self.catalog = catalog
+        self.labeller = labeller or Labeller(LabelSettings())
         self.references = references
         self.moderator = moderator
         self.providers = providers
@@ -102,11 +108,11 @@ class ImageService:
                        caller: Caller | None = None, endpoint: str = "images.generations",
                        progress: ProgressListener | None = None) -> GenerationResult:
         if self.accounts is None or caller is None:
-            return await self._generate(req, request_id, progress)
+            return await self._generate(req, request_id, progress, caller=caller)
         billing = _Billing(self.accounts, caller, request_id, endpoint, req)
         try:
             async with self.accounts.limits.slot(caller):
-                return await self._generate(req, request_id, progress, billing)
+                return await self._generate(req, request_id, progress, billing, caller)
         except APIError as exc:
             billing.failed(exc.status, exc.code)
             raise
@@ -135,8 +141,10 @@ class ImageService:
 
     async def _generate(self, req: GenerationRequest, request_id: str,
                         progress: ProgressListener | None,
-                        billing: "_Billing | None" = None) -> GenerationResult:
+                        billing: "_Billing | None" = None,
+                        caller: Caller | None = None) -> GenerationResult:
         spec = self.catalog.get(req.model)
+        labels = self.labeller.plan(caller, request_id, spec.name, req.ai_mark)
         if billing is not None:
             billing.caller.check_model(spec.name)
         check_inputs(spec, req)
@@ -157,7 +165,8 @@ class ImageService:
                 unit = unit_price_micros(spec, resolved, billing.caller.price_multiplier)
                 await billing.reserve(unit, resolved.n)
             work = asyncio.ensure_future(run_with_ticket(
-                ticket, lambda: self._produce(provider, spec, resolved, req, progress, billing)))
+                ticket, lambda: self._produce(provider, spec, resolved, req, progress, billing,
+                                              labels)))
             try:
                 produced, images = await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -187,7 +196,7 @@ class ImageService:
 
     async def _produce(self, provider: Provider, spec: ModelSpec, resolved: ResolvedRequest,
                        req: GenerationRequest, progress: ProgressListener | None,
-                       billing: "_Billing | None") -> _Produced:
+                       billing: "_Billing | None", labels: LabelPlan) -> _Produced:
         """Generate, then encode and store: the part of a job that may outlive its client."""
         produced = await provider.generate(spec, resolved, progress)
         if not produced.images:
@@ -197,7 +206,8 @@ class ImageService:
                                  upstream_request_id=(produced.provider_request_id or "")[:200]
                                  or None)
         del produced.images[resolved.n:]  # never deliver (or charge) more than was asked
-        images = await asyncio.to_thread(self._deliver, produced, req, resolved.background)
+        images = await asyncio.to_thread(self._deliver, produced, req, resolved.background,
+                                         labels)
         if billing is not None:
             billing.delivered = len(images)
         return produced, images
@@ -369,18 +379,33 @@ class ImageService:
         return images, None
 
     def _deliver(self, produced: ProviderResult, req: GenerationRequest,
-                 background: str) -> list[DeliveredImage]:
-        """Encode each image; store it and sign a link when the client wants URLs."""
+                 background: str, labels: LabelPlan) -> list[DeliveredImage]:
+        """Encode each image and label it (labelling.py); store it and sign a link when the
+        client wants URLs."""
         delivered = []
-        for item in produced.images:
+        for index, item in enumerate(produced.images):
             if item.data is not None and item.format == req.output_format and \
-                    req.output_compression is None and background != "transparent":
+                    req.output_compression is None and background != "transparent" and \
+                    not labels.visible_mark:
                 data = item.data  # already what the client asked for: pass it on as is
             else:
-                data = encode(item.image, req.output_format, req.output_compression, background)
+                data = encode(self.labeller.mark(item.image, labels), req.output_format,
+                              req.output_compression, background)
+            name = mint_name(req.output_format) if req.response_format == "url" else None
+            try:
+                data = self.labeller.label(data, req.output_format, labels, index,
+                                           hosted_as=name, received=item.data)
+            except LabelError:
+                if data is not item.data:
+                    raise
+                # A received file whose container cannot take the label: our own encoding can.
+                data = encode(item.image, req.output_format, req.output_compression,
+                              background)
+                data = self.labeller.label(data, req.output_format, labels, index,
+                                           hosted_as=name, received=item.data)
             image = DeliveredImage(data=data, output_format=req.output_format, seed=item.seed)
-            if req.response_format == "url":
-                name = self.store.put(data, req.output_format)
+            if name is not None:
+                self.store.put(data, req.output_format, name)
                 image.url, image.expires_at = self.signer.sign(name)
             delivered.append(image)
         return delivered

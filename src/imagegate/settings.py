@@ -237,6 +237,42 @@ class APISettings(_Group):
     """Serve the web console at `/` (and its files under `/console/`)."""
 
 
+class LabelSettings(_Group):
+    """`[labels]`: the AI-content labels put on every image delivered (GB 45438-2025's
+    implicit label in the file's metadata, C2PA content credentials, the visible mark)."""
+
+    implicit: bool = True
+    """Put the TC260 AIGC label (XMP) in every image file delivered."""
+    producer: str = Field("imagegate", min_length=1, max_length=200)
+    """`ContentProducer`: the service's name or filing code (备案号); an account may set its
+    own."""
+    propagator: str | None = Field(None, min_length=1, max_length=200)
+    """`ContentPropagator` of images this server hosts (`url` answers); unset: `producer`."""
+    visible_mark: bool = False
+    """Draw the visible mark on images of accounts and keys that say nothing about it."""
+    visible_mark_text: str = Field("AI生成", min_length=1, max_length=40)
+    visible_mark_corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = \
+        "bottom-right"
+    request_mark: bool = True
+    """A request may ask for the visible mark (`ai_mark: true`) or, where its account and key
+    do not require it, decline it (`ai_mark: false`)."""
+    c2pa_certificate: Path | None = None
+    """PEM file: the C2PA signing certificate chain, leaf first. With `c2pa_private_key`,
+    every image delivered carries signed content credentials."""
+    c2pa_private_key: Path | None = None
+    """PEM file: the private key of the signing certificate."""
+    c2pa_algorithm: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] \
+        = "es256"
+    c2pa_timestamp_url: str | None = None
+    """An RFC 3161 time-stamp authority for the signatures; unset: none."""
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "LabelSettings":
+        if (self.c2pa_certificate is None) != (self.c2pa_private_key is None):
+            raise ValueError("c2pa_certificate and c2pa_private_key go together")
+        return self
+
+
 FLAT_NAMES: dict[str, tuple[str, ...]] = {
     **{name: ("engine", name) for name in ("device", "models_dir", "allow_downloads", "preload")},
     **{f"engine_{name}": ("engine", name) for name in (
@@ -259,6 +295,7 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     **{name: ("limits", name) for name in ("redis_url", "redis_prefix", "redis_timeout_seconds")},
     "limits_slot_lease_seconds": ("limits", "slot_lease_seconds"),
     "limits_report_interval_seconds": ("limits", "report_interval_seconds"),
+    **{f"labels_{name}": ("labels", name) for name in LabelSettings.model_fields},
 }
 """Flat name (TOML key; `IMAGEGATE_` + its upper case is the environment variable) -> where the
 setting lives in the nested model."""
@@ -349,6 +386,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     api: APISettings = Field(default_factory=APISettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    labels: LabelSettings = Field(default_factory=LabelSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     """`[moderation]`: word and pattern lists per language, and an optional OpenAI-compatible
     moderation endpoint ([moderation.endpoint]). Empty: no moderation."""

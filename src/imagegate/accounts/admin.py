@@ -36,7 +36,7 @@ MAX_RPM = 1_000_000_000
 MAX_CONCURRENCY = 1_000_000
 LOCAL_ACCOUNT = "local"
 ADMIN_ACCOUNT = "admin"
-KEY_FIELDS = ("name", "expires_at", "allowed_models", "allowed_ips", "rpm_limit",
+KEY_FIELDS = ("name", "expires_at", "allowed_models", "allowed_ips", "rpm_limit", "visible_mark",
               "concurrency_limit", "price_multiplier")
 """What `update_key` may change; `None` clears a field (but `name`, which every key has)."""
 DATABASE_CHECK_SECONDS = 5.0
@@ -66,7 +66,8 @@ class Admin:
     # accounts -----------------------------------------------------------------------------
 
     async def create_account(self, name: str, *, unlimited: bool = False,
-                             price_multiplier: str = "1") -> dict[str, Any]:
+                             price_multiplier: str = "1", label_producer: str | None = None,
+                             visible_mark: bool | None = None) -> dict[str, Any]:
         if name.isdigit():  # lookups read digits as an id
             raise InvalidRequest("An account name must not be all digits.", param="name")
         _check_multiplier(price_multiplier)
@@ -74,7 +75,8 @@ class Admin:
             async with self.engine.begin() as conn:
                 await conn.execute(insert(Account).values(
                     name=name, currency=self.currency, balance_micros=0, unlimited=unlimited,
-                    price_multiplier=price_multiplier, created_at=utcnow()))
+                    price_multiplier=price_multiplier, label_producer=label_producer or None,
+                    visible_mark=visible_mark, created_at=utcnow()))
         except IntegrityError:
             raise InvalidRequest(f"An account named {name!r} exists already.", param="name",
                                  code="account_exists") from None
@@ -117,7 +119,8 @@ class Admin:
         return {"id": row.id, "name": row.name, "currency": row.currency,
                 "balance_micros": row.balance_micros, "held_micros": held,
                 "spent_micros": int(spent or 0), "unlimited": row.unlimited,
-                "price_multiplier": row.price_multiplier, "created_at": as_utc(row.created_at)}
+                "price_multiplier": row.price_multiplier, "label_producer": row.label_producer,
+                "visible_mark": row.visible_mark, "created_at": as_utc(row.created_at)}
 
     async def accounts(self) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -125,15 +128,22 @@ class Admin:
         return [await self.account(i) for i in ids]
 
     async def update_account(self, ref: str | int, *, price_multiplier: str | None = None,
-                             unlimited: bool | None = None) -> dict[str, Any]:
-        """Change what a request of the account costs or whether it may run short; the
-        caller forgets the account's cached keys, so the next request sees the change."""
+                             unlimited: bool | None = None,
+                             labels: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Change what a request of the account costs, whether it may run short, or its
+        labels (`labels`: `label_producer` and `visible_mark`, None clears one back to the
+        server's); the caller forgets the account's cached keys, so the next request sees the
+        change."""
         changes: dict[str, Any] = {}
         if price_multiplier is not None:
             _check_multiplier(price_multiplier)
             changes["price_multiplier"] = price_multiplier
         if unlimited is not None:
             changes["unlimited"] = unlimited
+        for field, value in (labels or {}).items():
+            if field not in ("label_producer", "visible_mark"):
+                raise InvalidRequest(f"An account has no label field {field!r}.", param=field)
+            changes[field] = (value or None) if field == "label_producer" else value
         account = await self.account(ref)
         if changes:
             async with self.engine.begin() as conn:
@@ -158,7 +168,8 @@ class Admin:
                          allowed_models: list[str] | None = None,
                          allowed_ips: list[str] | None = None, rpm_limit: int | None = None,
                          concurrency_limit: int | None = None,
-                         price_multiplier: str | None = None, key: str | None = None) -> NewKey:
+                         price_multiplier: str | None = None, visible_mark: bool | None = None,
+                         key: str | None = None) -> NewKey:
         owner = await self.account(account)
         _check_key_fields(allowed_ips=allowed_ips, price_multiplier=price_multiplier,
                           rpm_limit=rpm_limit, concurrency_limit=concurrency_limit)
@@ -172,7 +183,7 @@ class Admin:
                 is_admin=is_admin, enabled=True, expires_at=to_utc(expires_at),
                 allowed_models=allowed_models, allowed_ips=allowed_ips, rpm_limit=rpm_limit,
                 concurrency_limit=concurrency_limit, price_multiplier=price_multiplier,
-                created_at=utcnow()))
+                visible_mark=visible_mark, created_at=utcnow()))
             assert result.inserted_primary_key is not None
             key_id = result.inserted_primary_key[0]
         return NewKey(key=key, info=await self.key(key_id))
@@ -366,7 +377,8 @@ def _key_info(row: Any) -> dict[str, Any]:
             "expires_at": as_utc(row.expires_at),
             "allowed_models": row.allowed_models, "allowed_ips": row.allowed_ips,
             "rpm_limit": row.rpm_limit, "concurrency_limit": row.concurrency_limit,
-            "price_multiplier": row.price_multiplier, "created_at": as_utc(row.created_at)}
+            "price_multiplier": row.price_multiplier, "visible_mark": row.visible_mark,
+            "created_at": as_utc(row.created_at)}
 
 
 def to_utc(value: datetime | None) -> datetime | None:

@@ -67,6 +67,11 @@ class Caller:
     concurrency_limit: int | None = None
     price_multiplier: Decimal = Decimal(1)
     unlimited: bool = False
+    label_producer: str | None = None
+    """The account's own `ContentProducer` for AI-content labels; None: the server's."""
+    visible_mark: bool | None = None
+    """Whether its images get the visible mark (the key's setting, else the account's);
+    None: as the server's `labels.visible_mark` says."""
 
     def check_model(self, model: str) -> None:
         if self.allowed_models is not None and model not in self.allowed_models:
@@ -137,7 +142,9 @@ class Authenticator:
         async with self.engine.connect() as conn:
             row = (await conn.execute(
                 select(ApiKey, Account.unlimited.label("account_unlimited"),
-                       Account.price_multiplier.label("account_multiplier"))
+                       Account.price_multiplier.label("account_multiplier"),
+                       Account.label_producer.label("account_label_producer"),
+                       Account.visible_mark.label("account_visible_mark"))
                 .join(Account, Account.id == ApiKey.account_id)
                 .where(ApiKey.key_hash == digest))).first()
         record = None if row is None else _record(row)
@@ -146,8 +153,8 @@ class Authenticator:
 
 
 def _record(key: Any) -> KeyRecord:
-    """A row of api_keys joined with its account's `account_unlimited` and
-    `account_multiplier`."""
+    """A row of api_keys joined with its account's `account_unlimited`, `account_multiplier`,
+    `account_label_producer` and `account_visible_mark`."""
     networks = None
     if key.allowed_ips is not None:
         networks = tuple(ipaddress.ip_network(net, strict=False) for net in key.allowed_ips)
@@ -163,6 +170,9 @@ def _record(key: Any) -> KeyRecord:
         concurrency_limit=key.concurrency_limit,
         price_multiplier=Decimal(key.price_multiplier or key.account_multiplier),
         unlimited=key.account_unlimited,
+        label_producer=key.account_label_producer,
+        visible_mark=key.visible_mark if key.visible_mark is not None
+        else key.account_visible_mark,
     )
     return KeyRecord(caller, key.key_hash, key.enabled, expires, networks)
 

@@ -40,6 +40,12 @@ class Account(Base):
     unlimited: Mapped[bool] = mapped_column(Boolean, default=False)
     price_multiplier: Mapped[str] = mapped_column(String(32), default="1")
     """A reseller's group ratio, as an exact decimal string."""
+    label_producer: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """`ContentProducer` of the AI-content label on this account's images (a reseller's own
+    name or filing code); NULL: the server's `labels.producer`."""
+    visible_mark: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    """Draw the visible "AI generated" mark on this account's images; NULL: the server's
+    `labels.visible_mark`."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -61,6 +67,8 @@ class ApiKey(Base):
     rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     concurrency_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     price_multiplier: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    visible_mark: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    """The visible mark for this key's images; NULL: as its account says."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -26,7 +26,8 @@ from .query import (
 )
 
 KEY_FIELDS = ("id", "name", "prefix", "is_admin", "enabled", "expires_at", "allowed_models",
-              "allowed_ips", "rpm_limit", "concurrency_limit", "price_multiplier", "created_at")
+              "allowed_ips", "rpm_limit", "concurrency_limit", "price_multiplier", "visible_mark",
+              "created_at")
 """What a key is told about itself (not `account_id`: the account is beside it)."""
 
 router = APIRouter(tags=["account"],

@@ -66,6 +66,7 @@ async def _forget_cached_key(request: Request, key_id: int) -> None:
 
 AccountName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 Multiplier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_MULTIPLIER_CHARS)]
+LabelProducer = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
 class AccountIn(WireModel):
@@ -74,6 +75,10 @@ class AccountIn(WireModel):
     name: AccountName
     unlimited: StrictBool = False
     price_multiplier: Multiplier = "1"
+    label_producer: LabelProducer | None = None
+    """`ContentProducer` of this account's AI-content labels; unset: the server's."""
+    visible_mark: StrictBool | None = None
+    """The visible AI mark on this account's images; unset: the server's default."""
 
 
 def _amount_type(value: Any) -> Any:
@@ -97,6 +102,9 @@ class AccountPatch(WireModel):
     # Neither can be cleared: `null` is refused (update_account), and not offered in the schema.
     price_multiplier: Annotated[Multiplier | None, _not_null(Multiplier)] = None
     unlimited: Annotated[StrictBool | None, _not_null(StrictBool)] = None
+    # These two may be cleared (`null`): back to the server's settings.
+    label_producer: LabelProducer | None = None
+    visible_mark: StrictBool | None = None
 
 
 class TopUpIn(WireModel):
@@ -125,6 +133,8 @@ class KeyIn(WireModel):
     rpm_limit: Annotated[StrictInt, Field(ge=1, le=MAX_RPM)] | None = None
     concurrency_limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY)] | None = None
     price_multiplier: Multiplier | None = None
+    visible_mark: StrictBool | None = None
+    """The visible AI mark on this key's images; unset: as its account says."""
 
 
 class KeyPatch(WireModel):
@@ -140,6 +150,7 @@ class KeyPatch(WireModel):
     rpm_limit: Annotated[StrictInt, Field(ge=1, le=MAX_RPM)] | None = None
     concurrency_limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY)] | None = None
     price_multiplier: Multiplier | None = None
+    visible_mark: StrictBool | None = None
 
 
 def _one_change(body: WireModel) -> dict[str, Any]:
@@ -154,7 +165,8 @@ def _one_change(body: WireModel) -> dict[str, Any]:
 @router.post("/accounts", status_code=201)
 async def create_account(body: AccountIn, request: Request) -> dict[str, Any]:
     return await _admin(request).create_account(
-        body.name, unlimited=body.unlimited, price_multiplier=body.price_multiplier)
+        body.name, unlimited=body.unlimited, price_multiplier=body.price_multiplier,
+        label_producer=body.label_producer, visible_mark=body.visible_mark)
 
 
 @router.get("/accounts")
@@ -176,8 +188,10 @@ async def update_account(ref: str, body: AccountPatch, request: Request) -> dict
                              param="price_multiplier")
     if "unlimited" in sent and body.unlimited is None:
         raise InvalidRequest("`unlimited` must be true or false.", param="unlimited")
+    labels: dict[str, Any] = {field: sent[field] for field in ("label_producer", "visible_mark")
+                              if field in sent}
     account = await _admin(request).update_account(
-        ref, price_multiplier=body.price_multiplier, unlimited=body.unlimited)
+        ref, price_multiplier=body.price_multiplier, unlimited=body.unlimited, labels=labels)
     await deps.service(request).forget_cached_keys()
     return account
 

@@ -119,6 +119,7 @@ def to_generation_request(body: ChatCompletionRequest, *, default_model: str
         num_inference_steps=body.num_inference_steps,
         guidance_scale=body.guidance_scale,
         negative_prompt=body.negative_prompt,
+        ai_mark=body.ai_mark,
         strength=body.strength,
         references=references,
         modalities=body.modalities if body.modalities is not None else [],

@@ -118,6 +118,7 @@ def to_generation_request(service: ImageService, fields: ImageRequestFields, *,
         num_inference_steps=fields.num_inference_steps,
         guidance_scale=fields.guidance_scale,
         negative_prompt=fields.negative_prompt,
+        ai_mark=fields.ai_mark,
     )
 
 

@@ -1,6 +1,6 @@
 """The `imagegate` command line: `serve` (server.py), `generate` (generate.py), `models` and
-`pull` (models.py), and the operator commands `keys`, `accounts`, `usage` and `db` (admin.py);
-what they share is in common.py."""
+`pull` (models.py), `verify` (verify.py: an image's AI-content labels), and the operator
+commands `keys`, `accounts`, `usage` and `db` (admin.py); what they share is in common.py."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .engine import engine_app
 from .generate import generate
 from .models import models, pull
 from .server import serve
+from .verify import verify
 
 app = typer.Typer(help="OpenAI-compatible image generation: local diffusers models and upstream "
                        "providers behind one API.", cls=Group, no_args_is_help=True,
@@ -34,7 +35,7 @@ def _options(
     pass
 
 
-for command in (serve, generate, models, pull):
+for command in (serve, generate, models, pull, verify):
     app.command(cls=Command)(command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(accounts_app, name="accounts")

@@ -28,7 +28,8 @@ def inspect_file(data: bytes, *, trust_anchors: bytes | None = None) -> dict[str
     Keys: format, width, height; implicit_labels (each as the standard's fields) and
     implicit_label_count (GB 45438-2025 wants exactly one); xmp (whether there is a packet at
     all), xmp_error (why a packet that is there could not be read, else None), extra (the
-    imagegate-namespace properties); credentials (read_credentials' report, None when the file
+    imagegate-namespace properties) and visible_mark (the text of the visible mark imagegate
+    recorded drawing, else None); credentials (read_credentials' report, None when the file
     has no manifest) and credentials_error (why a manifest that is there could not be read,
     such as c2pa-python not being installed, else None). `trust_anchors` are passed to
     read_credentials.
@@ -54,6 +55,7 @@ def inspect_file(data: bytes, *, trust_anchors: bytes | None = None) -> dict[str
         "xmp": packet is not None,
         "xmp_error": xmp_error,
         "extra": extra,
+        "visible_mark": extra.get("VisibleMark"),
         "credentials": credentials,
         "credentials_error": credentials_error,
     }

@@ -92,6 +92,7 @@ class ChatCompletionRequest(WireModel):
     guidance_scale: Number | None = None
     negative_prompt: Prompt | None = None
     strength: Number | None = None
+    ai_mark: Flag | None = None
 
 
 class ImageURL(BaseModel):

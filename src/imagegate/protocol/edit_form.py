@@ -41,7 +41,7 @@ def form_values(text: Mapping[str, str]) -> dict[str, Any]:
             values[name] = int(value)
         elif name in _FLOAT_FIELDS and _FLOAT_TEXT.fullmatch(value):
             values[name] = float(value)
-        elif name == "stream" and value.lower() in _BOOLS:
+        elif name in ("stream", "ai_mark") and value.lower() in _BOOLS:
             values[name] = _BOOLS[value.lower()]
     return values
 

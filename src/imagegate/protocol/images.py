@@ -55,6 +55,9 @@ class ImageRequestFields(WireModel):
     num_inference_steps: Steps | None = None
     guidance_scale: Number | None = None
     negative_prompt: Prompt | None = None
+    ai_mark: Flag | None = None
+    """The visible "AI generated" mark on these images, where the server lets a request choose
+    (`labels.request_mark`)."""
 
 
 class ImageGenerationRequest(ImageRequestFields):

@@ -73,8 +73,9 @@ class BlobStore(Protocol):
 
     ttl_seconds: int
 
-    def put(self, data: bytes, ext: str) -> str:
-        """Keep `data` under a new name ending in `.ext`; readers never see half of it."""
+    def put(self, data: bytes, ext: str, name: str | None = None) -> str:
+        """Keep `data` under a new name ending in `.ext` (`name`: one minted beforehand with
+        `mint_name`, so the file can say where it is hosted); readers never see half of it."""
         ...
 
     def read(self, name: str) -> bytes:

@@ -29,10 +29,10 @@ class LocalStore:
     def _path(self, name: str) -> Path:
         return self.root / name[:2] / name
 
-    def put(self, data: bytes, ext: str) -> str:
+    def put(self, data: bytes, ext: str, name: str | None = None) -> str:
         if ext not in self.types:
             raise ValueError(f"this store does not keep .{ext} files")
-        name = mint_name(ext)
+        name = name or mint_name(ext)
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".part")

@@ -99,10 +99,10 @@ class S3Store:
             raise ValueError(f"cannot use the object store {self.where}: {_reason(exc)}"
                              ) from None
 
-    def put(self, data: bytes, ext: str) -> str:
+    def put(self, data: bytes, ext: str, name: str | None = None) -> str:
         if ext not in self.types:
             raise ValueError(f"this store does not keep .{ext} files")
-        name = mint_name(ext)
+        name = name or mint_name(ext)
         with _unavailable(missing_object=False):
             obstore.put(self.bucket, name, data,
                         attributes={"Content-Type": self.types[ext]})
