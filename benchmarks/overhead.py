@@ -68,7 +68,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where both sides run the pipeline [default: cpu]")
     p.add_argument("--json", type=Path, default=None, help="write raw samples (ms) here")
+    p.add_argument("--size", default="64x64", help="image size, WxH [default: 64x64]")
+    p.add_argument("--cases", default="1,4", help="images per request, comma-separated "
+                   "[default: 1,4]")
     args = p.parse_args()
+    global SIZE, CASES
+    SIZE = tuple(int(v) for v in args.size.lower().split("x"))  # type: ignore[assignment]
+    CASES = [int(v) for v in args.cases.split(",")]
     if args.runs < 1 or args.warmup < 0 or args.threads < 1:
         p.error("--runs and --threads must be >= 1, --warmup >= 0")
     return args
