@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from gateway import ADMIN_KEY, TIMEOUT, Gateway
 from PIL import Image
+from png_chunks import passed_on
 from starlette.datastructures import UploadFile
 from upstream_server import serve_app
 
@@ -319,7 +320,7 @@ def test_images_b64_success_charges_and_maps_the_model(gateway: Relay, fake: Fak
     before = gateway.account("relay")["balance_micros"]
     response = gateway.relay("dall-e-3", response_format="b64_json", user="end-user-1")
     assert response.status_code == 200, response.text
-    assert _decoded(response) == SMALL_PNG  # the upstream's PNG passed on as is
+    assert passed_on(_decoded(response), SMALL_PNG)  # the upstream's PNG, plus its labels
     assert response.json()["data"][0]["revised_prompt"] == "upstream revised: a red square"
 
     [sent] = fake.posts()
@@ -385,7 +386,7 @@ def test_edits_are_relayed_as_multipart(gateway: Relay, fake: Fake) -> None:
         ("image[]", ("a.png", one, "image/png")), ("image[]", ("b.png", two, "image/png")),
         ("mask", ("m.png", buffer.getvalue(), "image/png"))])
     assert response.status_code == 200, response.text
-    assert _decoded(response) == SMALL_PNG
+    assert passed_on(_decoded(response), SMALL_PNG)
 
     [sent] = fake.posts()
     assert sent["path"] == "/v1/images/edits"
@@ -483,7 +484,8 @@ def test_chat_images_n2_two_calls_with_aspect_ratio(gateway: Relay, fake: Fake) 
     response = gateway.relay("gemini-2.5-flash-image", size="1344x768", n=2,
                              response_format="b64_json")
     assert response.status_code == 200, response.text
-    assert [base64.b64decode(d["b64_json"]) for d in response.json()["data"]] == [SMALL_PNG] * 2
+    assert [passed_on(base64.b64decode(d["b64_json"]), SMALL_PNG)
+            for d in response.json()["data"]] == [True, True]
     sent = fake.posts()
     assert len(sent) == 2
     for call in sent:

@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gateway import ADMIN_KEY, Gateway
 from PIL import Image
+from png_chunks import passed_on
 from starlette.datastructures import UploadFile
 from upstream_server import serve_app
 
@@ -239,7 +240,7 @@ def test_generation_relays_the_upstreams_partial_images(gateway: Relay, fake: Fa
         assert partial.size == "1024x1024" and partial.output_format == "png"
         assert "step" not in partial.model_extra  # the upstream does not say
     completed = events[2]
-    assert base64.b64decode(completed.b64_json) == FINALS[0]  # passed on as is
+    assert passed_on(base64.b64decode(completed.b64_json), FINALS[0])  # as is, plus labels
     assert completed.usage.input_tokens == 10  # the upstream's text tokens
 
     [sent] = fake.requests
@@ -264,7 +265,7 @@ def test_edit_relays_the_upstreams_partial_images(gateway: Relay, fake: Fake) ->
 
     assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
     assert np.array_equal(_pixels(events[0].b64_json), _pixels(PARTIALS[0]))
-    assert base64.b64decode(events[1].b64_json) == FINALS[0]
+    assert passed_on(base64.b64decode(events[1].b64_json), FINALS[0])
     [sent] = fake.requests
     assert sent["path"] == "/v1/images/edits" and sent["files"] == ["image"]
     assert sent["fields"]["stream"] == "true" and sent["fields"]["partial_images"] == "1"
@@ -276,7 +277,8 @@ def test_n_images_each_get_their_previews(gateway: Relay, fake: Fake) -> None:
     completed = [e for e in events if e.type == "image_generation.completed"]
     # OpenAI's events name no image: a preview belongs to the next image still to come.
     assert [p.model_extra["image_index"] for p in partials] == [0, 1]
-    assert [base64.b64decode(c.b64_json) for c in completed] == FINALS
+    assert [passed_on(base64.b64decode(c.b64_json), final)
+            for c, final in zip(completed, FINALS)] == [True] * len(FINALS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +295,7 @@ def test_no_previews_wanted_sends_what_it_always_sent(gateway: Relay, fake: Fake
         result = gateway.client.images.generate(model="gpt-image-1", prompt="a red square",
                                                 size="1024x1024", partial_images=2,
                                                 response_format="b64_json")
-        assert base64.b64decode(result.data[0].b64_json or "") == FINALS[0]
+        assert passed_on(base64.b64decode(result.data[0].b64_json or ""), FINALS[0])
     [sent] = fake.requests
     assert sent["fields"] == {"model": "gpt-image-1", "prompt": "a red square", "n": 1,
                               "size": "1024x1024", "quality": "auto"}
@@ -312,7 +314,7 @@ def test_an_upstream_that_ignores_stream_still_serves(gateway: Relay, fake: Fake
     fake.reset("json")  # answers `stream: true` with an ordinary JSON body
     events = gateway.stream(partial_images=2)
     assert [e.type for e in events] == ["image_generation.completed"]
-    assert base64.b64decode(events[0].b64_json) == FINALS[0]
+    assert passed_on(base64.b64decode(events[0].b64_json), FINALS[0])
     assert fake.requests[0]["fields"]["stream"] is True
 
 
