@@ -112,16 +112,21 @@ def free_port() -> int:
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, ready: str | None = None,
                timeout: float = 180) -> None:
-    """Until `url` answers (and `ready` is in the log, where given); the log if it died."""
+    """Until `url` answers (and `ready` is in the log, where given; "": until its port takes a
+    connection); the log if it died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
+            if ready == "":  # a port that answers late (the slow upstream): connecting is enough
+                host, port = url.split("//")[1].split("/")[0].split(":")
+                socket.create_connection((host, int(port)), timeout=2).close()
+                return
             httpx.get(url, timeout=2)
             if ready is None or ready in log.read_text(errors="replace"):
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, OSError):
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{url} did not come up in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
@@ -148,7 +153,7 @@ class Stack:
         proc, log = self._start([sys.executable, str(HERE / "fake_openai_upstream.py"),
                                  "--port", str(port), "--delay", str(delay)],
                                 self.env, f"upstream-{port}")
-        wait_ready(f"http://127.0.0.1:{port}/", proc, log)
+        wait_ready(f"http://127.0.0.1:{port}/", proc, log, "")
         return port
 
     def gateway(self, kind: str, upstream: int) -> tuple[subprocess.Popen[bytes], int, str]:
