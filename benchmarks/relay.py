@@ -213,6 +213,21 @@ def check(response: httpx.Response) -> None:
         raise RuntimeError(f"short answer: {len(response.content)} bytes")
 
 
+ERRORS: Counter[str] = Counter()
+"""Failed requests per path during the measured phases (each said on stderr): counted, left out
+of the latencies and of the requests/s, and reported, rather than ending the run."""
+
+
+def checked(name: str, response: httpx.Response) -> bool:
+    try:
+        check(response)
+        return True
+    except RuntimeError as exc:
+        ERRORS[name] += 1
+        print(f"{name}: {exc}", file=sys.stderr, flush=True)
+        return False
+
+
 def implicit_labels(response: httpx.Response) -> int:
     """How many implicit AI-content labels the relayed image carries (one when labelling is on,
     as by default)."""
@@ -246,8 +261,9 @@ def latency(urls: dict[str, str], requests: int, warmup: int) -> dict[str, dict[
                 for name in order[i % len(order):] + order[:i % len(order)]:
                     t0 = time.perf_counter()
                     response = clients[name].post(urls[name], json=BODY)
-                    got[name].append((time.perf_counter() - t0) * 1000)
-                    check(response)
+                    took = (time.perf_counter() - t0) * 1000
+                    if checked(name, response):
+                        got[name].append(took)
             samples[encoding] = got
         finally:
             for client in clients.values():
@@ -255,21 +271,21 @@ def latency(urls: dict[str, str], requests: int, warmup: int) -> dict[str, dict[
     return samples
 
 
-async def throughput(url: str, total: int, concurrency: int) -> float:
+async def throughput(name: str, url: str, total: int, concurrency: int) -> float:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, headers=HEADERS, limits=limits) as client:
         await asyncio.gather(*(client.post(url, json=BODY) for _ in range(concurrency)))
-        remaining = total
+        remaining, succeeded = total, 0
 
         async def worker() -> None:
-            nonlocal remaining
+            nonlocal remaining, succeeded
             while remaining > 0:
                 remaining -= 1
-                check(await client.post(url, json=BODY))
+                succeeded += checked(name, await client.post(url, json=BODY))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - t0)
+        return succeeded / (time.perf_counter() - t0)
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -351,7 +367,7 @@ def one_round(args: argparse.Namespace, stack: Stack, number: int, urls: dict[st
     print(f"round {number + 1}: requests/s ...", file=sys.stderr, flush=True)
     order = list(urls)
     order = order[number % len(order):] + order[:number % len(order)]
-    out["rps"] = {name: asyncio.run(throughput(urls[name], args.throughput_requests,
+    out["rps"] = {name: asyncio.run(throughput(name, urls[name], args.throughput_requests,
                                                args.concurrency)) for name in order}
     print(f"round {number + 1}: memory ...", file=sys.stderr, flush=True)
     fresh = {kind: stack.gateway(kind, slow) for kind in urls if kind != "direct"}
@@ -361,6 +377,8 @@ def one_round(args: argparse.Namespace, stack: Stack, number: int, urls: dict[st
         out["memory"][kind] = asyncio.run(memory_burst(
             f"http://127.0.0.1:{port}/v1/images/generations", proc.pid, args.burst))
         stack.stop(proc)
+    out["errors"] = dict(ERRORS)
+    ERRORS.clear()
     out["load_end"] = load()
     out["seconds"] = time.time() - started
     return out
@@ -462,6 +480,11 @@ def report(args: argparse.Namespace, summary: dict[str, Any], rounds: list[dict[
     print("| burst requests answered with the whole image | " + " | ".join(
         "—" if n == "direct" else cell(n, "burst_ok", ".0f") + f"/{args.burst}"
         for n in names) + " |")
+    errors = Counter[str]()
+    for r in rounds:
+        errors.update(r.get("errors", {}))
+    print("| failed requests (latency and requests/s phases, all rounds) | " + " | ".join(
+        str(errors.get(n, 0)) for n in names) + " |")
     print("\nGoals (issue 16), on the medians:")
     for name, key, goal, way, text in GOALS:
         if name not in med:
