@@ -281,7 +281,8 @@ async def throughput(name: str, url: str, total: int, concurrency: int) -> float
             nonlocal remaining, succeeded
             while remaining > 0:
                 remaining -= 1
-                succeeded += checked(name, await client.post(url, json=BODY))
+                ok = checked(name, await client.post(url, json=BODY))
+                succeeded += ok  # (after the await: `+=` around it would lose updates)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
