@@ -155,8 +155,10 @@ class ResolvedRequest:
 
 @dataclass
 class GeneratedImage:
-    """One image as a backend hands it back: decoded pixels, and the encoded bytes when the
-    backend had them (an upstream's PNG), so they can be passed on without re-encoding."""
+    """One image as a backend hands it back: decoded pixels, or an upstream's encoded bytes
+    as they came (`data`, checked whole) with `image` opened lazily beside them: PIL has read
+    the header, and decodes the pixels only if something needs them (another format, the
+    visible mark). A file passed on as it came is never decoded."""
 
     image: object  # PIL.Image.Image; kept untyped so the gateway imports no imaging stack here
     seed: int | None = None

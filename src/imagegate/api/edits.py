@@ -34,6 +34,7 @@ from .errors import (
     document_models,
     error_responses,
 )
+from .fast_json import FastJSONResponse
 from .image_stream import stream_images
 from .images import check_n, to_generation_request, to_images_response
 from .middleware import BodyTooLarge
@@ -108,7 +109,7 @@ async def _respond(request: Request, caller: Caller, service: ImageService,
         return to_images_response(result, deps.public_base_url(request)).model_dump(
             exclude_none=True)
 
-    return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
+    return FastJSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
 
 
 def _generation_request(request: Request, service: ImageService, fields: ImageInputFields,

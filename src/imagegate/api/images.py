@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
+import pybase64
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from .. import rules
 from ..accounts.keys import Caller
@@ -23,6 +23,7 @@ from ..protocol.images import (
 from ..service import ImageService
 from . import deps
 from .errors import EVENT_STREAM, GENERATION_STATUSES, error_responses
+from .fast_json import FastJSONResponse
 from .image_stream import stream_images
 from .media import public_link
 
@@ -53,7 +54,7 @@ async def create_image(
         answer = to_images_response(result, deps.public_base_url(request))
         return answer.model_dump(exclude_none=True)
 
-    return JSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
+    return FastJSONResponse(await deps.once_per_idempotency_key(request, caller, produce))
 
 
 def check_n(service: ImageService, gen: GenerationRequest) -> None:
@@ -130,7 +131,7 @@ def to_images_response(result: GenerationResult, base_url: str) -> ImagesRespons
             item.url = public_link(base_url, image.url or "")
             item.expires_at = image.expires_at
         else:
-            item.b64_json = base64.b64encode(image.data).decode("ascii")
+            item.b64_json = pybase64.b64encode_as_string(image.data)
         data.append(item)
     tokens = result.prompt_tokens
     return ImagesResponse(

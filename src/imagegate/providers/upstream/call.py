@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 
 from ...catalog import Deployment, ModelSpec
 from ...generation import ProgressListener, ResolvedRequest
@@ -139,9 +140,12 @@ class UpstreamCall:
 
     def _parsed(self, body: bytes | bytearray | str) -> dict[str, Any]:
         try:
-            parsed = json.loads(body)
-        except ValueError:
-            raise self.fail("bad_response", "sent a malformed response.") from None
+            parsed = orjson.loads(body)  # a megabyte of base64 in a third of json's time
+        except orjson.JSONDecodeError:
+            try:  # what orjson refuses and json takes (NaN, integers past 64 bits)
+                parsed = json.loads(body)
+            except ValueError:
+                raise self.fail("bad_response", "sent a malformed response.") from None
         if not isinstance(parsed, dict):
             raise self.fail("bad_response", "sent a malformed response.")
         return parsed

@@ -272,7 +272,7 @@ async def _decoded(call: UpstreamCall, data: Any) -> GeneratedImage:
 
 async def _downloaded(call: UpstreamCall, url: Any) -> GeneratedImage:
     if isinstance(url, str) and url.startswith("data:"):
-        return image_from_base64(call, url)
+        return await asyncio.to_thread(image_from_base64, call, url)
     if isinstance(url, str) and url.startswith("/"):  # a gateway that answers with a path
         url = str(httpx.URL(call.deployment.base_url).join(url))
     return await image_from_url(call, url)
