@@ -8,11 +8,16 @@ with a link. The gateway checks the file without decoding its pixels: PIL's `Ima
 while such a request is served. A cut-short, corrupted or non-image payload is still a 502
 `upstream_bad_response`, and costs the client nothing.
 
+The router reads upstream answers under a byte budget (providers/upstream/budget.py): a body
+past it waits its turn, first come first served, and one that leaves the queue passes its turn
+on.
+
 In-process gateway (conftest's `inprocess`), real fake upstream on a loopback port.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import random
@@ -287,3 +292,74 @@ async def test_a_broken_image_is_a_502_and_costs_nothing(
     assert (after["balance_micros"], after["held_micros"]) == (PRICE_MICROS, 0)
     [row] = await usage(gateway, "broken")
     assert (row["status"], row["cost_micros"]) == (502, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# the answer budget: bodies read at once, bounded
+
+
+async def test_answers_past_the_budget_wait_their_turn_in_order() -> None:
+    from imagegate.providers.upstream.budget import AnswerBudget
+
+    budget = AnswerBudget(limit=10)
+    order: list[str] = []
+    release = {name: asyncio.Event() for name in "abcd"}
+
+    async def read(name: str, size: int) -> None:
+        async with budget.hold(size):
+            order.append(name)
+            await release[name].wait()
+
+    first = asyncio.ensure_future(read("a", 6))
+    second = asyncio.ensure_future(read("b", 6))  # does not fit beside a
+    third = asyncio.ensure_future(read("c", 2))  # would fit, but b came first
+    huge = asyncio.ensure_future(read("d", 50))  # larger than the budget: alone, in turn
+    while order != ["a"]:
+        await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["a"] and budget.used == 6
+    release["a"].set()
+    await first
+    while len(order) < 3:
+        await asyncio.sleep(0)
+    assert order == ["a", "b", "c"] and budget.used == 8
+    release["b"].set()
+    release["c"].set()
+    await asyncio.gather(second, third)
+    while len(order) < 4:
+        await asyncio.sleep(0)
+    assert budget.used == 10
+    release["d"].set()
+    await huge
+    assert budget.used == 0
+
+
+async def test_a_cancelled_waiter_gives_its_turn_on() -> None:
+    from imagegate.providers.upstream.budget import AnswerBudget
+
+    budget = AnswerBudget(limit=10)
+    holding = asyncio.Event()
+    done = asyncio.Event()
+
+    async def hold(size: int, until: asyncio.Event) -> None:
+        async with budget.hold(size):
+            holding.set()
+            await until.wait()
+
+    first = asyncio.ensure_future(hold(8, done))
+    await holding.wait()
+    stuck = asyncio.ensure_future(hold(8, asyncio.Event()))  # waits, then its client leaves
+    small = asyncio.ensure_future(hold(2, done))  # fits now, but waits behind `stuck`
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert budget.used == 8
+    stuck.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert budget.used == 10  # `small` went in as soon as `stuck` left the queue
+    done.set()
+    await asyncio.gather(first, small)
+    assert budget.used == 0

@@ -10,6 +10,7 @@ cap on the bytes read; an event stream is parsed as it arrives, under the same k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -22,6 +23,7 @@ import orjson
 from ...catalog import Deployment, ModelSpec
 from ...generation import ProgressListener, ResolvedRequest
 from ..base import hand_off
+from .budget import AnswerBudget
 from .failures import SAFETY_WORDS, UpstreamFailure
 from .images import ImageDownloader
 from .sse import server_sent_events
@@ -41,6 +43,8 @@ class UpstreamCall:
     provider_label: str
     progress: ProgressListener | None = None
     """The streamed request's listener, for adapters whose upstream sends previews."""
+    answers: AnswerBudget | None = None
+    """The router's bound on answer bytes read at once (budget.py); None: unbounded."""
     last_headers: httpx.Headers | None = field(default=None, init=False, repr=False)
     """Headers of the last answer (the upstream's request id is usually there)."""
 
@@ -69,12 +73,14 @@ class UpstreamCall:
             async with self._open(method, url, headers, json_body, params, data, files,
                                   timeout) as response:
                 self.last_headers = response.headers
-                body = await _read_capped(response, self._limit())
+                limit = self._limit()
+                async with self._budget(response, limit):
+                    body = await _read_capped(response, limit)
+                    if response.status_code < 400:
+                        return self._parsed(body)  # the body's buffer goes with this frame
         except (httpx.HTTPError, _TooLarge) as exc:
             raise self._transport_failure(exc) from None
-        if response.status_code >= 400:
-            raise self._status_failure(response, body)
-        return self._parsed(body)
+        raise self._status_failure(response, body)
 
     async def request_events(self, method: str, url: str, *, headers: dict[str, str],
                              json_body: Any = None, params: dict[str, str] | None = None,
@@ -121,6 +127,14 @@ class UpstreamCall:
         return self.client.stream(
             method, url, headers={**self.deployment.headers, **headers}, params=params,
             timeout=timeout or self.deployment.timeout_seconds, **body_kw)
+
+    def _budget(self, response: httpx.Response, limit: int) -> Any:
+        """A place in the router's answer budget for the body of `response`: its declared
+        length, or the cap on what is read when it declares none."""
+        if self.answers is None:
+            return contextlib.nullcontext()
+        declared = response.headers.get("content-length", "")
+        return self.answers.hold(int(declared) if declared.isdigit() else limit)
 
     def _limit(self, images_per_result: int = 1) -> int:
         """Bytes we read at most: each image in base64 (4/3 of the cap, rounded up to 2x)."""

@@ -32,6 +32,7 @@ from ...errors import ModelUnavailable, ServerBusy
 from ...generation import ProgressListener, ProviderResult, ResolvedRequest
 from ...settings import RoutePolicy, Settings
 from ..base import ProviderBase, Ticket
+from .budget import AnswerBudget
 from .call import UpstreamCall
 from .failures import UpstreamFailure
 from .images import ImageDownloader
@@ -107,6 +108,7 @@ class UpstreamRouter(ProviderBase):
             follow_redirects=False, trust_env=False,
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
         self._downloader = ImageDownloader(self.policy.max_image_bytes)
+        self._answers = AnswerBudget()
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
         now = self._clock()
@@ -202,7 +204,8 @@ class UpstreamRouter(ProviderBase):
         call = UpstreamCall(deployment=deployment, spec=spec, request=request,
                             client=self._client, downloader=self._downloader,
                             max_image_bytes=self.policy.max_image_bytes,
-                            provider_label=f"`{label}`", progress=progress)
+                            provider_label=f"`{label}`", progress=progress,
+                            answers=self._answers)
         if self._adapters is None:
             self._adapters = adapters()
         adapter = self._adapters.get(deployment.provider)
