@@ -67,6 +67,12 @@ async def _forget_cached_key(request: Request, key_id: int) -> None:
 AccountName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 Multiplier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_MULTIPLIER_CHARS)]
 LabelProducer = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+# A key's limits, shared by creation (KeyIn) and edits (KeyPatch).
+AllowedModels = Annotated[list[ModelName], Field(max_length=MAX_ALLOW_LIST)]
+AllowedIps = Annotated[list[Annotated[StrictStr, Field(max_length=MAX_WORD_CHARS)]],
+                       Field(max_length=MAX_ALLOW_LIST)]
+RpmLimit = Annotated[StrictInt, Field(ge=1, le=MAX_RPM)]
+ConcurrencyLimit = Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY)]
 
 
 class AccountIn(WireModel):
@@ -127,11 +133,10 @@ class KeyIn(WireModel):
     name: AccountName
     is_admin: StrictBool = False
     expires_at: Instant | None = None
-    allowed_models: Annotated[list[ModelName], Field(max_length=MAX_ALLOW_LIST)] | None = None
-    allowed_ips: Annotated[list[Annotated[StrictStr, Field(max_length=MAX_WORD_CHARS)]],
-                           Field(max_length=MAX_ALLOW_LIST)] | None = None
-    rpm_limit: Annotated[StrictInt, Field(ge=1, le=MAX_RPM)] | None = None
-    concurrency_limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY)] | None = None
+    allowed_models: AllowedModels | None = None
+    allowed_ips: AllowedIps | None = None
+    rpm_limit: RpmLimit | None = None
+    concurrency_limit: ConcurrencyLimit | None = None
     price_multiplier: Multiplier | None = None
     visible_mark: StrictBool | None = None
     """The visible AI mark on this key's images; unset: as its account says."""
@@ -144,11 +149,10 @@ class KeyPatch(WireModel):
 
     name: Annotated[AccountName | None, _not_null(AccountName)] = None  # every key has one
     expires_at: Instant | None = None
-    allowed_models: Annotated[list[ModelName], Field(max_length=MAX_ALLOW_LIST)] | None = None
-    allowed_ips: Annotated[list[Annotated[StrictStr, Field(max_length=MAX_WORD_CHARS)]],
-                           Field(max_length=MAX_ALLOW_LIST)] | None = None
-    rpm_limit: Annotated[StrictInt, Field(ge=1, le=MAX_RPM)] | None = None
-    concurrency_limit: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENCY)] | None = None
+    allowed_models: AllowedModels | None = None
+    allowed_ips: AllowedIps | None = None
+    rpm_limit: RpmLimit | None = None
+    concurrency_limit: ConcurrencyLimit | None = None
     price_multiplier: Multiplier | None = None
     visible_mark: StrictBool | None = None
 
