@@ -142,6 +142,9 @@ class RoutePolicy(_Group):
     max_in_flight: int = Field(64, ge=0)
     """Requests relayed to one upstream model at once (all its deployments together). Past it:
     429 `server_busy` at once. 0: unbounded."""
+    read_budget_bytes: int = Field(24 * _MIB, ge=_MIB)
+    """Bytes of upstream answers read into memory at once, per server process; past it an
+    answer waits in its socket until earlier ones are parsed (one larger answer is read alone)."""
 
 
 class AccountSettings(_Group):

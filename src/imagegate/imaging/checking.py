@@ -13,7 +13,8 @@ same cut-short and corrupted files for a fraction of it:
   stream is still read, so a truncated or corrupt file fails as in a full decode, but only an
   eighth of the rows and columns is produced.
 
-Both are CPU-bound for large files (zlib and libjpeg release the GIL): call them in a thread.
+Both are CPU-bound for large files (zlib and libjpeg release the GIL): call them in a thread,
+unless `check_work` says the file is small (less work than the hand-off to a thread costs).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import zlib
 
 from PIL import Image
 
-__all__ = ["BrokenImage", "check_jpeg", "check_png"]
+__all__ = ["BrokenImage", "check_jpeg", "check_png", "check_work"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -41,6 +42,20 @@ _PIECE = 1 << 16
 
 class BrokenImage(ValueError):
     """The file is cut short, corrupted, or not what its header says."""
+
+
+def check_work(head: bytes, size: int) -> int:
+    """Roughly the bytes a check of a file of `size` bytes that starts with `head` goes
+    through: for a PNG whose header is in `head`, its inflated image data (what the check's
+    time grows with: a small file of a large flat image inflates to many times its size);
+    otherwise the file's size."""
+    if len(head) >= 33 and head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR":
+        try:
+            _width, _height, rows = _header(memoryview(head)[16:29])
+        except BrokenImage:
+            return size
+        return max(size, sum(length * count for length, count in rows))
+    return size
 
 
 def check_png(data: bytes) -> tuple[int, int]:

@@ -178,13 +178,14 @@ def _png_write(data: bytes, raw: bytes) -> bytes:
     # In place of the old packet when that came before the image data (readers that stop at
     # IDAT see it there); otherwise right after IHDR.
     at = xmp[0] if xmp and xmp[0] < first_idat else 0
-    out = [PNG_SIGNATURE]
+    view = memoryview(data)  # slices of it are not copies: the file is copied once, by join
+    out: list[bytes | memoryview] = [PNG_SIGNATURE]
     for i, chunk in enumerate(chunks):
         if i not in xmp:
-            out.append(data[chunk.start:chunk.end])
+            out.append(view[chunk.start:chunk.end])
         if i == at:
             out.append(ours)
-    out.append(data[chunks[-1].end:])  # anything after IEND stays as it was
+    out.append(view[chunks[-1].end:])  # anything after IEND stays as it was
     return b"".join(out)
 
 

@@ -8,10 +8,11 @@ the upstream's), and are read as the first ones are parsed. The server's memory 
 the budget, not with the requests in flight, and no throughput is lost: reading and parsing are
 CPU-bound on one event loop, so the bodies that wait would not have been read sooner.
 
-One per router (so per event loop). Waiters are served first come, first served. 24 MiB holds
-about twenty 1 MB images' answers, or one 4K image's; an answer larger than the budget is read
-alone. With 500 answers of 1 MB landing at once, the server's peak RSS was 1.4 GB unbounded,
-474 MiB with 64 MiB, 324 MiB with 24 MiB, in the same time.
+One per router (so per event loop), of `upstream.read_budget_bytes`. Waiters are served first
+come, first served. The default, 24 MiB, holds about twenty 1 MB images' answers, or one 4K
+image's; an answer larger than the budget is read alone. With 500 answers of 1 MB landing at
+once, the server's peak RSS was 1.4 GB unbounded, 474 MiB with 64 MiB, 324 MiB with 24 MiB, in
+the same time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 DEFAULT_BYTES = 24 * 1024 * 1024
+"""`upstream.read_budget_bytes`' default."""
 
 
 class AnswerBudget:

@@ -10,14 +10,15 @@ cap on the bytes read; an event stream is parsed as it arrives, under the same k
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from ...catalog import Deployment, ModelSpec
@@ -25,7 +26,9 @@ from ...generation import ProgressListener, ResolvedRequest
 from ..base import hand_off
 from .budget import AnswerBudget
 from .failures import SAFETY_WORDS, UpstreamFailure
+from .http import UpstreamHTTP
 from .images import ImageDownloader
+from .lifting import lift_images
 from .sse import server_sent_events
 
 
@@ -37,7 +40,7 @@ class UpstreamCall:
     deployment: Deployment
     spec: ModelSpec
     request: ResolvedRequest
-    client: httpx.AsyncClient
+    client: UpstreamHTTP
     downloader: ImageDownloader
     max_image_bytes: int
     provider_label: str
@@ -45,7 +48,7 @@ class UpstreamCall:
     """The streamed request's listener, for adapters whose upstream sends previews."""
     answers: AnswerBudget | None = None
     """The router's bound on answer bytes read at once (budget.py); None: unbounded."""
-    last_headers: httpx.Headers | None = field(default=None, init=False, repr=False)
+    last_headers: Mapping[str, str] | None = field(default=None, init=False, repr=False)
     """Headers of the last answer (the upstream's request id is usually there)."""
 
     @property
@@ -66,9 +69,12 @@ class UpstreamCall:
     async def request_json(self, method: str, url: str, *, headers: dict[str, str],
                            json_body: Any = None, params: dict[str, str] | None = None,
                            data: dict[str, str] | None = None, files: list[Any] | None = None,
-                           timeout: float | None = None) -> dict[str, Any]:
+                           timeout: float | None = None, images_at: str | None = None
+                           ) -> dict[str, Any]:
         """One HTTP exchange (JSON, or multipart with `files`), classified. The response body
-        is capped while it is read."""
+        is capped while it is read. `images_at`: the key of the base64 images in the answer's
+        `data` items (OpenAI's `b64_json`), whose values are then lifted out as bytes before the
+        rest is parsed (lifting.py)."""
         try:
             async with self._open(method, url, headers, json_body, params, data, files,
                                   timeout) as response:
@@ -76,9 +82,10 @@ class UpstreamCall:
                 limit = self._limit()
                 async with self._budget(response, limit):
                     body = await _read_capped(response, limit)
-                    if response.status_code < 400:
-                        return self._parsed(body)  # the body's buffer goes with this frame
-        except (httpx.HTTPError, _TooLarge) as exc:
+                    if response.status < 400:  # (the body's buffer goes with this frame)
+                        lifted = lift_images(body, images_at) if images_at else None
+                        return lifted if lifted is not None else self._parsed(body)
+        except (aiohttp.ClientError, asyncio.TimeoutError, _TooLarge) as exc:
             raise self._transport_failure(exc) from None
         raise self._status_failure(response, body)
 
@@ -101,34 +108,33 @@ class UpstreamCall:
                 self.last_headers = response.headers
                 limit = self._limit(images_per_result)
                 content_type = response.headers.get("content-type", "")
-                if response.status_code >= 400 or \
+                if response.status >= 400 or \
                         not content_type.startswith("text/event-stream"):
                     body = await _read_capped(response, limit)
                 else:
                     streaming = True
                     async for event, text in server_sent_events(
-                            _capped(response.aiter_bytes(), limit)):
+                            _capped(response.content.iter_any(), limit)):
                         if text.strip() == "[DONE]":
                             return
                         yield event, self._parsed(text)
                     return
-        except (httpx.HTTPError, _TooLarge) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, _TooLarge) as exc:
             raise self._transport_failure(exc, streaming) from None
-        if response.status_code >= 400:
+        if response.status >= 400:
             raise self._status_failure(response, body)
         yield "json", self._parsed(body)
 
     def _open(self, method: str, url: str, headers: dict[str, str], json_body: Any,
               params: dict[str, str] | None, data: dict[str, str] | None,
               files: list[Any] | None, timeout: float | None) -> Any:
-        body_kw: dict[str, Any] = ({"data": data or {}, "files": files} if files
-                                   else {"json": json_body})
         hand_off()  # the request goes out now: from here on the upstream may bill for it
-        return self.client.stream(
+        return self.client.request(
             method, url, headers={**self.deployment.headers, **headers}, params=params,
-            timeout=timeout or self.deployment.timeout_seconds, **body_kw)
+            json_body=json_body, data=data, files=files,
+            timeout=timeout or self.deployment.timeout_seconds)
 
-    def _budget(self, response: httpx.Response, limit: int) -> Any:
+    def _budget(self, response: aiohttp.ClientResponse, limit: int) -> Any:
         """A place in the router's answer budget for the body of `response`: its declared
         length, or the cap on what is read when it declares none."""
         if self.answers is None:
@@ -142,9 +148,12 @@ class UpstreamCall:
                 + 1_000_000)
 
     def _transport_failure(self, exc: Exception, streaming: bool = False) -> UpstreamFailure:
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        # Before the request went out (no connection, none in time): another deployment may
+        # take it. A read that timed out: the upstream may be generating, and bills.
+        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
+                            aiohttp.InvalidURL)):
             return self.fail("retryable", "could not be reached.")
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, asyncio.TimeoutError):
             return self.fail("timeout", "did not answer in time.")
         if isinstance(exc, _TooLarge):
             return self.fail("bad_response", "sent a response larger than allowed.")
@@ -164,9 +173,9 @@ class UpstreamCall:
             raise self.fail("bad_response", "sent a malformed response.")
         return parsed
 
-    def _status_failure(self, response: httpx.Response, body: bytes | bytearray
+    def _status_failure(self, response: aiohttp.ClientResponse, body: bytes | bytearray
                         ) -> UpstreamFailure:
-        status = response.status_code
+        status = response.status
         message = _error_message(body)
         if status == 429 or status >= 500:
             return self.fail("retryable", f"failed (HTTP {status}).", status=status,
@@ -181,13 +190,14 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytearray:
-    """The whole body in one buffer (no list of chunks joined into a second copy)."""
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytearray:
+    """The whole body in one buffer (no list of chunks joined into a second copy), in the
+    pieces the socket gives."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _TooLarge()
     body = bytearray()
-    async for chunk in _capped(response.aiter_bytes(), limit):
+    async for chunk in _capped(response.content.iter_any(), limit):
         body += chunk
     return body
 
@@ -202,7 +212,7 @@ async def _capped(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[byt
         yield chunk
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     value = response.headers.get("retry-after-ms")
     if value and value.replace(".", "", 1).isdigit():
         return float(value) / 1000

@@ -42,7 +42,7 @@ from ...aspect_ratios import AT_1K, nearest_ratio, size_label
 from ...generation import GeneratedImage, ProviderResult, Size
 from .call import UpstreamCall
 from .failures import gather_partial
-from .images import image_from_base64, png_base64
+from .images import checked_base64, png_base64
 
 BLOCKING_FINISH_REASONS = frozenset({
     "SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "BLOCKLIST", "RECITATION", "SPII",
@@ -84,7 +84,7 @@ async def generate(call: UpstreamCall) -> ProviderResult:
 
     async def one() -> tuple[list[GeneratedImage], list[str], str | None, int]:
         answer = await call.request_json("POST", url, headers=_headers(call), json_body=body)
-        return _parse_gemini(call, answer)
+        return await _parse_gemini(call, answer)
 
     done = await gather_partial([one() for _ in range(max(1, req.n))])
     images = [image for got, _, _, _ in done for image in got]
@@ -98,8 +98,8 @@ async def generate(call: UpstreamCall) -> ProviderResult:
     )
 
 
-def _parse_gemini(call: UpstreamCall, answer: dict[str, Any]
-                  ) -> tuple[list[GeneratedImage], list[str], str | None, int]:
+async def _parse_gemini(call: UpstreamCall, answer: dict[str, Any]
+                        ) -> tuple[list[GeneratedImage], list[str], str | None, int]:
     feedback = _get(answer, "promptFeedback", "prompt_feedback")
     if isinstance(feedback, dict) and _get(feedback, "blockReason", "block_reason"):
         raise call.fail("refused", "refused the prompt under its content policy.")
@@ -118,7 +118,7 @@ def _parse_gemini(call: UpstreamCall, answer: dict[str, Any]
         if isinstance(inline, dict):
             mime = str(_get(inline, "mimeType", "mime_type") or "image/")
             if mime.startswith("image/"):
-                images.append(image_from_base64(call, inline.get("data"), "image"))
+                images.append(await checked_base64(call, inline.pop("data", None)))
         elif isinstance(part.get("text"), str) and part["text"].strip():
             texts.append(part["text"].strip())
     if not images:
@@ -166,11 +166,11 @@ async def generate_imagen(call: UpstreamCall) -> ProviderResult:
     for item in predictions:
         if not isinstance(item, dict):
             raise call.fail("bad_response", "sent a malformed response.")
-        data = item.get("bytesBase64Encoded")
+        data = item.pop("bytesBase64Encoded", None)
         if data is None and item.get("raiFilteredReason"):
             filtered += 1
             continue
-        images.append(image_from_base64(call, data, "image"))
+        images.append(await checked_base64(call, data))
     if not images:
         if filtered:
             raise call.fail("refused", "refused the prompt under its content policy.")

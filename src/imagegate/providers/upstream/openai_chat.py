@@ -25,7 +25,7 @@ from ...aspect_ratios import nearest_ratio, size_label
 from ...generation import GeneratedImage, ProviderResult
 from .call import UpstreamCall
 from .failures import SAFETY_WORDS, gather_partial
-from .images import image_from_base64, image_from_url, png_base64
+from .images import checked_base64, image_from_url, png_base64
 from .openai_images import post, request_id
 
 _MARKDOWN_IMAGE = re.compile(
@@ -141,5 +141,5 @@ def _refused(choice: dict[str, Any], message: dict[str, Any]) -> bool:
 
 async def _image(call: UpstreamCall, url: str) -> GeneratedImage:
     if url.startswith("data:"):
-        return image_from_base64(call, url)
+        return await checked_base64(call, url)
     return await image_from_url(call, url)

@@ -32,7 +32,7 @@ import httpx
 from ...generation import GeneratedImage, PartialImage, ProviderResult
 from .call import UpstreamCall
 from .failures import SAFETY_WORDS, UpstreamFailure
-from .images import image_from_base64, image_from_url, png_bytes
+from .images import checked_base64, image_from_url, png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,9 @@ async def post(call: UpstreamCall, path: str, *, json_body: Any = None,
     return the body with the response headers."""
     url, params = endpoint(call, path)
     body = await call.request_json("POST", url, headers=auth_headers(call), json_body=json_body,
-                                   params=params, data=data, files=files)
+                                   params=params, data=data, files=files, images_at="b64_json")
     check_body(call, body)
-    return body, call.last_headers or httpx.Headers()
+    return body, call.last_headers or {}
 
 
 def check_body(call: UpstreamCall, body: dict[str, Any]) -> None:
@@ -191,7 +191,7 @@ async def _streamed(call: UpstreamCall, path: str, partials: int,
         async for name, payload in events:
             if name == "json":  # the upstream ignored `stream`: an ordinary answer
                 check_body(call, payload)
-                return await _result(call, payload, call.last_headers or httpx.Headers())
+                return await _result(call, payload, call.last_headers or {})
             kind = str(payload.get("type") or name)
             if "error" in (name, kind) or payload.get("error"):
                 raise body_error(call, payload.get("error") or payload)
@@ -202,8 +202,7 @@ async def _streamed(call: UpstreamCall, path: str, partials: int,
                 await _relay_partial(call, payload, index if isinstance(index, int)
                                      else min(len(images), n - 1))
             elif kind.endswith(".completed"):
-                images.append(await asyncio.to_thread(image_from_base64, call,
-                                                      payload.pop("b64_json", None)))
+                images.append(await checked_base64(call, payload.pop("b64_json", None)))
                 tokens = tokens or _prompt_tokens(payload.get("usage"))
                 text = payload.get("revised_prompt")
                 revised = revised or (text if isinstance(text, str) and text else None)
@@ -220,8 +219,7 @@ async def _relay_partial(call: UpstreamCall, payload: dict[str, Any], image_inde
     goes on upstream, and only the final image is what the client pays for."""
     assert call.progress is not None
     try:
-        image = await asyncio.to_thread(image_from_base64, call, payload.get("b64_json"),
-                                        "partial image")
+        image = await checked_base64(call, payload.get("b64_json"), "partial image")
     except UpstreamFailure as failure:
         log.warning("skipped a preview: %s", failure.message)
         return
@@ -267,12 +265,12 @@ def _prompt_tokens(usage: Any) -> int:
 
 
 async def _decoded(call: UpstreamCall, data: Any) -> GeneratedImage:
-    return await asyncio.to_thread(image_from_base64, call, data)
+    return await checked_base64(call, data)
 
 
 async def _downloaded(call: UpstreamCall, url: Any) -> GeneratedImage:
     if isinstance(url, str) and url.startswith("data:"):
-        return await asyncio.to_thread(image_from_base64, call, url)
+        return await checked_base64(call, url)
     if isinstance(url, str) and url.startswith("/"):  # a gateway that answers with a path
         url = str(httpx.URL(call.deployment.base_url).join(url))
     return await image_from_url(call, url)

@@ -25,8 +25,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from ...catalog import Deployment, ModelSpec
 from ...errors import ModelUnavailable, ServerBusy
 from ...generation import ProgressListener, ProviderResult, ResolvedRequest
@@ -35,6 +33,7 @@ from ..base import ProviderBase, Ticket
 from .budget import AnswerBudget
 from .call import UpstreamCall
 from .failures import UpstreamFailure
+from .http import UpstreamHTTP
 from .images import ImageDownloader
 
 log = logging.getLogger(__name__)
@@ -104,11 +103,9 @@ class UpstreamRouter(ProviderBase):
         self._flights: dict[str, _Flights] = {}
         # Shared by every call for the router's life: upstream connections are kept alive,
         # and image links go through one guarded downloader.
-        self._client = httpx.AsyncClient(
-            follow_redirects=False, trust_env=False,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
+        self._client = UpstreamHTTP()
         self._downloader = ImageDownloader(self.policy.max_image_bytes)
-        self._answers = AnswerBudget()
+        self._answers = AnswerBudget(self.policy.read_budget_bytes)
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
         now = self._clock()
