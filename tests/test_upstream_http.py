@@ -261,3 +261,36 @@ async def test_small_images_are_checked_on_the_loop_large_ones_in_a_thread(
     assert threaded == ["image_from_base64", "image_from_bytes"]
     with pytest.raises(UpstreamFailure):  # not base64: refused on the loop, as before
         await upstream_images.checked_base64(call, "not base64 at all!")
+
+
+def test_isal_checks_where_it_has_a_wheel_and_zlib_gives_the_same_verdicts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+    import zlib
+
+    from imagegate.imaging import checking
+
+    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+        assert checking._inflate.__name__ == "isal.isal_zlib"
+    good = _png(300, 200, noisy=True)
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x40  # inside the image data: a CRC fails
+    cut = good[: len(good) - 40]
+    # A byte of the zlib stream changed and the chunk's CRC made to match: only the inflate
+    # (its errors, or the Adler-32 at the end) can tell.
+    idat = good.index(b"IDAT") - 4
+    length = int.from_bytes(good[idat:idat + 4], "big")
+    body = bytearray(good[idat + 8:idat + 8 + length])
+    body[20] ^= 0xFF
+    crc = zlib.crc32(bytes(body), zlib.crc32(b"IDAT")).to_bytes(4, "big")
+    recrc = good[:idat + 8] + bytes(body) + crc + good[idat + 12 + length:]
+    verdicts = []
+    for inflate in (checking._inflate, zlib):
+        monkeypatch.setattr(checking, "_inflate", inflate)
+        assert checking.check_png(good) == (300, 200)
+        for broken in (bytes(flipped), cut, recrc):
+            with pytest.raises(checking.BrokenImage) as caught:
+                checking.check_png(broken)
+            verdicts.append(str(caught.value).split(":")[0])
+    assert verdicts[:3] == verdicts[3:]
+    assert verdicts[2] in ("bad image data", "bad row filter", "image data of the wrong size")
