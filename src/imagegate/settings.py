@@ -289,6 +289,7 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     "upstream_cooldown_seconds": ("upstream", "cooldown_seconds"),
     "upstream_max_image_bytes": ("upstream", "max_image_bytes"),
     "upstream_max_in_flight": ("upstream", "max_in_flight"),
+    "upstream_read_budget_bytes": ("upstream", "read_budget_bytes"),
     **{name: ("accounts", name) for name in AccountSettings.model_fields},
     **{name: ("storage", name) for name in (
         "url_ttl_seconds", "url_secret", "sweep_interval_seconds")},
