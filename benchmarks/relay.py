@@ -486,7 +486,7 @@ def report(args: argparse.Namespace, summary: dict[str, Any], rounds: list[dict[
         errors.update(r.get("errors", {}))
     print("| failed requests (latency and requests/s phases, all rounds) | " + " | ".join(
         str(errors.get(n, 0)) for n in names) + " |")
-    print("\nGoals (issue 16), on the medians:")
+    print("\nTargets, on the medians:")
     for name, key, goal, way, text in GOALS:
         if name not in med:
             continue

@@ -294,3 +294,32 @@ def test_isal_checks_where_it_has_a_wheel_and_zlib_gives_the_same_verdicts(
             verdicts.append(str(caught.value).split(":")[0])
     assert verdicts[:3] == verdicts[3:]
     assert verdicts[2] in ("bad image data", "bad row filter", "image data of the wrong size")
+
+
+async def test_the_client_names_itself_and_checks_certificates_against_certifi() -> None:
+    import ssl
+
+    import certifi
+
+    from imagegate import __version__
+    from imagegate.providers.upstream import http
+
+    seen: list[bytes] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await _read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"content-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server, base = await _serving(echo)
+    try:
+        assert await _exchange(base) == {}
+    finally:
+        server.close()
+    assert f"user-agent: imagegate/{__version__}".encode() in seen[0].lower()
+    assert http._TLS.verify_mode == ssl.CERT_REQUIRED and http._TLS.check_hostname
+    roots = {cert["serialNumber"] for cert in http._TLS.get_ca_certs()}
+    expected = ssl.create_default_context(cafile=certifi.where()).get_ca_certs()
+    assert roots == {cert["serialNumber"] for cert in expected} and roots

@@ -15,11 +15,19 @@ answer; no bound on the whole exchange (a slow upstream that keeps sending is no
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import certifi
 import orjson
+
+from ... import __version__
+
+_TLS = ssl.create_default_context(cafile=certifi.where())
+"""Upstream certificates are checked against Mozilla's roots (certifi), as httpx does, not the
+host's store: a slim container image may have none."""
 
 MAX_CONNECTIONS = 1000
 """Open upstream connections at most, all deployments together (the relay's admission bound,
@@ -44,8 +52,10 @@ class UpstreamHTTP:
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS), trust_env=False,
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=_TLS),
+                trust_env=False,  # no proxy from the environment: deployments name their URL
                 timeout=aiohttp.ClientTimeout(total=None),  # each request sets its own
+                headers={"User-Agent": f"imagegate/{__version__}"},
             )
             self._sessions[loop] = session
         return session
