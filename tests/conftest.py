@@ -44,6 +44,17 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+MAX_TEST_PROCESSES = 4
+"""`-n auto`'s ceiling: each test process starts its own servers (an interpreter with torch and
+diffusers each, a few hundred MB), and past four they only contend for memory and the disk."""
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    return max(1, min(MAX_TEST_PROCESSES, usable))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     _freeze_survivors()
     gc.enable()

@@ -34,6 +34,14 @@ MAX_CONNECTIONS = 1000
 `upstream_max_in_flight`, is what keeps requests from queueing here)."""
 
 
+READ_AHEAD_BYTES = 32 * 1024
+"""What aiohttp reads of an answer before it is asked for (it buffers up to twice this per
+connection, then stops reading the socket). Answers that wait for the read budget (budget.py)
+wait mostly in the kernel's socket buffers, not here: with 500 answers of 1 MB landing at once,
+the process peaked at 532 MiB with aiohttp's default (64 KiB) and 309 MiB with this, at the same
+latency."""
+
+
 class UpstreamHTTP:
     """The session of the running event loop, made on first use there (an aiohttp session
     belongs to the loop it was made in; a router may outlive a loop in tests and tools)."""
@@ -53,6 +61,7 @@ class UpstreamHTTP:
                 task.add_done_callback(self._closing.discard)
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=_TLS),
+                read_bufsize=READ_AHEAD_BYTES,
                 trust_env=False,  # no proxy from the environment: deployments name their URL
                 timeout=aiohttp.ClientTimeout(total=None),  # each request sets its own
                 headers={"User-Agent": f"imagegate/{__version__}"},
