@@ -1,4 +1,4 @@
-"""What clients get without asking (issue 11): `response_format` from the model, chat images as
+"""What clients get without asking: `response_format` from the model, chat images as
 data URLs and one choice per image, previews that say the resolved values, `x-should-retry`,
 `/v1/models` availability, and a too-many-images 400 that names the field the client used.
 

@@ -1,4 +1,4 @@
-"""Nothing a client sends reaches a handler or the database unbounded or invalid (issue 10).
+"""Nothing a client sends reaches a handler or the database unbounded or invalid.
 
 The probing requests, table-driven, in-process: a lone surrogate or a NUL in every string field
 of every endpoint, huge integers in every integer field, non-finite numbers, non-lists where a

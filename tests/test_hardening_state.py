@@ -1,4 +1,4 @@
-"""State that must survive bad rows, second processes and crashes (issue 10, engineer B).
+"""State that must survive bad rows, second processes and crashes.
 
 - Usage rows the database cannot store never block the rows after them; they are set aside in
   `usage_rejects` (shown by GET /admin/usage/rejects) and a charge is never rolled back by one.

@@ -1,5 +1,5 @@
 """Two real `imagegate serve` processes on one PostgreSQL, one Redis and one S3 bucket (moto's
-server on loopback), with the same `url_secret` and their own `node_id`s: issue 13's acceptance.
+server on loopback), with the same `url_secret` and their own `node_id`s.
 
 - a key's `rpm_limit` counts across both; an image made through one is served by the other; a
   key disabled through one is refused by the other within a second; 200 concurrent requests
