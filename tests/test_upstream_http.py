@@ -42,6 +42,19 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+def _answer(raw: bytes, seen: list[bytes] | None = None) -> Handler:
+    """A connection handler that reads one request (kept in `seen`), writes `raw` and hangs up."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await _read_request(reader)
+        if seen is not None:
+            seen.append(request)
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
 async def _serving(handler: Handler) -> tuple[asyncio.AbstractServer, str]:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -103,14 +116,9 @@ async def test_no_answer_in_time_is_a_timeout_never_retried() -> None:
 
 
 async def test_connection_closed_mid_answer() -> None:
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                     b"content-length: 1000\r\n\r\n{\"data\": [")
-        await writer.drain()
-        writer.close()
-
-    server, base = await _serving(cut)
+    server, base = await _serving(_answer(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"content-length: 1000\r\n\r\n{\"data\": ["))
     try:
         with pytest.raises(UpstreamFailure) as caught:
             await _exchange(base)
@@ -124,16 +132,11 @@ async def test_a_compressed_answer_is_decoded_and_headers_kept() -> None:
     answer = orjson.dumps({"created": 7, "data": [{"b64_json": "AAAA"}]})
     packed = gzip.compress(answer)
 
-    async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await _read_request(reader)
-        assert b"gzip" in request.lower()  # the client says it takes gzip
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                     b"content-encoding: gzip\r\nx-request-id: up-1\r\n"
-                     b"content-length: " + str(len(packed)).encode() + b"\r\n\r\n" + packed)
-        await writer.drain()
-        writer.close()
-
-    server, base = await _serving(gzipped)
+    seen: list[bytes] = []
+    server, base = await _serving(_answer(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+        b"x-request-id: up-1\r\ncontent-length: " + str(len(packed)).encode() + b"\r\n\r\n"
+        + packed, seen))
     client = UpstreamHTTP()
     try:
         call = _call(base, client)
@@ -142,6 +145,7 @@ async def test_a_compressed_answer_is_decoded_and_headers_kept() -> None:
     finally:
         await client.aclose()
         server.close()
+    assert b"gzip" in seen[0].lower()  # the client said it takes gzip
     assert body == {"created": 7, "data": [{"b64_json": "AAAA"}]}
     assert call.last_headers is not None and call.last_headers["X-Request-Id"] == "up-1"
 
@@ -305,15 +309,9 @@ async def test_the_client_names_itself_and_checks_certificates_against_certifi()
     from imagegate.providers.upstream import http
 
     seen: list[bytes] = []
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(await _read_request(reader))
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                     b"content-length: 2\r\n\r\n{}")
-        await writer.drain()
-        writer.close()
-
-    server, base = await _serving(echo)
+    server, base = await _serving(_answer(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        seen))
     try:
         assert await _exchange(base) == {}
     finally:
