@@ -4,8 +4,9 @@ router's life (upstream connections stay open between calls).
 Why aiohttp: a relay moves megabytes of base64 per image, and the client's cost per byte is most
 of a relay's cost. aiohttp parses HTTP in C and reads a body in the pieces the socket gives (up
 to hundreds of KiB at once); httpx parses it in Python, 64 KiB at a time, each piece through
-several layers. Reading a 1.4 MB answer took 7.0 ms of CPU with httpx and 1.2 ms with aiohttp
-(same loopback upstream, same process, concurrency 32; BENCHMARKS.md, "Relay path").
+several layers. Reading a 1 MB answer took 7.43 ms of CPU with httpx and 1.20 ms with aiohttp
+(same loopback upstream, concurrency 32; `benchmarks/http_clients.py`, BENCHMARKS.md, "Upstream
+HTTP client").
 
 Timeouts mean what a deployment's `timeout_seconds` always meant: at most that long to get a
 connection (a pooled one, or a new one), and at most that long between two reads of the
